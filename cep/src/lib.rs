@@ -1,0 +1,1 @@
+//! Placeholder: CEP engine lands with its issue.

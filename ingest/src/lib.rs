@@ -1,0 +1,1 @@
+//! Placeholder: ingest collectors land with their issue.

@@ -1,0 +1,1 @@
+//! Storage engine: lands with issue 2.
