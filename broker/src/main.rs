@@ -1,1 +1,56 @@
-fn main() {}
+//! `weir`: the broker and its command-line tools in one binary.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use weir_broker::cli;
+use weir_broker::config::ServeArgs;
+
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about = "Weir: a Kafka-compatible log broker with complex event processing")]
+struct Cli {
+    /// Kafka bootstrap address used by the admin and client commands (works against any Kafka broker).
+    #[arg(long, global = true, env = "WEIR_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a broker (a single node needs no flags and no config file).
+    Serve(ServeArgs),
+    /// Create, list, describe, alter and delete topics.
+    #[command(subcommand)]
+    Topics(cli::topics::TopicsCommand),
+    /// Produce lines from standard input to a topic.
+    Produce(cli::produce::ProduceArgs),
+    /// Consume records from a topic to standard output.
+    Consume(cli::consume::ConsumeArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    weir_broker::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            Command::Serve(serve) => weir_broker::server::serve(serve).await,
+            Command::Topics(cmd) => cli::topics::run(&args.bootstrap, cmd).await,
+            Command::Produce(p) => cli::produce::run(&args.bootstrap, p).await,
+            Command::Consume(c) => cli::consume::run(&args.bootstrap, c).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Weir's own async Kafka client (lands with the CLI tools).
