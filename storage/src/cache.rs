@@ -1,0 +1,82 @@
+//! A process-wide LRU cap on open segment resources (log file descriptor, data map
+//! and index maps), so thousands of partitions with many segments each stay within
+//! the fd limit and `vm.max_map_count`. Evicting a segment only drops the cache's
+//! references: a map still referenced by `Bytes` handed to a reader stays valid
+//! until the reader drops them, and the segment reopens lazily on its next use.
+
+use crate::segment::Segment;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+/// Default number of segments whose resources may be open at once.
+pub const DEFAULT_OPEN_SEGMENTS: usize = 2048;
+
+pub struct HandleCache {
+    cap: usize,
+    next_id: AtomicU64,
+    inner: Mutex<Lru>,
+}
+
+#[derive(Default)]
+struct Lru {
+    tick: u64,
+    by_id: HashMap<u64, (u64, Weak<Segment>)>,
+    by_tick: BTreeMap<u64, u64>,
+}
+
+impl HandleCache {
+    pub fn new(cap: usize) -> Arc<HandleCache> {
+        Arc::new(HandleCache {
+            cap: cap.max(1),
+            next_id: AtomicU64::new(1),
+            inner: Mutex::new(Lru::default()),
+        })
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Marks `seg` as just used (its resources are open) and closes the least
+    /// recently used segments beyond the cap. Must be called with no segment locked.
+    pub(crate) fn touch(&self, seg: &Arc<Segment>) {
+        let mut victims = Vec::new();
+        {
+            let mut lru = self.inner.lock();
+            lru.tick += 1;
+            let tick = lru.tick;
+            if let Some((old, _)) = lru.by_id.insert(seg.id(), (tick, Arc::downgrade(seg))) {
+                lru.by_tick.remove(&old);
+            }
+            lru.by_tick.insert(tick, seg.id());
+            while lru.by_id.len() > self.cap {
+                let Some((&t, &id)) = lru.by_tick.iter().next() else {
+                    break;
+                };
+                lru.by_tick.remove(&t);
+                if let Some((_, w)) = lru.by_id.remove(&id) {
+                    victims.push(w);
+                }
+            }
+        }
+        for v in victims {
+            if let Some(s) = v.upgrade() {
+                s.release_handles();
+            }
+        }
+    }
+
+    pub(crate) fn forget(&self, id: u64) {
+        let mut lru = self.inner.lock();
+        if let Some((t, _)) = lru.by_id.remove(&id) {
+            lru.by_tick.remove(&t);
+        }
+    }
+
+    /// Segments whose resources are currently open (as far as the cache knows).
+    pub fn open_segments(&self) -> usize {
+        self.inner.lock().by_id.len()
+    }
+}
