@@ -1,1 +1,0 @@
-//! Weir's own async Kafka client (lands with the CLI tools).
