@@ -1,0 +1,232 @@
+mod common;
+use common::*;
+use std::sync::Arc;
+use weir_protocol::compression::Compression;
+use weir_protocol::records::decode_records;
+use weir_storage::{FlushPolicy, Log, LogConfig, StorageError};
+
+#[test]
+fn append_assigns_offsets_and_read_returns_whole_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
+    let mut b1 = batch(3, 1000, 10);
+    let i1 = log.append(&mut b1, 7).unwrap();
+    assert_eq!((i1.base_offset, i1.last_offset), (0, 2));
+    let mut set = batch(2, 2000, 10);
+    set.extend(batch(4, 3000, 10));
+    let i2 = log.append(&mut set, 7).unwrap();
+    assert_eq!((i2.base_offset, i2.last_offset, i2.max_timestamp), (3, 8, 3003));
+    assert_eq!(log.log_end_offset(), 9);
+
+    let r = log.read(0, usize::MAX, false).unwrap();
+    assert_eq!(r.batches.len(), 3);
+    let h = header(&r.batches[1]);
+    assert_eq!((h.base_offset, h.partition_leader_epoch, h.last_offset()), (3, 7, 4));
+    // A read inside a batch returns that whole batch first.
+    for off in 3..=4 {
+        let r = log.read(off, usize::MAX, false).unwrap();
+        assert_eq!(header(&r.batches[0]).base_offset, 3);
+        assert_eq!(r.batches.len(), 2);
+    }
+    let r = log.read(6, usize::MAX, false).unwrap();
+    assert_eq!(header(&r.batches[0]).base_offset, 5);
+    // max_bytes and KIP-74 min_one.
+    assert!(log.read(0, 10, false).unwrap().batches.is_empty());
+    assert_eq!(log.read(0, 10, true).unwrap().batches.len(), 1);
+    // End and out of range.
+    assert!(log.read(9, 100, true).unwrap().batches.is_empty());
+    assert!(matches!(log.read(10, 100, true), Err(StorageError::OffsetOutOfRange { .. })));
+    assert!(matches!(log.read(-1, 100, true), Err(StorageError::OffsetOutOfRange { .. })));
+}
+
+#[test]
+fn bad_input_is_rejected_and_nothing_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
+    let good = batch(2, 1, 10);
+    let mut bad_crc = good.clone();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0xff;
+    let mut bad_magic = good.clone();
+    bad_magic[16] = 1;
+    let mut bad_len = good.clone();
+    bad_len[8..12].copy_from_slice(&5i32.to_be_bytes());
+    let mut too_long = good.clone();
+    too_long[8..12].copy_from_slice(&10_000i32.to_be_bytes());
+    for bad in [bad_crc, bad_magic, bad_len, too_long] {
+        // The bad batch after a good one: the good one must not be appended either.
+        let mut set = good.clone();
+        set.extend_from_slice(&bad);
+        let err = log.append(&mut set, 0).unwrap_err();
+        assert!(matches!(err, StorageError::InvalidBatch { position, .. } if position == good.len()), "{err}");
+        assert_eq!(log.log_end_offset(), 0);
+        assert_eq!(log.size_bytes(), 0);
+    }
+    assert!(matches!(log.append(&mut [], 0), Err(StorageError::EmptyRecordSet)));
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(&[0u8; 5]);
+    assert!(log.append(&mut trailing, 0).is_err());
+    assert_eq!(log.log_end_offset(), 0);
+    let mut ok = good.clone();
+    assert_eq!(log.append(&mut ok, 0).unwrap().base_offset, 0);
+}
+
+#[test]
+fn follower_append_keeps_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
+    let mut b = batch(3, 1, 10);
+    weir_protocol::records::set_base_offset(&mut b, 0);
+    log.append_as_follower(&b).unwrap();
+    let mut b2 = batch(2, 5, 10);
+    weir_protocol::records::set_base_offset(&mut b2, 10); // a gap is allowed (compacted leader)
+    let info = log.append_as_follower(&b2).unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (10, 11));
+    assert_eq!(log.log_end_offset(), 12);
+    let mut old = batch(1, 5, 10);
+    weir_protocol::records::set_base_offset(&mut old, 5);
+    assert!(matches!(log.append_as_follower(&old), Err(StorageError::NonSequentialOffset { .. })));
+    assert_eq!(header(&log.read(7, 1000, true).unwrap().batches[0]).base_offset, 10);
+}
+
+#[test]
+fn timestamps_lookup_and_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(600)).unwrap();
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), None);
+    assert_eq!(log.max_timestamp().unwrap(), None);
+    // 10 batches of 5 records, timestamps 100*i + j; one batch with a big timestamp in the middle.
+    for i in 0..10 {
+        let mut b = if i == 4 { keyed(&[("a", Some("x"), 5000), ("b", Some("y"), 450)], Compression::Lz4) } else { batch(5, 100 * i, 20) };
+        log.append(&mut b, 0).unwrap();
+    }
+    assert!(log.segment_count() > 2);
+    // Offsets: batches 0..4 hold offsets 0..19, batch 4 holds 20..21, then 22.. by 5.
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 0)));
+    assert_eq!(log.offset_for_timestamp(102).unwrap(), Some((7, 102)));
+    assert_eq!(log.offset_for_timestamp(104).unwrap(), Some((9, 104)));
+    assert_eq!(log.offset_for_timestamp(105).unwrap(), Some((10, 200)));
+    assert_eq!(log.offset_for_timestamp(460).unwrap(), Some((20, 5000)));
+    assert_eq!(log.offset_for_timestamp(5000).unwrap(), Some((20, 5000)));
+    assert_eq!(log.offset_for_timestamp(5001).unwrap(), None);
+    assert_eq!(log.max_timestamp().unwrap(), Some((5000, 20)));
+    // Survives a clean reopen (max timestamps come from the time indexes).
+    drop(log);
+    let log = Log::open(dir.path(), small_config(600)).unwrap();
+    assert_eq!(log.max_timestamp().unwrap(), Some((5000, 20)));
+    assert_eq!(log.offset_for_timestamp(104).unwrap(), Some((9, 104)));
+    // The first record in offset order with a timestamp >= 905 is the 5000 one.
+    assert_eq!(log.offset_for_timestamp(905).unwrap(), Some((20, 5000)));
+    assert_eq!(log.offset_for_timestamp(300).unwrap(), Some((15, 300)));
+}
+
+#[test]
+fn group_commit_shares_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig { flush: FlushPolicy::EveryAppend, ..small_config(1 << 20) };
+    let log = Arc::new(Log::open(dir.path(), cfg).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    let mut b = batch(2, 1, 50);
+                    let info = log.append(&mut b, 0).unwrap();
+                    assert!(log.durable_offset() > info.last_offset);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(log.log_end_offset(), 400);
+    assert_eq!(log.durable_offset(), 400);
+    let fsyncs = log.stats().fsyncs;
+    assert!(fsyncs <= 200, "{fsyncs} fsyncs for 200 appends");
+    eprintln!("200 appends from 8 threads: {fsyncs} fsyncs");
+}
+
+#[test]
+fn durability_under_os_policy_and_wait_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
+    let mut b = batch(3, 1, 10);
+    log.append(&mut b, 0).unwrap();
+    assert_eq!(log.durable_offset(), 0);
+    log.wait_durable(1).unwrap();
+    assert_eq!(log.durable_offset(), 3);
+    let mut b = batch(3, 1, 10);
+    log.append(&mut b, 0).unwrap();
+    log.flush().unwrap();
+    assert_eq!(log.durable_offset(), 6);
+    log.wait_durable(1000).unwrap(); // beyond the end: returns
+    log.truncate_to(4).unwrap();
+    assert_eq!(log.durable_offset(), 3);
+}
+
+#[test]
+fn truncate_and_delete_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(400)).unwrap();
+    for i in 0..10 {
+        let mut b = batch(3, i, 30);
+        log.append(&mut b, 0).unwrap();
+    }
+    assert_eq!(log.log_end_offset(), 30);
+    let segs = log.segment_count();
+    assert!(segs > 3);
+    // Truncating inside a batch removes that whole batch.
+    log.truncate_to(20).unwrap();
+    assert_eq!(log.log_end_offset(), 18);
+    let r = log.read(15, usize::MAX, false).unwrap();
+    assert_eq!(header(r.batches.last().unwrap()).last_offset(), 17);
+    let mut b = batch(1, 1, 30);
+    assert_eq!(log.append(&mut b, 0).unwrap().base_offset, 18);
+    // DeleteRecords.
+    assert_eq!(log.delete_before(7).unwrap(), 7);
+    assert_eq!(log.log_start_offset(), 7);
+    assert!(matches!(log.read(6, 100, true), Err(StorageError::OffsetOutOfRange { .. })));
+    assert_eq!(header(&log.read(7, 100, true).unwrap().batches[0]).base_offset, 6);
+    assert!(log.delete_before(100).is_err());
+    assert_eq!(log.delete_before(19).unwrap(), 19);
+    assert!(log.segment_count() < segs);
+    drop(log);
+    let log = Log::open(dir.path(), small_config(400)).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (19, 19));
+    // Truncating below the start empties the log and restarts it there.
+    log.truncate_to(3).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (3, 3));
+    let mut b = batch(2, 1, 30);
+    assert_eq!(log.append(&mut b, 0).unwrap().base_offset, 3);
+}
+
+#[test]
+fn readers_keep_their_bytes_across_truncation_and_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(300)).unwrap();
+    for i in 0..6 {
+        let mut b = batch(2, i, 40);
+        log.append(&mut b, 0).unwrap();
+    }
+    let held = log.read(0, usize::MAX, false).unwrap();
+    let copies: Vec<Vec<u8>> = held.batches.iter().map(|b| b.to_vec()).collect();
+    log.truncate_to(5).unwrap();
+    log.delete_before(log.log_end_offset()).unwrap();
+    log.enforce_retention(i64::MAX).unwrap();
+    for (b, c) in held.batches.iter().zip(&copies) {
+        assert_eq!(&b[..], &c[..]);
+        decode_records(b, 1 << 20).unwrap();
+    }
+}
+
+#[test]
+fn closed_log_rejects_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(300)).unwrap();
+    log.close().unwrap();
+    let mut b = batch(1, 1, 1);
+    assert!(matches!(log.append(&mut b, 0), Err(StorageError::Closed { .. })));
+    log.delete().unwrap();
+    assert!(!dir.path().exists());
+}
