@@ -1,0 +1,1 @@
+//! Classic consumer-group membership (lands later).
