@@ -174,13 +174,15 @@ impl Log {
         let Some(map) = &s.map else { return Ok(()) };
         let owner = Bytes::from_owner(crate::log::MapOwner(map.clone()));
         let mut err = None;
-        self.walk(&s.seg, map, s.pos, s.size, |pos, h, len| {
-            match f(pos, h, &owner.slice(pos as usize..pos as usize + len)) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(e) => {
-                    err = Some(e);
-                    ControlFlow::Break(())
-                }
+        self.walk(&s.seg, map, s.pos, s.size, i64::MIN, |pos, h, len| match f(
+            pos,
+            h,
+            &owner.slice(pos as usize..pos as usize + len),
+        ) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                err = Some(e);
+                ControlFlow::Break(())
             }
         })?;
         err.map_or(Ok(()), Err)

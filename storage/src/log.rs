@@ -107,6 +107,11 @@ impl Log {
         let stats = Stats::default();
         let now = now_ms();
         let opened = recovery::open_dir(dir, &config, &cache, &stats, now)?;
+        write_small_file(
+            &dir.join(recovery::RECOVERY_POINT),
+            opened.recovery_point.to_string().as_bytes(),
+            false,
+        )?;
         let log = Log {
             dir: dir.to_path_buf(),
             config: RwLock::new(config),
@@ -425,13 +430,15 @@ impl Log {
         Ok(r)
     }
 
-    /// Walks whole batches of `seg` from `pos`, CRC-checking any not yet verified.
+    /// Walks whole batches of `seg` from `pos`, skipping those wholly below
+    /// `min_offset` and CRC-checking the others unless already verified.
     pub(crate) fn walk<B>(
         &self,
         seg: &Segment,
         map: &[u8],
         mut pos: u64,
         size: u64,
+        min_offset: i64,
         mut f: impl FnMut(u64, &BatchHeader, usize) -> ControlFlow<B>,
     ) -> Result<Option<B>> {
         while pos < size {
@@ -444,6 +451,11 @@ impl Log {
                     pos,
                     format!("batch of {len} bytes runs past the segment end"),
                 ));
+            }
+            if h.last_offset() < min_offset {
+                // Only hopped over, never served: its CRC is checked when it is read.
+                pos += len as u64;
+                continue;
             }
             if pos >= seg.verified() {
                 records::verify_batch(&rest[..len])
@@ -486,7 +498,7 @@ impl Log {
                 continue;
             };
             let owner = Bytes::from_owner(MapOwner(map.clone()));
-            let res = self.walk(seg, &map, pos, size, |pos, h, len| {
+            let res = self.walk(seg, &map, pos, size, offset, |pos, h, len| {
                 if h.last_offset() < offset {
                     return ControlFlow::Continue(());
                 }
@@ -539,7 +551,7 @@ impl Log {
             let owner = Bytes::from_owner(MapOwner(map.clone()));
             let log_start = st.log_start;
             let mut decode_err = None;
-            let found = self.walk(seg, &map, pos, size, |pos, h, len| {
+            let found = self.walk(seg, &map, pos, size, log_start, |pos, h, len| {
                 if h.max_timestamp < ts || h.last_offset() < log_start {
                     return ControlFlow::Continue(());
                 }
@@ -601,7 +613,7 @@ impl Log {
             return Ok(Some((ts, off)));
         };
         let owner = Bytes::from_owner(MapOwner(map.clone()));
-        let exact = self.walk(seg, &map, pos, size, |pos, h, len| {
+        let exact = self.walk(seg, &map, pos, size, off, |pos, h, len| {
             if h.last_offset() < off {
                 return ControlFlow::Continue(());
             }
@@ -639,7 +651,7 @@ impl Log {
         let (cut, new_end) = match self.open_for_read(&st, &seg, offset)? {
             None => (0, offset),
             Some((map, pos, size)) => {
-                let hit = self.walk(&seg, &map, pos, size, |pos, h, _| {
+                let hit = self.walk(&seg, &map, pos, size, offset, |pos, h, _| {
                     if h.last_offset() >= offset {
                         ControlFlow::Break((pos, offset.min(h.base_offset)))
                     } else {
@@ -779,6 +791,11 @@ impl Log {
             inner.last_batch_pos
         };
         let end = st.log_end;
+        write_small_file(
+            &self.dir.join(recovery::RECOVERY_POINT),
+            end.to_string().as_bytes(),
+            false,
+        )?;
         recovery::write_marker(&self.dir, end, active.size(), last_pos)?;
         st.closed = true;
         for s in st.segments.values() {

@@ -15,13 +15,19 @@ fn append_assigns_offsets_and_read_returns_whole_batches() {
     let mut set = batch(2, 2000, 10);
     set.extend(batch(4, 3000, 10));
     let i2 = log.append(&mut set, 7).unwrap();
-    assert_eq!((i2.base_offset, i2.last_offset, i2.max_timestamp), (3, 8, 3003));
+    assert_eq!(
+        (i2.base_offset, i2.last_offset, i2.max_timestamp),
+        (3, 8, 3003)
+    );
     assert_eq!(log.log_end_offset(), 9);
 
     let r = log.read(0, usize::MAX, false).unwrap();
     assert_eq!(r.batches.len(), 3);
     let h = header(&r.batches[1]);
-    assert_eq!((h.base_offset, h.partition_leader_epoch, h.last_offset()), (3, 7, 4));
+    assert_eq!(
+        (h.base_offset, h.partition_leader_epoch, h.last_offset()),
+        (3, 7, 4)
+    );
     // A read inside a batch returns that whole batch first.
     for off in 3..=4 {
         let r = log.read(off, usize::MAX, false).unwrap();
@@ -35,8 +41,14 @@ fn append_assigns_offsets_and_read_returns_whole_batches() {
     assert_eq!(log.read(0, 10, true).unwrap().batches.len(), 1);
     // End and out of range.
     assert!(log.read(9, 100, true).unwrap().batches.is_empty());
-    assert!(matches!(log.read(10, 100, true), Err(StorageError::OffsetOutOfRange { .. })));
-    assert!(matches!(log.read(-1, 100, true), Err(StorageError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.read(10, 100, true),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    assert!(matches!(
+        log.read(-1, 100, true),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
 }
 
 #[test]
@@ -58,11 +70,17 @@ fn bad_input_is_rejected_and_nothing_appended() {
         let mut set = good.clone();
         set.extend_from_slice(&bad);
         let err = log.append(&mut set, 0).unwrap_err();
-        assert!(matches!(err, StorageError::InvalidBatch { position, .. } if position == good.len()), "{err}");
+        assert!(
+            matches!(err, StorageError::InvalidBatch { position, .. } if position == good.len()),
+            "{err}"
+        );
         assert_eq!(log.log_end_offset(), 0);
         assert_eq!(log.size_bytes(), 0);
     }
-    assert!(matches!(log.append(&mut [], 0), Err(StorageError::EmptyRecordSet)));
+    assert!(matches!(
+        log.append(&mut [], 0),
+        Err(StorageError::EmptyRecordSet)
+    ));
     let mut trailing = good.clone();
     trailing.extend_from_slice(&[0u8; 5]);
     assert!(log.append(&mut trailing, 0).is_err());
@@ -85,8 +103,14 @@ fn follower_append_keeps_offsets() {
     assert_eq!(log.log_end_offset(), 12);
     let mut old = batch(1, 5, 10);
     weir_protocol::records::set_base_offset(&mut old, 5);
-    assert!(matches!(log.append_as_follower(&old), Err(StorageError::NonSequentialOffset { .. })));
-    assert_eq!(header(&log.read(7, 1000, true).unwrap().batches[0]).base_offset, 10);
+    assert!(matches!(
+        log.append_as_follower(&old),
+        Err(StorageError::NonSequentialOffset { .. })
+    ));
+    assert_eq!(
+        header(&log.read(7, 1000, true).unwrap().batches[0]).base_offset,
+        10
+    );
 }
 
 #[test]
@@ -97,7 +121,14 @@ fn timestamps_lookup_and_max() {
     assert_eq!(log.max_timestamp().unwrap(), None);
     // 10 batches of 5 records, timestamps 100*i + j; one batch with a big timestamp in the middle.
     for i in 0..10 {
-        let mut b = if i == 4 { keyed(&[("a", Some("x"), 5000), ("b", Some("y"), 450)], Compression::Lz4) } else { batch(5, 100 * i, 20) };
+        let mut b = if i == 4 {
+            keyed(
+                &[("a", Some("x"), 5000), ("b", Some("y"), 450)],
+                Compression::Lz4,
+            )
+        } else {
+            batch(5, 100 * i, 20)
+        };
         log.append(&mut b, 0).unwrap();
     }
     assert!(log.segment_count() > 2);
@@ -123,7 +154,10 @@ fn timestamps_lookup_and_max() {
 #[test]
 fn group_commit_shares_fsyncs() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig { flush: FlushPolicy::EveryAppend, ..small_config(1 << 20) };
+    let cfg = LogConfig {
+        flush: FlushPolicy::EveryAppend,
+        ..small_config(1 << 20)
+    };
     let log = Arc::new(Log::open(dir.path(), cfg).unwrap());
     let threads: Vec<_> = (0..8)
         .map(|_| {
@@ -186,8 +220,14 @@ fn truncate_and_delete_before() {
     // DeleteRecords.
     assert_eq!(log.delete_before(7).unwrap(), 7);
     assert_eq!(log.log_start_offset(), 7);
-    assert!(matches!(log.read(6, 100, true), Err(StorageError::OffsetOutOfRange { .. })));
-    assert_eq!(header(&log.read(7, 100, true).unwrap().batches[0]).base_offset, 6);
+    assert!(matches!(
+        log.read(6, 100, true),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(
+        header(&log.read(7, 100, true).unwrap().batches[0]).base_offset,
+        6
+    );
     assert!(log.delete_before(100).is_err());
     assert_eq!(log.delete_before(19).unwrap(), 19);
     assert!(log.segment_count() < segs);
@@ -226,7 +266,10 @@ fn closed_log_rejects_appends() {
     let log = Log::open(dir.path(), small_config(300)).unwrap();
     log.close().unwrap();
     let mut b = batch(1, 1, 1);
-    assert!(matches!(log.append(&mut b, 0), Err(StorageError::Closed { .. })));
+    assert!(matches!(
+        log.append(&mut b, 0),
+        Err(StorageError::Closed { .. })
+    ));
     log.delete().unwrap();
     assert!(!dir.path().exists());
 }

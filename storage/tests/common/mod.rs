@@ -8,7 +8,12 @@ pub fn batch(n: usize, ts: i64, value_len: usize) -> Vec<u8> {
     let mut b = BatchBuilder::new(Compression::None);
     let v = vec![b'v'; value_len];
     for i in 0..n {
-        b.push(ts + i as i64, Some(format!("k{i}").as_bytes()), Some(&v), &[]);
+        b.push(
+            ts + i as i64,
+            Some(format!("k{i}").as_bytes()),
+            Some(&v),
+            &[],
+        );
     }
     b.build().unwrap()
 }
@@ -26,5 +31,11 @@ pub fn header(b: &[u8]) -> BatchHeader {
 }
 
 pub fn small_config(segment_bytes: u64) -> LogConfig {
-    LogConfig { segment_bytes, index_interval_bytes: 128, segment_index_bytes: 4096, flush: FlushPolicy::Os, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes,
+        index_interval_bytes: 128,
+        segment_index_bytes: 4096,
+        flush: FlushPolicy::Os,
+        ..LogConfig::default()
+    }
 }
