@@ -4,5 +4,15 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connection;
+pub mod fetch_session;
+pub mod handlers;
+pub mod http;
+pub mod metadata;
+pub mod metrics;
+pub mod partition;
+pub mod producer_state;
 pub mod server;
+pub mod state;
 pub mod telemetry;
+pub mod topic_config;

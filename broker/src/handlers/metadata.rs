@@ -1,0 +1,99 @@
+//! Metadata: brokers, topics and partition leaders; creates missing topics when
+//! the client allows it and `auto.create.topics.enable` is on (Kafka's default).
+
+use super::RequestContext;
+use crate::metadata::{validate_topic_name, TopicMeta};
+use crate::state::Broker;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+/// Kafka's "authorized operations not requested" marker.
+const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
+
+pub fn handle(broker: &Broker, ctx: &RequestContext, req: MetadataRequest) -> MetadataResponse {
+    let version = ctx.version();
+    // Before v4 there is no flag and auto-creation is implied.
+    let client_allows_create = version < 4 || req.allow_auto_topic_creation;
+    let topics = match req.topics {
+        // v0: an empty list means all topics; v1+: null means all topics.
+        None => broker.meta.topics().iter().map(|t| topic_entry(broker, t)).collect(),
+        Some(list) if list.is_empty() && version == 0 => broker.meta.topics().iter().map(|t| topic_entry(broker, t)).collect(),
+        Some(list) => list
+            .into_iter()
+            .map(|requested| {
+                let name = match (&requested.name, requested.topic_id.is_nil()) {
+                    (Some(n), _) => n.0.to_string(),
+                    (None, false) => match broker.meta.topic_name_by_id(&requested.topic_id) {
+                        Some(n) => n,
+                        None => {
+                            return MetadataResponseTopic::default()
+                                .with_error_code(ResponseError::UnknownTopicId.code())
+                                .with_topic_id(requested.topic_id)
+                                .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED)
+                        }
+                    },
+                    (None, true) => String::new(),
+                };
+                lookup_or_create(broker, &name, client_allows_create)
+            })
+            .collect(),
+    };
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(broker.node_id()))
+            .with_host(StrBytes::from_string(broker.config.advertised_host.clone()))
+            .with_port(broker.config.advertised_port)])
+        .with_cluster_id(Some(StrBytes::from_string(broker.meta.cluster_id())))
+        .with_controller_id(BrokerId(broker.node_id()))
+        .with_topics(topics)
+        .with_cluster_authorized_operations(OPERATIONS_NOT_REQUESTED)
+}
+
+fn error_entry(name: &str, error: ResponseError) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(error.code())
+        .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
+        .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED)
+}
+
+fn lookup_or_create(broker: &Broker, name: &str, client_allows_create: bool) -> MetadataResponseTopic {
+    if let Some(topic) = broker.topic(name) {
+        return topic_entry(broker, &topic);
+    }
+    if validate_topic_name(name).is_err() {
+        return error_entry(name, ResponseError::InvalidTopicException);
+    }
+    if !(client_allows_create && broker.auto_create_enabled()) {
+        return error_entry(name, ResponseError::UnknownTopicOrPartition);
+    }
+    match broker.auto_create(name) {
+        Ok(topic) => topic_entry(broker, &topic),
+        Err((code, message)) => {
+            tracing::warn!(topic = name, %message, "auto-creating topic failed");
+            error_entry(name, code)
+        }
+    }
+}
+
+fn topic_entry(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
+    let node = BrokerId(broker.node_id());
+    let partitions = (0..topic.partitions)
+        .map(|index| {
+            let epoch = broker.partition(&topic.name, index).map_or(0, |p| p.leader_epoch);
+            MetadataResponsePartition::default()
+                .with_partition_index(index)
+                .with_leader_id(node)
+                .with_leader_epoch(epoch)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
+        .with_topic_id(topic.id)
+        .with_is_internal(topic.name.starts_with("__"))
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED)
+}

@@ -1,0 +1,54 @@
+//! One module per Kafka API. [`dispatch`] runs the part of a request that must
+//! happen in arrival order (appends, metadata changes) and returns the rest
+//! (durability waits, long polls) as a future that the connection awaits in
+//! order, so pipelined requests overlap their waiting.
+
+use crate::state::Broker;
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub mod api_versions;
+pub mod fetch;
+pub mod find_coordinator;
+pub mod init_producer_id;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+/// The response still to come; `None` means no response at all (acks=0).
+pub type Pending = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
+
+pub struct RequestContext {
+    pub header: RequestHeader,
+    pub api_key: ApiKey,
+    pub peer: SocketAddr,
+}
+
+impl RequestContext {
+    pub fn version(&self) -> i16 {
+        self.header.request_api_version
+    }
+}
+
+pub fn ready(response: ResponseKind) -> Pending {
+    Box::pin(std::future::ready(Some(response)))
+}
+
+/// Routes a decoded request to its handler. Only APIs listed in
+/// [`api_versions::SUPPORTED`] reach this point.
+pub async fn dispatch(broker: &Arc<Broker>, ctx: &RequestContext, body: RequestKind) -> Option<Pending> {
+    let b = broker;
+    Some(match body {
+        RequestKind::ApiVersions(r) => ready(ResponseKind::ApiVersions(api_versions::handle(ctx, r))),
+        RequestKind::Metadata(r) => ready(ResponseKind::Metadata(metadata::handle(b, ctx, r))),
+        RequestKind::Produce(r) => produce::handle(b, ctx, r),
+        RequestKind::Fetch(r) => fetch::handle(b.clone(), ctx, r),
+        RequestKind::ListOffsets(r) => ready(ResponseKind::ListOffsets(list_offsets::handle(b, ctx, r))),
+        RequestKind::InitProducerId(r) => ready(ResponseKind::InitProducerId(init_producer_id::handle(b, ctx, r))),
+        RequestKind::FindCoordinator(r) => ready(ResponseKind::FindCoordinator(find_coordinator::handle(b, ctx, r))),
+        _ => return None,
+    })
+}

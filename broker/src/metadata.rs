@@ -1,0 +1,282 @@
+//! Cluster metadata (topics, their partition counts and configs, producer id
+//! blocks) as a log of records on the storage engine. The broker replays it at
+//! start; every change is appended and fsync'd before it is acknowledged. The
+//! replication issue puts this log under the metadata Raft group.
+
+use anyhow::{bail, Context};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use uuid::Uuid;
+use weir_protocol::compression::Compression;
+use weir_protocol::records::{decode_records, BatchBuilder};
+use weir_storage::{Log, LogConfig};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum MetaRecord {
+    ClusterId { id: String },
+    TopicCreated { name: String, id: Uuid, partitions: i32, replication_factor: i16, configs: BTreeMap<String, String> },
+    TopicDeleted { name: String },
+    PartitionsCreated { name: String, total: i32 },
+    TopicConfigsReplaced { name: String, configs: BTreeMap<String, String> },
+    /// Producer ids below `end` have been handed out (allocated in blocks).
+    ProducerIdBlock { end: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMeta {
+    pub name: String,
+    pub id: Uuid,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    /// Only the configs set on the topic; defaults come from the broker.
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default)]
+struct MetaState {
+    cluster_id: String,
+    topics: BTreeMap<String, TopicMeta>,
+    ids: HashMap<Uuid, String>,
+    producer_id_end: i64,
+}
+
+impl MetaState {
+    fn apply(&mut self, record: MetaRecord) {
+        match record {
+            MetaRecord::ClusterId { id } => self.cluster_id = id,
+            MetaRecord::TopicCreated { name, id, partitions, replication_factor, configs } => {
+                self.ids.insert(id, name.clone());
+                self.topics.insert(name.clone(), TopicMeta { name, id, partitions, replication_factor, configs });
+            }
+            MetaRecord::TopicDeleted { name } => {
+                if let Some(t) = self.topics.remove(&name) {
+                    self.ids.remove(&t.id);
+                }
+            }
+            MetaRecord::PartitionsCreated { name, total } => {
+                if let Some(t) = self.topics.get_mut(&name) {
+                    t.partitions = total;
+                }
+            }
+            MetaRecord::TopicConfigsReplaced { name, configs } => {
+                if let Some(t) = self.topics.get_mut(&name) {
+                    t.configs = configs;
+                }
+            }
+            MetaRecord::ProducerIdBlock { end } => self.producer_id_end = self.producer_id_end.max(end),
+        }
+    }
+}
+
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+pub struct MetadataStore {
+    log: Log,
+    state: RwLock<MetaState>,
+    /// Serialises writers so that validation and append see the same state.
+    write: Mutex<()>,
+    next_producer_id: Mutex<i64>,
+}
+
+impl MetadataStore {
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let config = LogConfig { retention_ms: None, retention_bytes: None, ..LogConfig::default() };
+        let log = Log::open(dir, config).with_context(|| format!("opening metadata log in {}", dir.display()))?;
+        let mut state = MetaState::default();
+        let mut offset = log.log_start_offset();
+        while offset < log.log_end_offset() {
+            let read = log.read(offset, 1 << 20, true).context("reading metadata log")?;
+            if read.batches.is_empty() {
+                break;
+            }
+            for batch in read.batches {
+                let records = decode_records(&batch, 64 << 20).context("decoding metadata log batch")?;
+                for record in records {
+                    offset = record.offset + 1;
+                    let Some(value) = record.value else { continue };
+                    let parsed: MetaRecord = serde_json::from_slice(&value)
+                        .with_context(|| format!("metadata record at offset {}", record.offset))?;
+                    state.apply(parsed);
+                }
+            }
+        }
+        let next_producer_id = state.producer_id_end;
+        let store = MetadataStore {
+            log,
+            state: RwLock::new(state),
+            write: Mutex::new(()),
+            next_producer_id: Mutex::new(next_producer_id),
+        };
+        if store.state.read().cluster_id.is_empty() {
+            let id = base64_url(Uuid::new_v4().as_bytes());
+            store.commit(MetaRecord::ClusterId { id })?;
+        }
+        Ok(store)
+    }
+
+    fn commit(&self, record: MetaRecord) -> anyhow::Result<()> {
+        let value = serde_json::to_vec(&record).context("encoding metadata record")?;
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(now_ms(), None, Some(&value), &[]);
+        let mut batch = builder.build().context("building metadata batch")?;
+        let info = self.log.append(&mut batch, 0).context("appending to the metadata log")?;
+        self.log.wait_durable(info.last_offset).context("syncing the metadata log")?;
+        self.state.write().apply(record);
+        Ok(())
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.state.read().cluster_id.clone()
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicMeta> {
+        self.state.read().topics.get(name).cloned()
+    }
+
+    pub fn topic_name_by_id(&self, id: &Uuid) -> Option<String> {
+        self.state.read().ids.get(id).cloned()
+    }
+
+    pub fn topics(&self) -> Vec<TopicMeta> {
+        self.state.read().topics.values().cloned().collect()
+    }
+
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+    ) -> anyhow::Result<TopicMeta> {
+        let _guard = self.write.lock();
+        if self.state.read().topics.contains_key(name) {
+            bail!("topic {name} already exists");
+        }
+        let id = Uuid::new_v4();
+        self.commit(MetaRecord::TopicCreated {
+            name: name.to_string(),
+            id,
+            partitions,
+            replication_factor,
+            configs: configs.clone(),
+        })?;
+        Ok(TopicMeta { name: name.to_string(), id, partitions, replication_factor, configs })
+    }
+
+    pub fn delete_topic(&self, name: &str) -> anyhow::Result<()> {
+        let _guard = self.write.lock();
+        self.commit(MetaRecord::TopicDeleted { name: name.to_string() })
+    }
+
+    pub fn set_partition_count(&self, name: &str, total: i32) -> anyhow::Result<()> {
+        let _guard = self.write.lock();
+        self.commit(MetaRecord::PartitionsCreated { name: name.to_string(), total })
+    }
+
+    pub fn replace_topic_configs(&self, name: &str, configs: BTreeMap<String, String>) -> anyhow::Result<()> {
+        let _guard = self.write.lock();
+        self.commit(MetaRecord::TopicConfigsReplaced { name: name.to_string(), configs })
+    }
+
+    /// A producer id never handed out before, also across restarts: ids are
+    /// reserved in blocks, each block recorded in the log before it is used.
+    pub fn allocate_producer_id(&self) -> anyhow::Result<i64> {
+        let mut next = self.next_producer_id.lock();
+        if *next >= self.state.read().producer_id_end {
+            let _guard = self.write.lock();
+            let end = *next + PRODUCER_ID_BLOCK;
+            self.commit(MetaRecord::ProducerIdBlock { end })?;
+        }
+        let id = *next;
+        *next += 1;
+        Ok(id)
+    }
+
+    pub fn close(&self) -> anyhow::Result<()> {
+        self.log.close().context("closing the metadata log")
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Kafka cluster ids are 22-character URL-safe base64 UUIDs.
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for &b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 6 {
+            bits -= 6;
+            out.push(ALPHABET[((acc >> bits) & 63) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((acc << (6 - bits)) & 63) as usize] as char);
+    }
+    out
+}
+
+/// Kafka's rule for topic names.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name {name:?} is not allowed"));
+    }
+    if name.len() > 249 {
+        return Err(format!("topic name is {} characters long; the limit is 249", name.len()));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("topic name {name:?} contains {c:?}; allowed are ASCII letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_and_producer_ids_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cluster, pid) = {
+            let store = MetadataStore::open(dir.path()).unwrap();
+            store.create_topic("a", 3, 1, BTreeMap::from([("retention.ms".into(), "5".into())])).unwrap();
+            store.create_topic("b", 1, 1, BTreeMap::new()).unwrap();
+            store.set_partition_count("a", 5).unwrap();
+            store.delete_topic("b").unwrap();
+            let pid = store.allocate_producer_id().unwrap();
+            store.close().unwrap();
+            (store.cluster_id(), pid)
+        };
+        let store = MetadataStore::open(dir.path()).unwrap();
+        assert_eq!(store.cluster_id(), cluster);
+        assert_eq!(cluster.len(), 22);
+        let a = store.topic("a").unwrap();
+        assert_eq!(a.partitions, 5);
+        assert_eq!(a.configs.get("retention.ms").map(String::as_str), Some("5"));
+        assert!(store.topic("b").is_none());
+        assert!(store.allocate_producer_id().unwrap() > pid, "producer ids are never reused");
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v1_x-y").is_ok());
+        assert!(validate_topic_name("bad name").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+    }
+}
