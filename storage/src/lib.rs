@@ -19,5 +19,14 @@ pub use compaction::CompactionStats;
 pub use config::{CleanupPolicy, FlushPolicy, LogConfig};
 pub use error::StorageError;
 pub use log::{AppendInfo, Log, ReadResult};
-pub use manager::LogManager;
+pub use manager::{parse_log_dir_name, LogManager, ManagerOptions};
+
+/// Manager options with a background `tick` and a cap on open segments (tests, tools).
+pub fn manager_options(tick: std::time::Duration, max_open_segments: usize) -> ManagerOptions {
+    ManagerOptions {
+        tick,
+        max_open_segments,
+        ..ManagerOptions::default()
+    }
+}
 pub use stats::LogStats;

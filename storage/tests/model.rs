@@ -42,7 +42,10 @@ impl Model {
 
 fn run(ops: Vec<Op>, segment_bytes: u64) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig { index_interval_bytes: 64, ..small_config(segment_bytes) };
+    let cfg = LogConfig {
+        index_interval_bytes: 64,
+        ..small_config(segment_bytes)
+    };
     let mut log = Some(Log::open(dir.path(), cfg.clone()).unwrap());
     let mut m = Model::default();
     let mut ts = 0i64;
@@ -61,7 +64,8 @@ fn run(ops: Vec<Op>, segment_bytes: u64) -> Result<(), TestCaseError> {
                 let info = l.append(&mut set, 3).unwrap();
                 prop_assert_eq!(info.base_offset, m.end);
                 for (at, len, n) in bounds {
-                    m.batches.push((m.end, m.end + n - 1, set[at..at + len].to_vec()));
+                    m.batches
+                        .push((m.end, m.end + n - 1, set[at..at + len].to_vec()));
                     m.end += n;
                 }
                 prop_assert_eq!(info.last_offset, m.end - 1);
@@ -70,7 +74,13 @@ fn run(ops: Vec<Op>, segment_bytes: u64) -> Result<(), TestCaseError> {
                 let off = m.pick(f);
                 let res = l.read(off, max, min_one);
                 if off < m.start || off > m.end {
-                    prop_assert!(matches!(res, Err(StorageError::OffsetOutOfRange { .. })), "offset {} in [{}, {}]", off, m.start, m.end);
+                    prop_assert!(
+                        matches!(res, Err(StorageError::OffsetOutOfRange { .. })),
+                        "offset {} in [{}, {}]",
+                        off,
+                        m.start,
+                        m.end
+                    );
                 } else {
                     let r = res.unwrap();
                     let mut expect: Vec<&[u8]> = Vec::new();
@@ -86,7 +96,16 @@ fn run(ops: Vec<Op>, segment_bytes: u64) -> Result<(), TestCaseError> {
                         expect.push(b);
                     }
                     let got: Vec<&[u8]> = r.batches.iter().map(|b| &b[..]).collect();
-                    prop_assert_eq!(got.len(), expect.len(), "read({}, {}, {}) in [{}, {}]", off, max, min_one, m.start, m.end);
+                    prop_assert_eq!(
+                        got.len(),
+                        expect.len(),
+                        "read({}, {}, {}) in [{}, {}]",
+                        off,
+                        max,
+                        min_one,
+                        m.start,
+                        m.end
+                    );
                     prop_assert!(got == expect);
                     prop_assert_eq!((r.log_start_offset, r.log_end_offset), (m.start, m.end));
                 }
@@ -100,8 +119,15 @@ fn run(ops: Vec<Op>, segment_bytes: u64) -> Result<(), TestCaseError> {
                         m.start = off;
                         m.end = off;
                     } else {
-                        let keep = m.batches.iter().position(|(_, last, _)| *last >= off).unwrap_or(m.batches.len());
-                        m.end = m.batches.get(keep).map_or(off, |(base, _, _)| off.min(*base));
+                        let keep = m
+                            .batches
+                            .iter()
+                            .position(|(_, last, _)| *last >= off)
+                            .unwrap_or(m.batches.len());
+                        m.end = m
+                            .batches
+                            .get(keep)
+                            .map_or(off, |(base, _, _)| off.min(*base));
                         m.batches.truncate(keep);
                     }
                 }
