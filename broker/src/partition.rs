@@ -79,14 +79,10 @@ impl Partition {
     }
 
     /// Validates and appends a produce request's record set for this partition.
+    /// Headers are checked here; the storage engine checks each CRC once as it
+    /// appends, and appends nothing if any batch is bad.
     pub fn append(&self, record_set: &mut [u8], now_ms: i64) -> Result<Appended, AppendError> {
-        let batches = records::validate_record_set(record_set).map_err(|e| {
-            let code = match e {
-                records::RecordError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
-                _ => ResponseError::CorruptMessage,
-            };
-            (code, e.to_string())
-        })?;
+        let batches = records::parse_record_set(record_set).map_err(record_error)?;
         if batches.is_empty() {
             return Err((ResponseError::CorruptMessage, "produce request has no record batch".into()));
         }
@@ -108,6 +104,8 @@ impl Partition {
         }
         let log_append_time = config.log_append_time();
         if log_append_time {
+            // Restamping recomputes the CRC, so check the producer's CRC first.
+            records::validate_record_set(record_set).map_err(record_error)?;
             for (_, range) in &batches {
                 records::set_log_append_time(&mut record_set[range.clone()], now_ms);
             }
@@ -165,11 +163,18 @@ impl Partition {
     }
 }
 
-pub fn storage_error(e: StorageError) -> AppendError {
-    let code = match &e {
-        StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
-        StorageError::InvalidBatch { .. } => ResponseError::CorruptMessage,
-        _ => ResponseError::KafkaStorageError,
+fn record_error(e: records::RecordError) -> AppendError {
+    let code = match e {
+        records::RecordError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
+        _ => ResponseError::CorruptMessage,
     };
     (code, e.to_string())
+}
+
+pub fn storage_error(e: StorageError) -> AppendError {
+    match e {
+        StorageError::InvalidBatch { source, .. } => record_error(source),
+        StorageError::OffsetOutOfRange { .. } => (ResponseError::OffsetOutOfRange, e.to_string()),
+        e => (ResponseError::KafkaStorageError, e.to_string()),
+    }
 }

@@ -188,9 +188,10 @@ pub fn verify_batch(batch: &[u8]) -> Result<BatchHeader, RecordError> {
     Ok(header)
 }
 
-/// Validates a produce request's record set: one or more whole batches, each with a
-/// good CRC and nothing left over. Returns each batch's header and byte range.
-pub fn validate_record_set(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, RecordError> {
+/// Splits a produce request's record set into its batches: one or more whole v2
+/// batches with plausible headers and nothing left over. The CRC is not checked
+/// (see [`validate_record_set`]), so callers that validate later pay for it once.
+pub fn parse_record_set(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, RecordError> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < buf.len() {
@@ -200,11 +201,20 @@ pub fn validate_record_set(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Ran
         if rest.len() < len {
             return Err(RecordError::Truncated { have: rest.len(), need: len });
         }
-        verify_batch(&rest[..len])?;
         out.push((header, pos..pos + len));
         pos += len;
     }
     Ok(out)
+}
+
+/// Validates a produce request's record set: one or more whole batches, each with a
+/// good CRC and nothing left over. Returns each batch's header and byte range.
+pub fn validate_record_set(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, RecordError> {
+    let batches = parse_record_set(buf)?;
+    for (_, range) in &batches {
+        verify_batch(&buf[range.clone()])?;
+    }
+    Ok(batches)
 }
 
 /// Iterates over the whole batches at the front of a buffer, as a consumer does with
