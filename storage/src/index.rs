@@ -33,7 +33,7 @@ impl IndexFile {
     pub fn open_ro(path: &Path, width: usize) -> io::Result<IndexFile> {
         let file = File::open(path)?;
         let len = file.metadata()?.len() as usize;
-        if len % width != 0 {
+        if (len / width) * width != len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("index length {len} is not a multiple of {width}"),

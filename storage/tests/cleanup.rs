@@ -110,9 +110,8 @@ fn compaction_keeps_latest_per_key_and_offsets() {
             .map(|j| {
                 let k = format!("key{}", (round * 4 + j) % 7);
                 // key3 gets a tombstone late; key5 an old tombstone early.
-                let v = if k == "key5" && round == 1 {
-                    None
-                } else if k == "key3" && round >= 10 {
+                let tombstone = (k == "key5" && round == 1) || (k == "key3" && round >= 10);
+                let v = if tombstone {
                     None
                 } else {
                     Some(format!("v{round}-{j}"))
