@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::sync::Arc;
 use uuid::Uuid;
 use weir_protocol::compression::Compression;
 use weir_protocol::records::{decode_records, BatchBuilder};
@@ -73,8 +73,12 @@ impl MetaState {
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
 
+/// The metadata log's directory name, `<topic>-<partition>` as Kafka's KRaft
+/// names it, beside the partitions in the data dir.
+pub const METADATA_TOPIC: &str = "__cluster_metadata";
+
 pub struct MetadataStore {
-    log: Log,
+    log: Arc<Log>,
     state: RwLock<MetaState>,
     /// Serialises writers so that validation and append see the same state.
     write: Mutex<()>,
@@ -82,9 +86,13 @@ pub struct MetadataStore {
 }
 
 impl MetadataStore {
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        let config = LogConfig { retention_ms: None, retention_bytes: None, ..LogConfig::default() };
-        let log = Log::open(dir, config).with_context(|| format!("opening metadata log in {}", dir.display()))?;
+    /// The log configuration the metadata log needs: never deleted by retention.
+    pub fn log_config() -> LogConfig {
+        LogConfig { retention_ms: None, retention_bytes: None, ..LogConfig::default() }
+    }
+
+    pub fn open(log: Arc<Log>) -> anyhow::Result<Self> {
+        log.update_config(Self::log_config());
         let mut state = MetaState::default();
         let mut offset = log.log_start_offset();
         while offset < log.log_end_offset() {
@@ -249,11 +257,16 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn open(dir: &std::path::Path) -> MetadataStore {
+        let log = Log::open(&dir.join("__cluster_metadata-0"), MetadataStore::log_config()).unwrap();
+        MetadataStore::open(Arc::new(log)).unwrap()
+    }
+
     #[test]
     fn topics_and_producer_ids_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (cluster, pid) = {
-            let store = MetadataStore::open(dir.path()).unwrap();
+            let store = open(dir.path());
             store.create_topic("a", 3, 1, BTreeMap::from([("retention.ms".into(), "5".into())])).unwrap();
             store.create_topic("b", 1, 1, BTreeMap::new()).unwrap();
             store.set_partition_count("a", 5).unwrap();
@@ -262,7 +275,7 @@ mod tests {
             store.close().unwrap();
             (store.cluster_id(), pid)
         };
-        let store = MetadataStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         assert_eq!(store.cluster_id(), cluster);
         assert_eq!(cluster.len(), 22);
         let a = store.topic("a").unwrap();

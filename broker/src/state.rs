@@ -2,7 +2,7 @@
 
 use crate::config::BrokerConfig;
 use crate::fetch_session::FetchSessions;
-use crate::metadata::{validate_topic_name, MetadataStore, TopicMeta};
+use crate::metadata::{validate_topic_name, MetadataStore, TopicMeta, METADATA_TOPIC};
 use crate::metrics::Metrics;
 use crate::partition::Partition;
 use crate::topic_config::{self, EffectiveConfig};
@@ -28,10 +28,13 @@ impl Broker {
     pub fn open(config: BrokerConfig) -> anyhow::Result<Arc<Broker>> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        let meta = MetadataStore::open(&config.data_dir.join("__cluster_metadata"))?;
         let defaults = EffectiveConfig::resolve(&config, &BTreeMap::new()).log_config();
         let logs = LogManager::open(&config.data_dir, defaults)
             .with_context(|| format!("opening logs in {}", config.data_dir.display()))?;
+        let meta_log = logs
+            .get_or_create(METADATA_TOPIC, 0, MetadataStore::log_config())
+            .context("opening the metadata log")?;
+        let meta = MetadataStore::open(meta_log)?;
         let broker = Arc::new(Broker {
             config,
             meta,
@@ -44,7 +47,7 @@ impl Broker {
         // crash) are removed; every partition of every topic is opened.
         let topics: BTreeMap<String, TopicMeta> = broker.meta.topics().into_iter().map(|t| (t.name.clone(), t)).collect();
         for ((topic, partition), _) in broker.logs.logs() {
-            let keep = topics.get(&topic).is_some_and(|t| partition < t.partitions);
+            let keep = topic == METADATA_TOPIC || topics.get(&topic).is_some_and(|t| partition < t.partitions);
             if !keep {
                 tracing::warn!(topic, partition, "removing the log of a deleted topic");
                 broker.logs.remove(&topic, partition).with_context(|| format!("removing {topic}-{partition}"))?;
@@ -116,6 +119,9 @@ impl Broker {
         validate_only: bool,
     ) -> Result<TopicMeta, TopicError> {
         validate_topic_name(name).map_err(|m| (ResponseError::InvalidTopicException, m))?;
+        if name == METADATA_TOPIC {
+            return Err((ResponseError::InvalidTopicException, format!("topic name '{name}' is reserved for Weir's metadata")));
+        }
         if self.topic(name).is_some() {
             return Err((ResponseError::TopicAlreadyExists, format!("topic '{name}' already exists")));
         }
@@ -224,7 +230,6 @@ impl Broker {
 
     /// Clean shutdown: every log flushed and marked clean.
     pub fn shutdown(&self) -> anyhow::Result<()> {
-        self.logs.shutdown().context("closing logs")?;
-        self.meta.close()
+        self.logs.shutdown().context("closing logs")
     }
 }
