@@ -10,7 +10,9 @@
 use super::error::{ClientError, Result};
 use super::versions::ApiVersionTable;
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, RequestKind, ResponseKind};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, RequestHeader, RequestKind, ResponseKind,
+};
 use kafka_protocol::protocol::StrBytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -63,7 +65,10 @@ impl Shared {
             return;
         }
         for p in self.queue.drain(..) {
-            let _ = p.reply.send(Err(ClientError::Disconnected { addr: addr.to_string(), reason: reason.clone() }));
+            let _ = p.reply.send(Err(ClientError::Disconnected {
+                addr: addr.to_string(),
+                reason: reason.clone(),
+            }));
         }
         self.dead = Some(reason);
         for t in self.tasks.drain(..) {
@@ -104,8 +109,14 @@ impl PendingResponse {
     pub async fn recv(self) -> Result<Option<ResponseKind>> {
         let Some(rx) = self.rx else { return Ok(None) };
         match tokio::time::timeout(self.timeout, rx).await {
-            Err(_) => Err(ClientError::Timeout { what: format!("{} to {}", self.what, self.addr), after: self.timeout }),
-            Ok(Err(_)) => Err(ClientError::Disconnected { addr: self.addr, reason: "connection closed".into() }),
+            Err(_) => Err(ClientError::Timeout {
+                what: format!("{} to {}", self.what, self.addr),
+                after: self.timeout,
+            }),
+            Ok(Err(_)) => Err(ClientError::Disconnected {
+                addr: self.addr,
+                reason: "connection closed".into(),
+            }),
             Ok(Ok(r)) => r.map(Some),
         }
     }
@@ -113,7 +124,9 @@ impl PendingResponse {
     /// Like [`recv`](Self::recv) for requests that always get a response.
     pub async fn response(self) -> Result<ResponseKind> {
         let what = self.what.clone();
-        self.recv().await?.ok_or_else(|| ClientError::Protocol(format!("{what}: no response expected")))
+        self.recv()
+            .await?
+            .ok_or_else(|| ClientError::Protocol(format!("{what}: no response expected")))
     }
 }
 
@@ -139,7 +152,12 @@ impl Connection {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(wr, rx, shared.clone(), addr.to_string()));
-        let reader = tokio::spawn(read_loop(rd, shared.clone(), addr.to_string(), cfg.max_response_bytes));
+        let reader = tokio::spawn(read_loop(
+            rd,
+            shared.clone(),
+            addr.to_string(),
+            cfg.max_response_bytes,
+        ));
         shared.lock().tasks = vec![writer.abort_handle(), reader.abort_handle()];
         Ok(Connection {
             addr: addr.to_string(),
@@ -168,7 +186,10 @@ impl Connection {
     pub fn version(&self, api: ApiKey) -> Result<i16> {
         self.versions
             .version(api)
-            .ok_or_else(|| ClientError::UnsupportedApi { api: format!("{api:?}"), addr: self.addr.clone() })
+            .ok_or_else(|| ClientError::UnsupportedApi {
+                api: format!("{api:?}"),
+                addr: self.addr.clone(),
+            })
     }
 
     /// Queues a request and returns at once; requests queued one after another on
@@ -191,25 +212,51 @@ impl Connection {
         let frame = encode_request(&header, body).map_err(ClientError::Protocol)?;
         let what = format!("{api:?} v{version} request");
         if let Some(reason) = &self.shared.lock().dead {
-            return Err(ClientError::Disconnected { addr: self.addr.clone(), reason: reason.clone() });
+            return Err(ClientError::Disconnected {
+                addr: self.addr.clone(),
+                reason: reason.clone(),
+            });
         }
         let (pending, rx) = if expect_response {
             let (reply, rx) = oneshot::channel();
-            (Some(Pending { correlation_id, api, version, reply }), Some(rx))
+            (
+                Some(Pending {
+                    correlation_id,
+                    api,
+                    version,
+                    reply,
+                }),
+                Some(rx),
+            )
         } else {
             (None, None)
         };
         self.tx
             .send(Outgoing { frame, pending })
-            .map_err(|_| ClientError::Disconnected { addr: self.addr.clone(), reason: "connection closed".into() })?;
-        Ok(PendingResponse { rx, addr: self.addr.clone(), what, timeout: self.request_timeout + extra_timeout })
+            .map_err(|_| ClientError::Disconnected {
+                addr: self.addr.clone(),
+                reason: "connection closed".into(),
+            })?;
+        Ok(PendingResponse {
+            rx,
+            addr: self.addr.clone(),
+            what,
+            timeout: self.request_timeout + extra_timeout,
+        })
     }
 
     /// Sends a request at the negotiated version built by `build` and waits for the response.
-    pub async fn call(&self, api: ApiKey, build: impl FnOnce(i16) -> RequestKind) -> Result<(i16, ResponseKind)> {
+    pub async fn call(
+        &self,
+        api: ApiKey,
+        build: impl FnOnce(i16) -> RequestKind,
+    ) -> Result<(i16, ResponseKind)> {
         let version = self.version(api)?;
         let body = build(version);
-        let resp = self.send(api, version, &body, true, Duration::ZERO)?.response().await?;
+        let resp = self
+            .send(api, version, &body, true, Duration::ZERO)?
+            .response()
+            .await?;
         Ok((version, resp))
     }
 }
@@ -249,7 +296,12 @@ async fn write_loop(
     let _ = wr.shutdown().await;
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Mutex<Shared>>, addr: String, max_frame: usize) {
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    shared: Arc<Mutex<Shared>>,
+    addr: String,
+    max_frame: usize,
+) {
     let mut decoder = FrameDecoder::new(max_frame);
     loop {
         let frame = match decoder.next_frame() {
@@ -269,30 +321,44 @@ async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Mutex<Shared>>, addr: Stri
                 continue;
             }
             Err(e) => {
-                shared.lock().kill(&addr, format!("bad response frame: {e}"));
+                shared
+                    .lock()
+                    .kill(&addr, format!("bad response frame: {e}"));
                 return;
             }
         };
         let pending = shared.lock().queue.pop_front();
         let Some(p) = pending else {
-            shared.lock().kill(&addr, "response with no request in flight".into());
+            shared
+                .lock()
+                .kill(&addr, "response with no request in flight".into());
             return;
         };
         if frame.len() < 4 {
             shared.lock().kill(&addr, "response frame too short".into());
-            let _ = p.reply.send(Err(ClientError::Protocol("response frame too short".into())));
+            let _ = p.reply.send(Err(ClientError::Protocol(
+                "response frame too short".into(),
+            )));
             return;
         }
         let correlation_id = (&frame[..4]).get_i32();
         if correlation_id != p.correlation_id {
-            let reason = format!("correlation id mismatch: expected {}, got {correlation_id}", p.correlation_id);
+            let reason = format!(
+                "correlation id mismatch: expected {}, got {correlation_id}",
+                p.correlation_id
+            );
             let _ = p.reply.send(Err(ClientError::Protocol(reason.clone())));
             shared.lock().kill(&addr, reason);
             return;
         }
         let result = decode_response(frame, p.api, p.version)
             .map(|(_, body)| body)
-            .map_err(|e| ClientError::Protocol(format!("cannot decode {:?} v{} response from {addr}: {e}", p.api, p.version)));
+            .map_err(|e| {
+                ClientError::Protocol(format!(
+                    "cannot decode {:?} v{} response from {addr}: {e}",
+                    p.api, p.version
+                ))
+            });
         let _ = p.reply.send(result);
     }
 }
@@ -304,9 +370,18 @@ async fn handshake(
     cfg: &ConnConfig,
     version: i16,
 ) -> std::result::Result<(TcpStream, ApiVersionTable), (Option<TcpStream>, ClientError)> {
-    let connect_err = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
-    let mut stream = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Err((None, connect_err(format!("timed out after {:?}", cfg.connect_timeout)))),
+    let connect_err = |reason: String| ClientError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    let mut stream = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await
+    {
+        Err(_) => {
+            return Err((
+                None,
+                connect_err(format!("timed out after {:?}", cfg.connect_timeout)),
+            ))
+        }
         Ok(Err(e)) => return Err((None, connect_err(e.to_string()))),
         Ok(Ok(s)) => s,
     };
@@ -332,7 +407,9 @@ async fn handshake(
         stream.read_exact(&mut len).await?;
         let len = i32::from_be_bytes(len);
         if len < 4 || len as usize > cfg.max_response_bytes {
-            return Err(std::io::Error::other(format!("ApiVersions response declares {len} bytes")));
+            return Err(std::io::Error::other(format!(
+                "ApiVersions response declares {len} bytes"
+            )));
         }
         let mut body = vec![0u8; len as usize];
         stream.read_exact(&mut body).await?;
@@ -342,10 +419,18 @@ async fn handshake(
         Err(_) => {
             return Err((
                 Some(stream),
-                ClientError::Timeout { what: format!("ApiVersions to {addr}"), after: cfg.request_timeout },
+                ClientError::Timeout {
+                    what: format!("ApiVersions to {addr}"),
+                    after: cfg.request_timeout,
+                },
             ))
         }
-        Ok(Err(e)) => return Err((Some(stream), connect_err(format!("ApiVersions exchange failed: {e}")))),
+        Ok(Err(e)) => {
+            return Err((
+                Some(stream),
+                connect_err(format!("ApiVersions exchange failed: {e}")),
+            ))
+        }
         Ok(Ok(b)) => b,
     };
     // A broker that does not know our version answers with a v0 body.
@@ -360,11 +445,20 @@ async fn handshake(
             _ => None,
         });
     let Some(resp) = decoded else {
-        return Err((Some(stream), ClientError::Protocol(format!("cannot decode the ApiVersions v{version} response from {addr}"))));
+        return Err((
+            Some(stream),
+            ClientError::Protocol(format!(
+                "cannot decode the ApiVersions v{version} response from {addr}"
+            )),
+        ));
     };
     if resp.error_code != 0 {
-        let e = ClientError::from_code(resp.error_code, None, format!("ApiVersions v{version} to {addr}"))
-            .unwrap_or_else(|| ClientError::Protocol("ApiVersions failed".into()));
+        let e = ClientError::from_code(
+            resp.error_code,
+            None,
+            format!("ApiVersions v{version} to {addr}"),
+        )
+        .unwrap_or_else(|| ClientError::Protocol("ApiVersions failed".into()));
         return Err((Some(stream), e));
     }
     Ok((stream, ApiVersionTable::from_response(&resp)))

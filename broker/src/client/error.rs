@@ -20,7 +20,12 @@ pub enum ClientError {
     Timeout { what: String, after: Duration },
     /// The broker answered with a Kafka error code.
     #[error("{context}: {name} (error code {code}){}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
-    Kafka { code: i16, name: String, message: Option<String>, context: String },
+    Kafka {
+        code: i16,
+        name: String,
+        message: Option<String>,
+        context: String,
+    },
     /// The broker does not support any version of an API that this client can speak.
     #[error("the broker at {addr} does not support {api} in any version this client speaks")]
     UnsupportedApi { api: String, addr: String },
@@ -57,7 +62,9 @@ impl ClientError {
     /// Whether refreshing metadata and trying again may help.
     pub fn is_retriable(&self) -> bool {
         match self {
-            ClientError::Connect { .. } | ClientError::Disconnected { .. } | ClientError::Timeout { .. } => true,
+            ClientError::Connect { .. }
+            | ClientError::Disconnected { .. }
+            | ClientError::Timeout { .. } => true,
             ClientError::Kafka { code, .. } => is_retriable_code(*code),
             _ => false,
         }
@@ -160,11 +167,17 @@ mod tests {
 
     #[test]
     fn kafka_error_display_has_name_and_context() {
-        let e = ClientError::from_code(36, Some("Topic 'x' already exists."), "creating topic x").unwrap();
-        assert_eq!(e.to_string(), "creating topic x: TOPIC_ALREADY_EXISTS (error code 36): Topic 'x' already exists.");
+        let e = ClientError::from_code(36, Some("Topic 'x' already exists."), "creating topic x")
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "creating topic x: TOPIC_ALREADY_EXISTS (error code 36): Topic 'x' already exists."
+        );
         assert_eq!(e.kafka_code(), Some(36));
         assert!(!e.is_retriable());
         assert!(ClientError::from_code(0, None, "x").is_none());
-        assert!(ClientError::from_code(6, None, "x").unwrap().needs_metadata_refresh());
+        assert!(ClientError::from_code(6, None, "x")
+            .unwrap()
+            .needs_metadata_refresh());
     }
 }

@@ -254,7 +254,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("bootstrap", &self.inner.bootstrap).finish()
+        f.debug_struct("Client")
+            .field("bootstrap", &self.inner.bootstrap)
+            .finish()
     }
 }
 
@@ -262,8 +264,11 @@ impl Client {
     /// Connects to the bootstrap broker(s) (`HOST:PORT`, comma-separated for several)
     /// and negotiates API versions. Metadata is fetched on first use.
     pub async fn connect(bootstrap: &str, cfg: ClientConfig) -> Result<Client> {
-        let bootstrap: Vec<String> =
-            bootstrap.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+        let bootstrap: Vec<String> = bootstrap
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
         if bootstrap.is_empty() {
             return Err(ClientError::Invalid("no bootstrap address given".into()));
         }
@@ -279,7 +284,10 @@ impl Client {
                 cfg,
                 conn_cfg,
                 slots: Mutex::new(HashMap::new()),
-                cache: RwLock::new(Cache { controller_id: -1, ..Default::default() }),
+                cache: RwLock::new(Cache {
+                    controller_id: -1,
+                    ..Default::default()
+                }),
             }),
         };
         client.connection(BOOTSTRAP_NODE).await?;
@@ -332,7 +340,9 @@ impl Client {
                 match found {
                     Some(c) => c,
                     None => {
-                        return Err(last.unwrap_or_else(|| ClientError::Invalid("no bootstrap address".into())))
+                        return Err(last.unwrap_or_else(|| {
+                            ClientError::Invalid("no bootstrap address".into())
+                        }))
                     }
                 }
             }
@@ -412,7 +422,10 @@ impl Client {
                     None => None,
                     Some(list) => Some(
                         list.iter()
-                            .map(|t| metadata_request::MetadataRequestTopic::default().with_name(Some(topic_name(t))))
+                            .map(|t| {
+                                metadata_request::MetadataRequestTopic::default()
+                                    .with_name(Some(topic_name(t)))
+                            })
                             .collect(),
                     ),
                 };
@@ -423,7 +436,9 @@ impl Client {
             })
             .await?;
         let ResponseKind::Metadata(resp) = resp else {
-            return Err(ClientError::Protocol("Metadata answered with another response type".into()));
+            return Err(ClientError::Protocol(
+                "Metadata answered with another response type".into(),
+            ));
         };
         if version >= 13 {
             if let Some(e) = ClientError::from_code(resp.error_code, None, "Metadata") {
@@ -507,7 +522,9 @@ impl Client {
             .topics
             .into_iter()
             .find(|t| t.name == topic)
-            .ok_or_else(|| ClientError::Protocol(format!("Metadata did not mention topic {topic}")))?;
+            .ok_or_else(|| {
+                ClientError::Protocol(format!("Metadata did not mention topic {topic}"))
+            })?;
         match t.error() {
             Some(e) => Err(e),
             None => Ok(t),
@@ -525,7 +542,10 @@ impl Client {
         let Some(p) = t.partitions.get(&partition) else {
             return Err(ClientError::from_code(
                 codes::UNKNOWN_TOPIC_OR_PARTITION,
-                Some(&format!("topic {topic} has {} partitions", t.partitions.len())),
+                Some(&format!(
+                    "topic {topic} has {} partitions",
+                    t.partitions.len()
+                )),
                 format!("partition {topic}-{partition}"),
             )
             .unwrap_or_else(|| ClientError::Invalid("unknown partition".into())));
@@ -533,8 +553,12 @@ impl Client {
         if p.leader < 0 || p.error_code == codes::LEADER_NOT_AVAILABLE {
             // Drop the cache entry so that the retry asks the cluster again.
             self.inner.cache.write().topics.remove(topic);
-            return Err(ClientError::from_code(codes::LEADER_NOT_AVAILABLE, None, format!("partition {topic}-{partition}"))
-                .unwrap_or_else(|| ClientError::Invalid("no leader".into())));
+            return Err(ClientError::from_code(
+                codes::LEADER_NOT_AVAILABLE,
+                None,
+                format!("partition {topic}-{partition}"),
+            )
+            .unwrap_or_else(|| ClientError::Invalid("no leader".into())));
         }
         Ok((p.leader, p.leader_epoch))
     }
@@ -558,7 +582,10 @@ impl Client {
     ) -> Result<ProduceResult> {
         let mut attempt = 0;
         loop {
-            let result = match self.send_produce(topic, partition, records.clone(), acks, timeout).await {
+            let result = match self
+                .send_produce(topic, partition, records.clone(), acks, timeout)
+                .await
+            {
                 Ok(pending) => pending.wait().await,
                 Err(e) => Err(e),
             };
@@ -597,12 +624,21 @@ impl Client {
         let (leader, _) = self.leader(topic, partition).await?;
         let conn = self.connection(leader).await?;
         let mut version = conn.version(ApiKey::Produce)?;
-        let topic_id = self.inner.cache.read().topics.get(topic).map(|t| t.id).unwrap_or_default();
+        let topic_id = self
+            .inner
+            .cache
+            .read()
+            .topics
+            .get(topic)
+            .map(|t| t.id)
+            .unwrap_or_default();
         if version >= 13 && topic_id.is_nil() {
             version = 12;
         }
         let mut td = produce_request::TopicProduceData::default().with_partition_data(vec![
-            produce_request::PartitionProduceData::default().with_index(partition).with_records(Some(records)),
+            produce_request::PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records)),
         ]);
         if version >= 13 {
             td.topic_id = topic_id;
@@ -613,8 +649,19 @@ impl Client {
             .with_acks(acks)
             .with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32)
             .with_topic_data(vec![td]);
-        let pending = conn.send(ApiKey::Produce, version, &RequestKind::Produce(req), acks != 0, timeout)?;
-        Ok(PendingProduce { pending, topic: topic.to_string(), partition, topic_id })
+        let pending = conn.send(
+            ApiKey::Produce,
+            version,
+            &RequestKind::Produce(req),
+            acks != 0,
+            timeout,
+        )?;
+        Ok(PendingProduce {
+            pending,
+            topic: topic.to_string(),
+            partition,
+            topic_id,
+        })
     }
 
     // ---------------------------------------------------------------- fetch
@@ -631,10 +678,19 @@ impl Client {
     ) -> Result<FetchedPartition> {
         self.retrying(Some(topic), || async {
             let (leader, _) = self.leader(topic, partition).await?;
-            let req = FetchPartitionRequest { topic: topic.to_string(), partition, offset, max_bytes };
-            let mut parts = self.fetch_from(leader, std::slice::from_ref(&req), max_wait, 1, max_bytes).await?;
+            let req = FetchPartitionRequest {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                max_bytes,
+            };
+            let mut parts = self
+                .fetch_from(leader, std::slice::from_ref(&req), max_wait, 1, max_bytes)
+                .await?;
             let p = parts.pop().ok_or_else(|| {
-                ClientError::Protocol(format!("Fetch response does not mention {topic}-{partition}"))
+                ClientError::Protocol(format!(
+                    "Fetch response does not mention {topic}-{partition}"
+                ))
             })?;
             if let Some(e) = p.error() {
                 if e.needs_metadata_refresh() {
@@ -701,11 +757,24 @@ impl Client {
             .with_min_bytes(min_bytes)
             .with_max_bytes(max_bytes)
             .with_topics(req_topics);
-        let resp = conn.send(ApiKey::Fetch, version, &RequestKind::Fetch(req), true, max_wait)?.response().await?;
+        let resp = conn
+            .send(
+                ApiKey::Fetch,
+                version,
+                &RequestKind::Fetch(req),
+                true,
+                max_wait,
+            )?
+            .response()
+            .await?;
         let ResponseKind::Fetch(resp) = resp else {
-            return Err(ClientError::Protocol("Fetch answered with another response type".into()));
+            return Err(ClientError::Protocol(
+                "Fetch answered with another response type".into(),
+            ));
         };
-        if let Some(e) = ClientError::from_code(resp.error_code, None, format!("Fetch from broker {node}")) {
+        if let Some(e) =
+            ClientError::from_code(resp.error_code, None, format!("Fetch from broker {node}"))
+        {
             return Err(e);
         }
         let mut out = Vec::with_capacity(parts.len());
@@ -737,11 +806,18 @@ impl Client {
     // ---------------------------------------------------------------- offsets
 
     /// ListOffsets for one partition: the offset (and its timestamp, -1 if none).
-    pub async fn list_offset(&self, topic: &str, partition: i32, spec: OffsetSpec) -> Result<(i64, i64)> {
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        spec: OffsetSpec,
+    ) -> Result<(i64, i64)> {
         let mut r = self.list_offsets(topic, &[(partition, spec)]).await?;
         match r.pop() {
             Some((_, res)) => res,
-            None => Err(ClientError::Protocol(format!("ListOffsets did not answer for {topic}-{partition}"))),
+            None => Err(ClientError::Protocol(format!(
+                "ListOffsets did not answer for {topic}-{partition}"
+            ))),
         }
     }
 
@@ -752,7 +828,8 @@ impl Client {
         topic: &str,
         partitions: &[(i32, OffsetSpec)],
     ) -> Result<Vec<(i32, Result<(i64, i64)>)>> {
-        let mut results: Vec<Option<Result<(i64, i64)>>> = partitions.iter().map(|_| None).collect();
+        let mut results: Vec<Option<Result<(i64, i64)>>> =
+            partitions.iter().map(|_| None).collect();
         let mut attempt = 0;
         loop {
             let todo: Vec<usize> = (0..partitions.len())
@@ -779,7 +856,10 @@ impl Client {
                 }
             }
             for (leader, idx) in by_leader {
-                match self.list_offsets_from(leader, topic, idx.iter().map(|&i| partitions[i])).await {
+                match self
+                    .list_offsets_from(leader, topic, idx.iter().map(|&i| partitions[i]))
+                    .await
+                {
                     Ok(answers) => {
                         for &i in &idx {
                             let p = partitions[i].0;
@@ -803,7 +883,10 @@ impl Client {
                         let msg = e.to_string();
                         for &i in &idx {
                             results[i] = Some(Err(if retriable {
-                                ClientError::Disconnected { addr: format!("broker {leader}"), reason: msg.clone() }
+                                ClientError::Disconnected {
+                                    addr: format!("broker {leader}"),
+                                    reason: msg.clone(),
+                                }
                             } else {
                                 ClientError::Protocol(msg.clone())
                             }));
@@ -815,7 +898,12 @@ impl Client {
         Ok(partitions
             .iter()
             .zip(results)
-            .map(|((p, _), r)| (*p, r.unwrap_or_else(|| Err(ClientError::Invalid("not attempted".into())))))
+            .map(|((p, _), r)| {
+                (
+                    *p,
+                    r.unwrap_or_else(|| Err(ClientError::Invalid("not attempted".into()))),
+                )
+            })
             .collect())
     }
 
@@ -828,17 +916,19 @@ impl Client {
         let conn = self.connection(node).await?;
         let partitions: Vec<_> = parts
             .map(|(p, spec)| {
-                list_offsets_request::ListOffsetsPartition::default().with_partition_index(p).with_timestamp(spec.wire())
+                list_offsets_request::ListOffsetsPartition::default()
+                    .with_partition_index(p)
+                    .with_timestamp(spec.wire())
             })
             .collect();
         let timeout = self.inner.cfg.request_timeout;
         let (_, resp) = conn
             .call(ApiKey::ListOffsets, |v| {
-                let mut req = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![
-                    list_offsets_request::ListOffsetsTopic::default()
+                let mut req = ListOffsetsRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
                         .with_name(topic_name(topic))
-                        .with_partitions(partitions),
-                ]);
+                        .with_partitions(partitions)]);
                 if v >= 10 {
                     req.timeout_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
                 }
@@ -846,10 +936,16 @@ impl Client {
             })
             .await?;
         let ResponseKind::ListOffsets(resp) = resp else {
-            return Err(ClientError::Protocol("ListOffsets answered with another response type".into()));
+            return Err(ClientError::Protocol(
+                "ListOffsets answered with another response type".into(),
+            ));
         };
         let mut out = HashMap::new();
-        for t in resp.topics.into_iter().filter(|t| t.name.0.as_str() == topic) {
+        for t in resp
+            .topics
+            .into_iter()
+            .filter(|t| t.name.0.as_str() == topic)
+        {
             for p in t.partitions {
                 out.insert(p.partition_index, (p.error_code, p.offset, p.timestamp));
             }
@@ -897,13 +993,17 @@ impl Client {
                 })
                 .await?;
             let ResponseKind::CreateTopics(resp) = resp else {
-                return Err(ClientError::Protocol("CreateTopics answered with another response type".into()));
+                return Err(ClientError::Protocol(
+                    "CreateTopics answered with another response type".into(),
+                ));
             };
             let t = resp
                 .topics
                 .iter()
                 .find(|t| t.name.0.as_str() == name)
-                .ok_or_else(|| ClientError::Protocol(format!("CreateTopics response does not mention {name}")))?;
+                .ok_or_else(|| {
+                    ClientError::Protocol(format!("CreateTopics response does not mention {name}"))
+                })?;
             match ClientError::from_code(
                 t.error_code,
                 t.error_message.as_ref().map(|m| m.as_str()),
@@ -922,12 +1022,15 @@ impl Client {
         let timeout = self.inner.cfg.request_timeout;
         let (_, resp) = conn
             .call(ApiKey::DeleteTopics, |v| {
-                let mut req =
-                    DeleteTopicsRequest::default().with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32);
+                let mut req = DeleteTopicsRequest::default()
+                    .with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32);
                 if v >= 6 {
                     req.topics = names
                         .iter()
-                        .map(|n| delete_topics_request::DeleteTopicState::default().with_name(Some(topic_name(n))))
+                        .map(|n| {
+                            delete_topics_request::DeleteTopicState::default()
+                                .with_name(Some(topic_name(n)))
+                        })
                         .collect();
                 } else {
                     req.topic_names = names.iter().map(|n| topic_name(n)).collect();
@@ -936,7 +1039,9 @@ impl Client {
             })
             .await?;
         let ResponseKind::DeleteTopics(resp) = resp else {
-            return Err(ClientError::Protocol("DeleteTopics answered with another response type".into()));
+            return Err(ClientError::Protocol(
+                "DeleteTopics answered with another response type".into(),
+            ));
         };
         for n in names {
             self.invalidate(n);
@@ -944,8 +1049,14 @@ impl Client {
         Ok(names
             .iter()
             .map(|n| {
-                let r = match resp.responses.iter().find(|r| r.name.as_ref().is_some_and(|x| x.0.as_str() == *n)) {
-                    None => Err(ClientError::Protocol(format!("DeleteTopics response does not mention {n}"))),
+                let r = match resp
+                    .responses
+                    .iter()
+                    .find(|r| r.name.as_ref().is_some_and(|x| x.0.as_str() == *n))
+                {
+                    None => Err(ClientError::Protocol(format!(
+                        "DeleteTopics response does not mention {n}"
+                    ))),
                     Some(r) => match ClientError::from_code(
                         r.error_code,
                         r.error_message.as_ref().map(|m| m.as_str()),
@@ -961,31 +1072,42 @@ impl Client {
     }
 
     /// CreatePartitions: grows a topic to `count` partitions.
-    pub async fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<()> {
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<()> {
         let conn = self.controller_connection().await?;
         let timeout = self.inner.cfg.request_timeout;
         let (_, resp) = conn
             .call(ApiKey::CreatePartitions, |_| {
                 RequestKind::CreatePartitions(
                     CreatePartitionsRequest::default()
-                        .with_topics(vec![create_partitions_request::CreatePartitionsTopic::default()
-                            .with_name(topic_name(name))
-                            .with_count(count)
-                            .with_assignments(None)])
+                        .with_topics(vec![
+                            create_partitions_request::CreatePartitionsTopic::default()
+                                .with_name(topic_name(name))
+                                .with_count(count)
+                                .with_assignments(None),
+                        ])
                         .with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32)
                         .with_validate_only(validate_only),
                 )
             })
             .await?;
         let ResponseKind::CreatePartitions(resp) = resp else {
-            return Err(ClientError::Protocol("CreatePartitions answered with another response type".into()));
+            return Err(ClientError::Protocol(
+                "CreatePartitions answered with another response type".into(),
+            ));
         };
         self.invalidate(name);
         let r = resp
             .results
             .iter()
             .find(|r| r.name.0.as_str() == name)
-            .ok_or_else(|| ClientError::Protocol(format!("CreatePartitions response does not mention {name}")))?;
+            .ok_or_else(|| {
+                ClientError::Protocol(format!("CreatePartitions response does not mention {name}"))
+            })?;
         match ClientError::from_code(
             r.error_code,
             r.error_message.as_ref().map(|m| m.as_str()),
@@ -1001,22 +1123,28 @@ impl Client {
         let conn = self.any_connection().await?;
         let (_, resp) = conn
             .call(ApiKey::DescribeConfigs, |_| {
-                RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
+                RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(
+                    vec![
                     describe_configs_request::DescribeConfigsResource::default()
                         .with_resource_type(RESOURCE_TOPIC)
                         .with_resource_name(s(name))
                         .with_configuration_keys(None),
-                ]))
+                ],
+                ))
             })
             .await?;
         let ResponseKind::DescribeConfigs(resp) = resp else {
-            return Err(ClientError::Protocol("DescribeConfigs answered with another response type".into()));
+            return Err(ClientError::Protocol(
+                "DescribeConfigs answered with another response type".into(),
+            ));
         };
         let r = resp
             .results
             .into_iter()
             .find(|r| r.resource_name.as_str() == name)
-            .ok_or_else(|| ClientError::Protocol(format!("DescribeConfigs response does not mention {name}")))?;
+            .ok_or_else(|| {
+                ClientError::Protocol(format!("DescribeConfigs response does not mention {name}"))
+            })?;
         if let Some(e) = ClientError::from_code(
             r.error_code,
             r.error_message.as_ref().map(|m| m.as_str()),
@@ -1066,40 +1194,68 @@ impl Client {
             })
             .await?;
         let ResponseKind::IncrementalAlterConfigs(resp) = resp else {
-            return Err(ClientError::Protocol("IncrementalAlterConfigs answered with another response type".into()));
+            return Err(ClientError::Protocol(
+                "IncrementalAlterConfigs answered with another response type".into(),
+            ));
         };
-        alter_result(resp.responses.iter().map(|r| (r.resource_name.as_str(), r.error_code, r.error_message.as_ref())), name)
+        alter_result(
+            resp.responses.iter().map(|r| {
+                (
+                    r.resource_name.as_str(),
+                    r.error_code,
+                    r.error_message.as_ref(),
+                )
+            }),
+            name,
+        )
     }
 
     /// AlterConfigs (the legacy, non-incremental API): replaces all of a topic's
     /// dynamic configs with `configs`.
-    pub async fn alter_topic_configs(&self, name: &str, configs: &[(String, String)], validate_only: bool) -> Result<()> {
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        configs: &[(String, String)],
+        validate_only: bool,
+    ) -> Result<()> {
         let conn = self.any_connection().await?;
         let (_, resp) = conn
             .call(ApiKey::AlterConfigs, |_| {
                 RequestKind::AlterConfigs(
                     AlterConfigsRequest::default()
-                        .with_resources(vec![alter_configs_request::AlterConfigsResource::default()
-                            .with_resource_type(RESOURCE_TOPIC)
-                            .with_resource_name(s(name))
-                            .with_configs(
-                                configs
-                                    .iter()
-                                    .map(|(k, v)| {
-                                        alter_configs_request::AlterableConfig::default()
-                                            .with_name(s(k))
-                                            .with_value(Some(s(v)))
-                                    })
-                                    .collect(),
-                            )])
+                        .with_resources(vec![alter_configs_request::AlterConfigsResource::default(
+                        )
+                        .with_resource_type(RESOURCE_TOPIC)
+                        .with_resource_name(s(name))
+                        .with_configs(
+                            configs
+                                .iter()
+                                .map(|(k, v)| {
+                                    alter_configs_request::AlterableConfig::default()
+                                        .with_name(s(k))
+                                        .with_value(Some(s(v)))
+                                })
+                                .collect(),
+                        )])
                         .with_validate_only(validate_only),
                 )
             })
             .await?;
         let ResponseKind::AlterConfigs(resp) = resp else {
-            return Err(ClientError::Protocol("AlterConfigs answered with another response type".into()));
+            return Err(ClientError::Protocol(
+                "AlterConfigs answered with another response type".into(),
+            ));
         };
-        alter_result(resp.responses.iter().map(|r| (r.resource_name.as_str(), r.error_code, r.error_message.as_ref())), name)
+        alter_result(
+            resp.responses.iter().map(|r| {
+                (
+                    r.resource_name.as_str(),
+                    r.error_code,
+                    r.error_message.as_ref(),
+                )
+            }),
+            name,
+        )
     }
 }
 
@@ -1107,10 +1263,16 @@ fn alter_result<'a>(
     mut results: impl Iterator<Item = (&'a str, i16, Option<&'a StrBytes>)>,
     name: &str,
 ) -> Result<()> {
-    let (_, code, msg) = results
-        .find(|(n, _, _)| *n == name)
-        .ok_or_else(|| ClientError::Protocol(format!("the alter configs response does not mention {name}")))?;
-    match ClientError::from_code(code, msg.map(|m| m.as_str()), format!("altering configs of topic {name}")) {
+    let (_, code, msg) = results.find(|(n, _, _)| *n == name).ok_or_else(|| {
+        ClientError::Protocol(format!(
+            "the alter configs response does not mention {name}"
+        ))
+    })?;
+    match ClientError::from_code(
+        code,
+        msg.map(|m| m.as_str()),
+        format!("altering configs of topic {name}"),
+    ) {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -1127,19 +1289,31 @@ pub struct PendingProduce {
 impl PendingProduce {
     pub async fn wait(self) -> Result<ProduceResult> {
         let Some(resp) = self.pending.recv().await? else {
-            return Ok(ProduceResult { base_offset: -1, log_append_time: -1, log_start_offset: -1 });
+            return Ok(ProduceResult {
+                base_offset: -1,
+                log_append_time: -1,
+                log_start_offset: -1,
+            });
         };
         let ResponseKind::Produce(resp) = resp else {
-            return Err(ClientError::Protocol("Produce answered with another response type".into()));
+            return Err(ClientError::Protocol(
+                "Produce answered with another response type".into(),
+            ));
         };
         let p = resp
             .responses
             .iter()
-            .filter(|t| t.name.0.as_str() == self.topic || (!self.topic_id.is_nil() && t.topic_id == self.topic_id))
+            .filter(|t| {
+                t.name.0.as_str() == self.topic
+                    || (!self.topic_id.is_nil() && t.topic_id == self.topic_id)
+            })
             .flat_map(|t| t.partition_responses.iter())
             .find(|p| p.index == self.partition)
             .ok_or_else(|| {
-                ClientError::Protocol(format!("Produce response does not mention {}-{}", self.topic, self.partition))
+                ClientError::Protocol(format!(
+                    "Produce response does not mention {}-{}",
+                    self.topic, self.partition
+                ))
             })?;
         if let Some(e) = ClientError::from_code(
             p.error_code,
@@ -1173,9 +1347,16 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let cfg = ClientConfig { connect_timeout: Duration::from_secs(2), ..Default::default() };
-        let err = Client::connect(&format!("127.0.0.1:{port}"), cfg).await.unwrap_err();
+        let cfg = ClientConfig {
+            connect_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let err = Client::connect(&format!("127.0.0.1:{port}"), cfg)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ClientError::Connect { .. }), "{err}");
-        assert!(Client::connect(" , ", ClientConfig::default()).await.is_err());
+        assert!(Client::connect(" , ", ClientConfig::default())
+            .await
+            .is_err());
     }
 }

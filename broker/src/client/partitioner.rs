@@ -59,7 +59,11 @@ impl Partitioner {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x853c_49e6_748f_ea9b)
             ^ u64::from(std::process::id()).rotate_left(32);
-        Partitioner { partitions: partitions.max(1), sticky: None, rng: seed | 1 }
+        Partitioner {
+            partitions: partitions.max(1),
+            sticky: None,
+            rng: seed | 1,
+        }
     }
 
     pub fn partitions(&self) -> usize {
@@ -121,11 +125,19 @@ mod tests {
             (b"foobar", -790332482),
             (b"a-little-bit-long-string", -985981536),
             (b"a-little-bit-longer-string", -1486304829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
             (b"abc", 479470107),
         ];
         for (input, expected) in cases {
-            assert_eq!(murmur2(input), expected, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                murmur2(input),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
@@ -139,7 +151,10 @@ mod tests {
             }
         }
         // toPositive(murmur2("foobar")) % 10 as the Java client computes it.
-        assert_eq!(partition_for_key(b"foobar", 10), ((-790332482i32 & 0x7fffffff) % 10));
+        assert_eq!(
+            partition_for_key(b"foobar", 10),
+            ((-790332482i32 & 0x7fffffff) % 10)
+        );
     }
 
     #[test]
@@ -148,7 +163,11 @@ mod tests {
         let first = p.partition(None);
         assert_eq!(p.partition(None), first);
         p.batch_sent((first + 1) % 4);
-        assert_eq!(p.partition(None), first, "another partition's batch does not move the sticky one");
+        assert_eq!(
+            p.partition(None),
+            first,
+            "another partition's batch does not move the sticky one"
+        );
         p.batch_sent(first);
         let second = p.partition(None);
         assert_ne!(second, first);

@@ -46,7 +46,11 @@ pub struct ApiVersionTable {
 
 impl ApiVersionTable {
     pub fn from_response(resp: &ApiVersionsResponse) -> Self {
-        let broker = resp.api_keys.iter().map(|k| (k.api_key, (k.min_version, k.max_version))).collect();
+        let broker = resp
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
         ApiVersionTable { broker }
     }
 
@@ -54,7 +58,10 @@ impl ApiVersionTable {
     pub fn version(&self, api: ApiKey) -> Option<i16> {
         let (bmin, bmax) = *self.broker.get(&(api as i16))?;
         let ours = client_range(api)?;
-        let common = ours.intersect(&VersionRange { min: bmin, max: bmax });
+        let common = ours.intersect(&VersionRange {
+            min: bmin,
+            max: bmax,
+        });
         (!common.is_empty()).then_some(common.max)
     }
 
@@ -73,7 +80,12 @@ mod tests {
         let resp = ApiVersionsResponse::default().with_api_keys(
             entries
                 .iter()
-                .map(|(k, min, max)| ApiVersion::default().with_api_key(*k as i16).with_min_version(*min).with_max_version(*max))
+                .map(|(k, min, max)| {
+                    ApiVersion::default()
+                        .with_api_key(*k as i16)
+                        .with_min_version(*min)
+                        .with_max_version(*max)
+                })
                 .collect(),
         );
         ApiVersionTable::from_response(&resp)
@@ -81,9 +93,18 @@ mod tests {
 
     #[test]
     fn picks_highest_common_version() {
-        let t = table(&[(ApiKey::Produce, 0, 9), (ApiKey::Fetch, 0, 99), (ApiKey::Metadata, 0, 2), (ApiKey::Heartbeat, 20, 30)]);
+        let t = table(&[
+            (ApiKey::Produce, 0, 9),
+            (ApiKey::Fetch, 0, 99),
+            (ApiKey::Metadata, 0, 2),
+            (ApiKey::Heartbeat, 20, 30),
+        ]);
         assert_eq!(t.version(ApiKey::Produce), Some(9));
-        assert_eq!(t.version(ApiKey::Fetch), Some(FetchRequest::VERSIONS.max), "capped to what we can encode");
+        assert_eq!(
+            t.version(ApiKey::Fetch),
+            Some(FetchRequest::VERSIONS.max),
+            "capped to what we can encode"
+        );
         assert_eq!(t.version(ApiKey::Metadata), Some(2));
         assert_eq!(t.version(ApiKey::Heartbeat), None, "no overlap");
         assert_eq!(t.version(ApiKey::CreateTopics), None, "not advertised");
