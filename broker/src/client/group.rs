@@ -343,8 +343,7 @@ impl GroupMember {
             .coordinator
             .call(ApiKey::OffsetFetch, |v| {
                 if v >= 8 {
-                    RequestKind::OffsetFetch(
-                        OffsetFetchRequest::default().with_groups(vec![
+                    RequestKind::OffsetFetch(OffsetFetchRequest::default().with_groups(vec![
                             offset_fetch_request::OffsetFetchRequestGroup::default()
                                 .with_group_id(GroupId(s(group)))
                                 .with_topics(Some(vec![
@@ -352,8 +351,7 @@ impl GroupMember {
                                         .with_name(topic_name(topic))
                                         .with_partition_indexes(parts.clone()),
                                 ])),
-                        ]),
-                    )
+                        ]))
                 } else {
                     RequestKind::OffsetFetch(
                         OffsetFetchRequest::default()

@@ -855,7 +855,23 @@ impl Client {
                     Err(e) => results[i] = Some(Err(e)),
                 }
             }
+            // Kafka refuses a partition twice in one request: split into rounds.
+            let mut rounds: Vec<(i32, Vec<usize>)> = Vec::new();
             for (leader, idx) in by_leader {
+                let mut mine: Vec<Vec<usize>> = Vec::new();
+                for i in idx {
+                    let p = partitions[i].0;
+                    match mine
+                        .iter_mut()
+                        .find(|r| r.iter().all(|&j| partitions[j].0 != p))
+                    {
+                        Some(r) => r.push(i),
+                        None => mine.push(vec![i]),
+                    }
+                }
+                rounds.extend(mine.into_iter().map(|r| (leader, r)));
+            }
+            for (leader, idx) in rounds {
                 match self
                     .list_offsets_from(leader, topic, idx.iter().map(|&i| partitions[i]))
                     .await
