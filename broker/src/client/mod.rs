@@ -517,17 +517,33 @@ impl Client {
         if let Some(t) = self.inner.cache.read().topics.get(topic) {
             return Ok(t.clone());
         }
-        let md = self.metadata(Some(&[topic])).await?;
-        let t = md
-            .topics
-            .into_iter()
-            .find(|t| t.name == topic)
-            .ok_or_else(|| {
-                ClientError::Protocol(format!("Metadata did not mention topic {topic}"))
-            })?;
-        match t.error() {
-            Some(e) => Err(e),
-            None => Ok(t),
+        // A topic that is being created (or auto-created by this very request)
+        // answers LEADER_NOT_AVAILABLE for a moment: ask again. A topic that does
+        // not exist fails at once.
+        let mut attempt = 0;
+        loop {
+            let md = self.metadata(Some(&[topic])).await?;
+            let t = md
+                .topics
+                .into_iter()
+                .find(|t| t.name == topic)
+                .ok_or_else(|| {
+                    ClientError::Protocol(format!("Metadata did not mention topic {topic}"))
+                })?;
+            let leaderless = t.partitions.is_empty() || t.partitions.values().any(|p| p.leader < 0);
+            match t.error() {
+                Some(e)
+                    if e.kafka_code() == Some(codes::LEADER_NOT_AVAILABLE)
+                        && attempt < self.inner.cfg.max_retries =>
+                {
+                    tracing::debug!(error = %e, "topic not ready");
+                }
+                Some(e) => return Err(e),
+                None if leaderless && attempt < self.inner.cfg.max_retries => {}
+                None => return Ok(t),
+            }
+            attempt += 1;
+            tokio::time::sleep(self.inner.cfg.retry_backoff * attempt).await;
         }
     }
 
