@@ -184,16 +184,91 @@ mod tests {
         assert_eq!(err.correlation_id(), Some(9));
     }
 
+    /// Valid requests of several APIs, encoded at every version kafka-protocol
+    /// knows, to be mutated by the fuzz test below.
+    fn seed_frames() -> Vec<Vec<u8>> {
+        use kafka_protocol::messages::*;
+        let topic = || TopicName(StrBytes::from_static_str("orders"));
+        let bodies: Vec<(ApiKey, RequestKind, std::ops::RangeInclusive<i16>)> = vec![
+            (ApiKey::Metadata, RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
+                metadata_request::MetadataRequestTopic::default().with_name(Some(topic())),
+            ]))), 0..=13),
+            (ApiKey::Produce, RequestKind::Produce(ProduceRequest::default().with_acks(-1).with_topic_data(vec![
+                produce_request::TopicProduceData::default().with_name(topic()).with_partition_data(vec![
+                    produce_request::PartitionProduceData::default().with_records(Some(Bytes::from_static(&[0u8; 70]))),
+                ]),
+            ])), 3..=12),
+            (ApiKey::Fetch, RequestKind::Fetch(FetchRequest::default().with_topics(vec![
+                fetch_request::FetchTopic::default().with_topic(topic()).with_partitions(vec![
+                    fetch_request::FetchPartition::default().with_fetch_offset(5),
+                ]),
+            ])), 4..=12),
+            (ApiKey::CreateTopics, RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(vec![
+                create_topics_request::CreatableTopic::default().with_name(topic()).with_num_partitions(3).with_configs(vec![
+                    create_topics_request::CreatableTopicConfig::default()
+                        .with_name(StrBytes::from_static_str("retention.ms"))
+                        .with_value(Some(StrBytes::from_static_str("1000"))),
+                ]),
+            ])), 2..=7),
+            (ApiKey::JoinGroup, RequestKind::JoinGroup(JoinGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from_static(b"meta"))])), 0..=9),
+            (ApiKey::ApiVersions, RequestKind::ApiVersions(ApiVersionsRequest::default()), 0..=4),
+        ];
+        let mut frames = Vec::new();
+        for (key, body, versions) in bodies {
+            for version in versions {
+                let header = RequestHeader::default()
+                    .with_request_api_key(key as i16)
+                    .with_request_api_version(version)
+                    .with_correlation_id(7);
+                if let Ok(frame) = encode_request(&header, &body) {
+                    frames.push(frame[4..].to_vec());
+                }
+            }
+        }
+        assert!(frames.len() > 40, "seed frames encode");
+        frames
+    }
+
     proptest! {
-        /// Fuzz: random frames and mutated valid frames decode or fail, never panic.
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Fuzz: valid frames of many APIs, mutated (byte flips, planted huge
+        /// length prefixes, truncation), decode or fail but never panic or
+        /// abort on a giant allocation.
+        #[test]
+        fn mutated_valid_frames_never_panic(seed in any::<prop::sample::Index>(),
+                                            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+                                            planted in proptest::option::of((any::<prop::sample::Index>(), any::<u32>())),
+                                            cut in any::<prop::sample::Index>()) {
+            let frames = seed_frames();
+            let mut frame = frames[seed.index(frames.len())].clone();
+            for (at, byte) in flips {
+                let i = at.index(frame.len());
+                frame[i] = byte;
+            }
+            if let Some((at, value)) = planted {
+                let i = at.index(frame.len());
+                let end = (i + 4).min(frame.len());
+                frame[i..end].copy_from_slice(&value.to_be_bytes()[..end - i]);
+            }
+            let keep = cut.index(frame.len() + 1).max(frame.len().saturating_sub(8));
+            frame.truncate(keep);
+            let _ = decode_request(Bytes::from(frame), all_versions);
+        }
+
         #[test]
         fn random_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_request(Bytes::from(bytes), all_versions);
         }
 
         #[test]
-        fn mutated_frames_never_panic(key in 0i16..70, version in 0i16..18,
-                                      body in proptest::collection::vec(any::<u8>(), 0..128)) {
+        fn random_bodies_never_panic(key in 0i16..70, version in 0i16..18,
+                                     body in proptest::collection::vec(any::<u8>(), 0..128)) {
             let mut frame = Vec::new();
             frame.extend_from_slice(&key.to_be_bytes());
             frame.extend_from_slice(&version.to_be_bytes());
@@ -201,5 +276,14 @@ mod tests {
             frame.extend_from_slice(&body);
             let _ = decode_request(Bytes::from(frame), all_versions);
         }
+    }
+
+    #[test]
+    fn a_tiny_frame_declaring_two_billion_topics_is_refused() {
+        // Metadata v1: header (key, version, correlation id, client id null), then
+        // the topics array length 0x7fffffff and nothing else.
+        let mut frame = vec![0, 3, 0, 1, 0, 0, 0, 1, 0xff, 0xff];
+        frame.extend_from_slice(&0x7fff_ffffi32.to_be_bytes());
+        assert!(decode_request(Bytes::from(frame), all_versions).is_err());
     }
 }
