@@ -1,0 +1,299 @@
+//! Records, parsed events and the field table.
+//!
+//! A record value is parsed once per topic into an [`Event`]: only the fields some
+//! definition refers to are materialised (into a dense vector indexed by field id), the
+//! rest of the JSON is validated and skipped. The raw record is kept for outputs that
+//! embed whole events, for late/dead-letter outputs and for checkpoints.
+
+use crate::value::Val;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// A record read from a source topic, as the broker hands it to [`crate::Engine::process`].
+#[derive(Debug, Clone, Copy)]
+pub struct SourceRecord<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
+/// An owned copy of a record (kept in state and checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawRecord {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl RawRecord {
+    pub fn from_source(r: &SourceRecord<'_>, topic: Arc<str>) -> RawRecord {
+        RawRecord {
+            topic,
+            partition: r.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key: r.key.map(|k| k.to_vec()),
+            value: r.value.to_vec(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
+        }
+    }
+}
+
+/// A parsed record: field values by field id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub rec: RawRecord,
+    pub vals: Vec<Val>,
+}
+
+impl Event {
+    #[inline]
+    pub fn get(&self, field: u32) -> &Val {
+        self.vals.get(field as usize).unwrap_or(&crate::value::NULL)
+    }
+
+    /// The record value as JSON text (it parsed, so it is valid JSON).
+    pub fn value_text(&self) -> &str {
+        std::str::from_utf8(&self.rec.value).unwrap_or("null")
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Special {
+    Key,
+    Timestamp,
+    Partition,
+    Offset,
+    Topic,
+    Header(String),
+}
+
+/// Field paths referenced by definitions, interned to dense ids.
+#[derive(Debug, Default, Clone)]
+pub struct FieldTable {
+    ids: HashMap<String, u32>,
+    paths: Vec<String>,
+    /// top-level JSON key -> (field id, remaining path segments)
+    top: HashMap<String, Vec<(u32, Vec<String>)>>,
+    specials: Vec<(u32, Special)>,
+}
+
+impl FieldTable {
+    /// Interns a dotted field path such as `user`, `geo.country` or `_headers.trace`.
+    pub fn intern(&mut self, path: &str) -> u32 {
+        if let Some(id) = self.ids.get(path) {
+            return *id;
+        }
+        let id = self.paths.len() as u32;
+        self.paths.push(path.to_string());
+        self.ids.insert(path.to_string(), id);
+        let special = match path {
+            "_key" => Some(Special::Key),
+            "_timestamp" => Some(Special::Timestamp),
+            "_partition" => Some(Special::Partition),
+            "_offset" => Some(Special::Offset),
+            "_topic" => Some(Special::Topic),
+            p => p
+                .strip_prefix("_headers.")
+                .map(|h| Special::Header(h.to_string())),
+        };
+        if let Some(s) = special {
+            self.specials.push((id, s));
+        } else {
+            let mut segs = path.split('.');
+            let first = segs.next().unwrap_or("").to_string();
+            let rest: Vec<String> = segs.map(|s| s.to_string()).collect();
+            self.top.entry(first).or_default().push((id, rest));
+        }
+        id
+    }
+
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Parses a record. `Err` means the value is not a JSON object.
+    pub fn parse(&self, rec: RawRecord) -> Result<Event, ()> {
+        let mut vals = vec![Val::Null; self.paths.len()];
+        {
+            let mut de = serde_json::Deserializer::from_slice(&rec.value);
+            TopSeed {
+                table: self,
+                vals: &mut vals,
+            }
+            .deserialize(&mut de)
+            .map_err(|_| ())?;
+            de.end().map_err(|_| ())?;
+        }
+        for (id, s) in &self.specials {
+            let v = match s {
+                Special::Key => rec
+                    .key
+                    .as_ref()
+                    .map(|k| Val::str(&String::from_utf8_lossy(k)))
+                    .unwrap_or(Val::Null),
+                Special::Timestamp => Val::Num(rec.timestamp_ms as f64),
+                Special::Partition => Val::Num(rec.partition as f64),
+                Special::Offset => Val::Num(rec.offset as f64),
+                Special::Topic => Val::str(&rec.topic),
+                Special::Header(h) => rec
+                    .headers
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == h)
+                    .map(|(_, v)| Val::str(&String::from_utf8_lossy(v)))
+                    .unwrap_or(Val::Null),
+            };
+            if let Some(slot) = vals.get_mut(*id as usize) {
+                *slot = v;
+            }
+        }
+        Ok(Event { rec, vals })
+    }
+}
+
+struct TopSeed<'a> {
+    table: &'a FieldTable,
+    vals: &'a mut Vec<Val>,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let table = self.table;
+        while let Some(entry) = map.next_key_seed(KeySeed { table })? {
+            match entry {
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Some(list) => {
+                    if list.iter().all(|(_, rest)| rest.is_empty()) {
+                        let v = map.next_value_seed(ValSeed)?;
+                        for (id, _) in list {
+                            if let Some(slot) = self.vals.get_mut(*id as usize) {
+                                *slot = v.clone();
+                            }
+                        }
+                    } else {
+                        let j: serde_json::Value = map.next_value()?;
+                        for (id, rest) in list {
+                            let mut cur = Some(&j);
+                            for seg in rest {
+                                cur = cur.and_then(|c| match c {
+                                    serde_json::Value::Object(m) => m.get(seg.as_str()),
+                                    serde_json::Value::Array(a) => {
+                                        seg.parse::<usize>().ok().and_then(|i| a.get(i))
+                                    }
+                                    _ => None,
+                                });
+                            }
+                            if let Some(slot) = self.vals.get_mut(*id as usize) {
+                                *slot = cur.map(Val::from_json).unwrap_or(Val::Null);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+type Entries = Vec<(u32, Vec<String>)>;
+
+struct KeySeed<'a> {
+    table: &'a FieldTable,
+}
+
+impl<'de, 'a> DeserializeSeed<'de> for KeySeed<'a> {
+    type Value = Option<&'a Entries>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de, 'a> Visitor<'de> for KeySeed<'a> {
+    type Value = Option<&'a Entries>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.table.top.get(v))
+    }
+}
+
+struct ValSeed;
+
+impl<'de> DeserializeSeed<'de> for ValSeed {
+    type Value = Val;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Val, D::Error> {
+        d.deserialize_any(ValVisitor)
+    }
+}
+
+struct ValVisitor;
+
+impl<'de> Visitor<'de> for ValVisitor {
+    type Value = Val;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Val, E> {
+        Ok(Val::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Val, E> {
+        Ok(Val::Num(v as f64))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Val, E> {
+        Ok(Val::Num(v as f64))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Val, E> {
+        Ok(Val::Num(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Val, E> {
+        Ok(Val::str(v))
+    }
+    fn visit_unit<E>(self) -> Result<Val, E> {
+        Ok(Val::Null)
+    }
+    fn visit_none<E>(self) -> Result<Val, E> {
+        Ok(Val::Null)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Val, A::Error> {
+        let j = serde_json::Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(Val::from_json(&j))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Val, A::Error> {
+        let j = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(Val::Json(Arc::new(j)))
+    }
+}

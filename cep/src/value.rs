@@ -1,0 +1,174 @@
+//! The value type expressions evaluate to, and a tiny JSON writer for outputs.
+
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+/// A field or expression value. Numbers are `f64` (integral values are written back as
+/// JSON integers). Arrays and objects are kept as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub enum Val {
+    #[default]
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(Arc<str>),
+    List(Arc<Vec<Val>>),
+    Json(Arc<serde_json::Value>),
+}
+
+pub(crate) static NULL: Val = Val::Null;
+
+impl Val {
+    pub fn str(s: &str) -> Val {
+        Val::Str(Arc::from(s))
+    }
+
+    /// Truthiness used by `&&`, `||`, `!` and `where`: `true`, a non-zero number, a
+    /// non-empty string or list, any object. `null` and missing fields are false.
+    pub fn truthy(&self) -> bool {
+        match self {
+            Val::Null => false,
+            Val::Bool(b) => *b,
+            Val::Num(n) => *n != 0.0 && !n.is_nan(),
+            Val::Str(s) => !s.is_empty(),
+            Val::List(l) => !l.is_empty(),
+            Val::Json(j) => !j.is_null(),
+        }
+    }
+
+    pub fn as_num(&self) -> Option<f64> {
+        match self {
+            Val::Num(n) => Some(*n),
+            Val::Json(j) => j.as_f64(),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Val::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Converts a JSON value; arrays of scalars become lists, objects stay JSON.
+    pub fn from_json(v: &serde_json::Value) -> Val {
+        match v {
+            serde_json::Value::Null => Val::Null,
+            serde_json::Value::Bool(b) => Val::Bool(*b),
+            serde_json::Value::Number(n) => n.as_f64().map(Val::Num).unwrap_or(Val::Null),
+            serde_json::Value::String(s) => Val::str(s),
+            serde_json::Value::Array(a) => {
+                Val::List(Arc::new(a.iter().map(Val::from_json).collect()))
+            }
+            serde_json::Value::Object(_) => Val::Json(Arc::new(v.clone())),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Val::Null => serde_json::Value::Null,
+            Val::Bool(b) => serde_json::Value::Bool(*b),
+            Val::Num(n) => num_to_json(*n),
+            Val::Str(s) => serde_json::Value::String(s.to_string()),
+            Val::List(l) => serde_json::Value::Array(l.iter().map(|v| v.to_json()).collect()),
+            Val::Json(j) => (**j).clone(),
+        }
+    }
+
+    /// Text used for keys and group values: strings as-is, everything else as JSON.
+    pub fn key_text(&self, out: &mut String) {
+        match self {
+            Val::Str(s) => out.push_str(s),
+            Val::Null => {}
+            other => write_json(other, out),
+        }
+    }
+
+    /// Equality as in `==`: numbers by value, strings by content, null == null.
+    pub fn loose_eq(&self, other: &Val) -> bool {
+        match (self, other) {
+            (Val::Num(a), Val::Num(b)) => a == b,
+            (Val::Str(a), Val::Str(b)) => a == b,
+            (Val::Bool(a), Val::Bool(b)) => a == b,
+            (Val::Null, Val::Null) => true,
+            (Val::List(a), Val::List(b)) => {
+                a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.loose_eq(y))
+            }
+            (Val::Json(a), Val::Json(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// Ordering for `<` etc. and min/max: only numbers with numbers and strings with strings.
+    pub fn loose_cmp(&self, other: &Val) -> Option<Ordering> {
+        match (self, other) {
+            (Val::Num(a), Val::Num(b)) => a.partial_cmp(b),
+            (Val::Str(a), Val::Str(b)) => Some(a.cmp(b)),
+            (Val::Bool(a), Val::Bool(b)) => Some(a.cmp(b)),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn num_to_json(n: f64) -> serde_json::Value {
+    if n.is_finite() && n.fract() == 0.0 && n.abs() < 9.0e15 {
+        serde_json::Value::from(n as i64)
+    } else {
+        serde_json::Number::from_f64(n)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Appends `v` as JSON text.
+pub fn write_json(v: &Val, out: &mut String) {
+    match v {
+        Val::Null => out.push_str("null"),
+        Val::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Val::Num(n) => write_num(*n, out),
+        Val::Str(s) => write_str(s, out),
+        Val::List(l) => {
+            out.push('[');
+            for (i, x) in l.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json(x, out);
+            }
+            out.push(']');
+        }
+        Val::Json(j) => out.push_str(&j.to_string()),
+    }
+}
+
+pub(crate) fn write_num(n: f64, out: &mut String) {
+    use std::fmt::Write;
+    if n.is_finite() && n.fract() == 0.0 && n.abs() < 9.0e15 {
+        let _ = write!(out, "{}", n as i64);
+    } else if n.is_finite() {
+        let _ = write!(out, "{}", n);
+    } else {
+        out.push_str("null");
+    }
+}
+
+pub(crate) fn write_str(s: &str, out: &mut String) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
