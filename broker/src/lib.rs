@@ -5,6 +5,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod coordinator;
 pub mod fetch_session;
 pub mod handlers;
 pub mod http;

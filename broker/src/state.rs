@@ -21,6 +21,8 @@ pub struct Broker {
     pub logs: LogManager,
     pub fetch_sessions: FetchSessions,
     pub metrics: Metrics,
+    /// Consumer groups and committed offsets.
+    pub groups: crate::coordinator::GroupCoordinator,
     partitions: RwLock<HashMap<(String, i32), Arc<Partition>>>,
 }
 
@@ -35,12 +37,14 @@ impl Broker {
             .get_or_create(METADATA_TOPIC, 0, MetadataStore::log_config())
             .context("opening the metadata log")?;
         let meta = MetadataStore::open(meta_log)?;
+        let groups = crate::coordinator::GroupCoordinator::new(crate::coordinator::config_from(&config));
         let broker = Arc::new(Broker {
             config,
             meta,
             logs,
             fetch_sessions: FetchSessions::new(1000),
             metrics: Metrics::default(),
+            groups,
             partitions: RwLock::new(HashMap::new()),
         });
         // Logs of topics the metadata no longer has (a deletion interrupted by a
@@ -56,6 +60,7 @@ impl Broker {
         for topic in topics.values() {
             broker.open_partitions(topic, 0)?;
         }
+        broker.open_group_coordinator()?;
         Ok(broker)
     }
 

@@ -17,6 +17,17 @@ pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+// Consumer groups (issue 4).
+pub mod delete_groups;
+pub mod describe_groups;
+pub mod heartbeat;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
+pub mod sync_group;
 
 /// The response still to come; `None` means no response at all (acks=0).
 pub type Pending = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
@@ -49,6 +60,16 @@ pub async fn dispatch(broker: &Arc<Broker>, ctx: &RequestContext, body: RequestK
         RequestKind::ListOffsets(r) => ready(ResponseKind::ListOffsets(list_offsets::handle(b, ctx, r))),
         RequestKind::InitProducerId(r) => ready(ResponseKind::InitProducerId(init_producer_id::handle(b, ctx, r))),
         RequestKind::FindCoordinator(r) => ready(ResponseKind::FindCoordinator(find_coordinator::handle(b, ctx, r))),
+        RequestKind::JoinGroup(r) => join_group::handle(b, ctx, r),
+        RequestKind::SyncGroup(r) => sync_group::handle(b, ctx, r),
+        RequestKind::Heartbeat(r) => ready(ResponseKind::Heartbeat(heartbeat::handle(b, ctx, r))),
+        RequestKind::LeaveGroup(r) => ready(ResponseKind::LeaveGroup(leave_group::handle(b, ctx, r))),
+        RequestKind::OffsetCommit(r) => offset_commit::handle(b, ctx, r),
+        RequestKind::OffsetFetch(r) => ready(ResponseKind::OffsetFetch(offset_fetch::handle(b, ctx, r))),
+        RequestKind::DescribeGroups(r) => ready(ResponseKind::DescribeGroups(describe_groups::handle(b, ctx, r))),
+        RequestKind::ListGroups(r) => ready(ResponseKind::ListGroups(list_groups::handle(b, ctx, r))),
+        RequestKind::DeleteGroups(r) => delete_groups::handle(b, ctx, r),
+        RequestKind::OffsetDelete(r) => offset_delete::handle(b, ctx, r),
         _ => return None,
     })
 }

@@ -1,0 +1,106 @@
+//! OffsetFetch: committed offsets with their leader epoch and metadata, exactly
+//! as committed; -1 for partitions without a commit. Null topics = every
+//! committed partition. v8+ asks for several groups at once.
+
+use super::RequestContext;
+use crate::coordinator::group::Committed;
+use crate::state::Broker;
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+type Fetched = Vec<(String, Vec<(i32, Option<Committed>)>)>;
+
+fn fetch(broker: &Broker, group: &str, topics: Option<Vec<(String, Vec<i32>)>>) -> Fetched {
+    broker.groups.read(|g| g.fetch(group, topics))
+}
+
+fn parts(c: &Option<Committed>) -> (i64, i32, String) {
+    match c {
+        Some(c) => (c.offset, c.leader_epoch, c.metadata.clone()),
+        None => (-1, -1, String::new()),
+    }
+}
+
+pub fn handle(
+    broker: &Broker,
+    ctx: &RequestContext,
+    req: OffsetFetchRequest,
+) -> OffsetFetchResponse {
+    let version = ctx.version();
+    if version >= 8 {
+        let groups = req
+            .groups
+            .into_iter()
+            .map(|g| {
+                let topics = g.topics.map(|ts| {
+                    ts.into_iter()
+                        .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                        .collect()
+                });
+                let fetched = fetch(broker, &g.group_id.0, topics);
+                let topics = fetched
+                    .into_iter()
+                    .map(|(name, ps)| {
+                        let partitions = ps
+                            .iter()
+                            .map(|(index, c)| {
+                                let (offset, epoch, metadata) = parts(c);
+                                OffsetFetchResponsePartitions::default()
+                                    .with_partition_index(*index)
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(epoch)
+                                    .with_metadata(Some(StrBytes::from_string(metadata)))
+                            })
+                            .collect();
+                        OffsetFetchResponseTopics::default()
+                            .with_name(TopicName(StrBytes::from_string(name)))
+                            .with_partitions(partitions)
+                    })
+                    .collect();
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(g.group_id)
+                    .with_topics(topics)
+            })
+            .collect();
+        return OffsetFetchResponse::default().with_groups(groups);
+    }
+    // v1 has no "all topics" (null is v2+).
+    let topics = match req.topics {
+        Some(ts) => Some(
+            ts.into_iter()
+                .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                .collect(),
+        ),
+        None if version >= 2 => None,
+        None => Some(Vec::new()),
+    };
+    let fetched = fetch(broker, &req.group_id.0, topics);
+    let topics = fetched
+        .into_iter()
+        .map(|(name, ps)| {
+            let partitions = ps
+                .iter()
+                .map(|(index, c)| {
+                    let (offset, epoch, metadata) = parts(c);
+                    let p = OffsetFetchResponsePartition::default()
+                        .with_partition_index(*index)
+                        .with_committed_offset(offset)
+                        .with_metadata(Some(StrBytes::from_string(metadata)));
+                    if version >= 5 {
+                        p.with_committed_leader_epoch(epoch)
+                    } else {
+                        p
+                    }
+                })
+                .collect();
+            OffsetFetchResponseTopic::default()
+                .with_name(TopicName(StrBytes::from_string(name)))
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetFetchResponse::default().with_topics(topics)
+}
