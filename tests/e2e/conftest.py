@@ -200,7 +200,15 @@ def shared_broker(tmp_path_factory) -> Broker:
 
 
 @pytest.fixture
-def bootstrap(shared_broker) -> str:
+def bootstrap(request) -> str:
+    """Bootstrap address of the shared broker.
+
+    WEIR_E2E_EXTERNAL_BOOTSTRAP=host:port points the shared-broker tests at an already running
+    Kafka-compatible broker instead (to check the tests themselves against another implementation)."""
+    ext = os.environ.get("WEIR_E2E_EXTERNAL_BOOTSTRAP")
+    if ext:
+        return ext
+    shared_broker = request.getfixturevalue("shared_broker")
     assert shared_broker.running, f"the shared broker is no longer running\n{shared_broker.log_tail()}"
     return shared_broker.bootstrap
 
