@@ -10,8 +10,24 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-/// Default number of segments whose resources may be open at once.
-pub const DEFAULT_OPEN_SEGMENTS: usize = 2048;
+/// Default number of segments whose resources may be open at once when the fd limit
+/// cannot be read. Each open segment holds one descriptor and up to three maps.
+pub const DEFAULT_OPEN_SEGMENTS: usize = 1024;
+
+/// Half the process's soft `RLIMIT_NOFILE` (the rest is left for sockets), at most 16384.
+pub fn default_open_segments() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    if ok && lim.rlim_cur != libc::RLIM_INFINITY {
+        ((lim.rlim_cur / 2) as usize).clamp(64, 16384)
+    } else {
+        DEFAULT_OPEN_SEGMENTS
+    }
+}
 
 pub struct HandleCache {
     cap: usize,

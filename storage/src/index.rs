@@ -23,7 +23,7 @@ pub(crate) struct IndexFile {
     width: usize,
     map: Map,
     entries: usize,
-    /// Kept for writable indexes (trim and sync); read-only ones need no descriptor.
+    /// Not kept: `seal` reopens the file by path.
     file: Option<File>,
 }
 

@@ -130,7 +130,7 @@ mod segment;
 mod stats;
 mod time_index;
 
-pub use cache::{HandleCache, DEFAULT_OPEN_SEGMENTS};
+pub use cache::{default_open_segments, HandleCache, DEFAULT_OPEN_SEGMENTS};
 pub use compaction::CompactionStats;
 pub use config::{CleanupPolicy, FlushPolicy, LogConfig};
 pub use error::StorageError;

@@ -1,6 +1,6 @@
 //! [`Log`]: one partition's segmented log.
 
-use crate::cache::{HandleCache, DEFAULT_OPEN_SEGMENTS};
+use crate::cache::{default_open_segments, HandleCache};
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{Result, StorageError};
 use crate::flush::GroupCommit;
@@ -99,7 +99,7 @@ impl AsRef<[u8]> for MapOwner {
 
 impl Log {
     pub fn open(dir: &Path, config: LogConfig) -> Result<Log> {
-        Log::open_with_cache(dir, config, HandleCache::new(DEFAULT_OPEN_SEGMENTS))
+        Log::open_with_cache(dir, config, HandleCache::new(default_open_segments()))
     }
 
     /// Opens a log whose open files and maps count against a shared `cache`.
@@ -628,7 +628,9 @@ impl Log {
     }
 
     /// Removes every offset `>= offset`. A batch containing `offset` is removed whole,
-    /// so the new log end is `min(offset, base of that batch)`.
+    /// so the new log end is `min(offset, base of that batch)`; if that is below the log
+    /// start, the log is emptied and restarts at the log start. An `offset` at or below
+    /// the log start empties the log and restarts it at `offset`.
     pub fn truncate_to(&self, offset: i64) -> Result<()> {
         let config = self.config();
         let mut st = self.state.write();
@@ -667,6 +669,12 @@ impl Log {
                 }
             }
         };
+        if new_end < st.log_start {
+            // The batch holding `offset` also holds the log start: nothing above the
+            // start survives, and the start never moves back.
+            let start = st.log_start;
+            return self.truncate_fully_locked(&mut st, start, &config);
+        }
         {
             let mut inner = seg.lock();
             seg.truncate(&mut inner, cut)?;

@@ -2,7 +2,7 @@
 //! runs interval flushes, fsyncs rolled segments, time-based rolls, retention and
 //! compaction.
 
-use crate::cache::{HandleCache, DEFAULT_OPEN_SEGMENTS};
+use crate::cache::{default_open_segments, HandleCache};
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{IoContext, Result, StorageError};
 use crate::log::{now_ms, Log};
@@ -31,7 +31,7 @@ impl Default for ManagerOptions {
             tick: Duration::from_millis(50),
             retention_check: Duration::from_secs(30),
             compaction_check: Duration::from_secs(15),
-            max_open_segments: DEFAULT_OPEN_SEGMENTS,
+            max_open_segments: default_open_segments(),
         }
     }
 }

@@ -129,6 +129,10 @@ fn run(ops: Vec<Op>, segment_bytes: u64) -> Result<(), TestCaseError> {
                             .get(keep)
                             .map_or(off, |(base, _, _)| off.min(*base));
                         m.batches.truncate(keep);
+                        if m.end < m.start {
+                            m.batches.clear();
+                            m.end = m.start;
+                        }
                     }
                 }
             }
