@@ -129,7 +129,7 @@ def kafka_python_roundtrip(bootstrap: str, topic: str, codec: str, n: int, big: 
     t0 = time.monotonic()
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type=None if codec == "none" else codec,
                       linger_ms=20, batch_size=256 * 1024, max_request_size=MAX_REQUEST,
-                      buffer_memory=256 * 1024 * 1024, request_timeout_ms=60000)
+                      request_timeout_ms=60000)
     futures = []
     try:
         for i in range(n):

@@ -38,10 +38,11 @@ def test_python_client_roundtrip(bootstrap, client, codec):
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("codec", CODECS)
-def test_kafkajs_roundtrip(bootstrap, codec):
+def test_kafkajs_roundtrip(bootstrap, codec, tmp_path):
     topic = unique_topic(f"rt-kafkajs-{codec}")
+    out_file = tmp_path / "kafkajs-result.json"
     args = {"bootstrap": bootstrap, "topic": topic, "codec": codec, "n": N,
-            "bigIndex": BIG_INDEX, "bigSize": BIG_SIZE, "partitions": 8}
+            "bigIndex": BIG_INDEX, "bigSize": BIG_SIZE, "partitions": 8, "out": str(out_file)}
     t0 = time.monotonic()
     try:
         proc = subprocess.run(["node", str(NODE_DIR / "kafkajs_roundtrip.js")], cwd=NODE_DIR,
@@ -50,11 +51,11 @@ def test_kafkajs_roundtrip(bootstrap, codec):
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"kafkajs round trip timed out; stderr:\n{(e.stderr or b'').decode(errors='replace')[-4000:]}")
     total = time.monotonic() - t0
-    out = proc.stdout.decode(errors="replace")
+    out = out_file.read_text() if out_file.exists() else proc.stdout.decode(errors="replace")
     try:
         res = json.loads(out)
     except json.JSONDecodeError:
-        pytest.fail(f"kafkajs script exited {proc.returncode} without JSON; stdout: {out[-2000:]}\n"
+        pytest.fail(f"kafkajs script exited {proc.returncode} without JSON result: {out[-2000:]}\n"
                     f"stderr: {proc.stderr.decode(errors='replace')[-4000:]}")
     if "error" in res or proc.returncode != 0:
         pytest.fail(f"kafkajs round trip failed (exit {proc.returncode}): {res.get('error')}\n"

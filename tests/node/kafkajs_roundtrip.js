@@ -4,7 +4,7 @@
 // Arguments: one JSON object, as argv[2] or in the env var WEIR_JS_ARGS:
 //   {"bootstrap": "127.0.0.1:9092", "topic": "t", "codec": "zstd", "n": 100000,
 //    "bigIndex": 4242, "bigSize": 1048576, "partitions": 8}
-// Prints one JSON object on stdout:
+// Writes one JSON object to the file args.out (or stdout if not given):
 //   {"produced": {p: [[offset, i], ...]}, "consumed": {p: [[offset, key, valueDigest, [[hk, hv], ...]], ...]},
 //    "timings": {...}}
 // or {"error": "..."} with exit code 1.
@@ -185,12 +185,22 @@ async function main() {
   }
   await cluster.disconnect()
   timings.consume_s = (Date.now() - t0) / 1000
-  process.stdout.write(JSON.stringify({ produced, consumed, timings }))
+  return { produced, consumed, timings }
+}
+
+// The result goes to the file named by "out" if given (large results), else to stdout; exit only
+// once it is written (process.exit() right after a write to a pipe truncates the output).
+function finish(result, code) {
+  const a = JSON.parse(process.argv[2] || process.env.WEIR_JS_ARGS || '{}')
+  const text = JSON.stringify(result)
+  if (a.out) {
+    require('fs').writeFileSync(a.out, text)
+    process.exit(code)
+  } else {
+    process.stdout.write(text, () => process.exit(code))
+  }
 }
 
 main().then(
-  () => process.exit(0),
-  e => {
-    process.stdout.write(JSON.stringify({ error: String(e && e.stack ? e.stack : e) }))
-    process.exit(1)
-  })
+  r => finish(r, 0),
+  e => finish({ error: String(e && e.stack ? e.stack : e) }, 1))
