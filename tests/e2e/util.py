@@ -154,3 +154,74 @@ def chunks(it: Iterable, size: int):
             buf = []
     if buf:
         yield buf
+
+
+# ---------------------------------------------------------------- small confluent-kafka helpers
+def create_topic(bootstrap: str, topic: str, partitions: int = 1, config: dict | None = None, timeout: float = 30):
+    """Create a topic with confluent-kafka's AdminClient and wait for the result."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    fs = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})],
+                             operation_timeout=timeout, request_timeout=timeout)
+    fs[topic].result(timeout=timeout)
+
+
+def produce_records(bootstrap: str, topic: str, records, conf: dict | None = None, timeout: float = 60) -> list:
+    """Produce [(partition|None, key, value[, timestamp_ms])] with confluent-kafka; returns per record
+    (partition, offset) from the delivery reports, raising on any delivery error."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5, **(conf or {})})
+    results: list = [None] * len(records)
+
+    def cb(idx, err, msg):
+        results[idx] = err if err is not None else (msg.partition(), msg.offset())
+
+    for idx, rec in enumerate(records):
+        part, key, value = rec[:3]
+        kw = {"key": key, "value": value, "on_delivery": lambda err, msg, idx=idx: cb(idx, err, msg)}
+        if part is not None:
+            kw["partition"] = part
+        if len(rec) > 3 and rec[3] is not None:
+            kw["timestamp"] = rec[3]
+        p.produce(topic, **kw)
+    left = p.flush(timeout)
+    assert left == 0, f"{left} records not delivered within {timeout}s"
+    errs = [(i, r) for i, r in enumerate(results) if not isinstance(r, tuple)]
+    assert not errs, f"delivery errors: {errs[:5]}"
+    return results
+
+
+def consume_partition(bootstrap: str, topic: str, partition: int, start_offset, expect: int | None = None,
+                      timeout: float = 30, conf: dict | None = None) -> list:
+    """Read one partition with confluent-kafka (assign, no group) from start_offset until its end
+    (partition EOF) or until `expect` records arrived; returns [(offset, key, value, timestamp_ms)]."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"unused-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 100,
+                  **(conf or {})})
+    out = []
+    try:
+        c.assign([TopicPartition(topic, partition, start_offset)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    if expect is None or len(out) >= expect:
+                        break
+                    continue
+                raise AssertionError(f"consume error: {m.error()}")
+            out.append((m.offset(), m.key(), m.value(), m.timestamp()[1]))
+            if expect is not None and len(out) >= expect:
+                break
+        else:
+            raise AssertionError(f"timed out after {timeout}s reading {topic}[{partition}] from {start_offset}: "
+                                 f"got {len(out)} records" + (f", expected {expect}" if expect is not None else ""))
+    finally:
+        c.close()
+    return out
