@@ -58,6 +58,8 @@ impl RawRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub rec: RawRecord,
+    /// Parsed field values (not checkpointed: re-parsed on restore).
+    #[serde(skip)]
     pub vals: Vec<Val>,
 }
 

@@ -434,6 +434,9 @@ pub struct Completed {
 }
 
 impl Completed {
+    pub fn from_path(path: Arc<Node>) -> Completed {
+        Completed::new(path)
+    }
     fn new(path: Arc<Node>) -> Completed {
         let items = path.to_vec().iter().map(|n| (n.seq, n.step)).collect();
         Completed { items, path }

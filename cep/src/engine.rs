@@ -1,0 +1,536 @@
+//! The engine: registered definitions, dispatch of records, timers, stats, checkpoints.
+
+use crate::alert::{AlertRt, AlertSnap};
+use crate::def::{parse_definition_json, Definition};
+use crate::emit::{Output, OutputKind};
+use crate::error::CepError;
+use crate::event::{Event, FieldTable, RawRecord, SourceRecord};
+use crate::patrt::{PatternRt, PatternSnap};
+use crate::window::{QueryRt, QuerySnap};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// State bounds. Exceeding one evicts state (the oldest first) and counts an eviction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Partial matches held per key (per pattern, source partition and partition key).
+    pub max_partial_matches_per_key: usize,
+    /// Events in one partial match.
+    pub max_match_events: u32,
+    /// Keys with state, per pattern.
+    pub max_keys: usize,
+    /// Groups with open windows (or anomaly history), per query.
+    pub max_window_groups: usize,
+    /// Events held for reordering (event time), per pattern.
+    pub max_buffered_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_partial_matches_per_key: 1_000,
+            max_match_events: 1_000,
+            max_keys: 1_000_000,
+            max_window_groups: 1_000_000,
+            max_buffered_events: 1_000_000,
+        }
+    }
+}
+
+/// Counters of one definition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Events processed (after reordering; for queries: that passed `where`).
+    pub events_in: u64,
+    /// Matches, window results or alerts emitted.
+    pub outputs: u64,
+    pub evictions: u64,
+    pub late: u64,
+    pub not_json: u64,
+    /// Events whose event-time field was missing or not a number (skipped).
+    pub invalid_time: u64,
+    /// Alerts suppressed by their dedup key's suppression interval.
+    pub suppressed: u64,
+}
+
+/// `Engine::stats()` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionStats {
+    pub id: String,
+    pub stats: Stats,
+    /// Partial matches held now (patterns).
+    pub partial_matches: u64,
+    /// Keys (patterns) or groups (queries) with state now.
+    pub keys: u64,
+    /// Open windows now (queries).
+    pub windows_open: u64,
+}
+
+/// `Engine::definitions()` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionInfo {
+    pub id: String,
+    /// "pattern", "query" or "alert".
+    pub kind: String,
+    /// Topics read (empty for an alert rule over another definition's outputs).
+    pub sources: Vec<String>,
+    pub paused: bool,
+    /// The definition as JSON (SQL patterns are shown in their JSON form).
+    pub json: String,
+}
+
+enum Rt {
+    Pattern(Box<PatternRt>),
+    Query(Box<QueryRt>),
+    Alert(Box<AlertRt>),
+}
+
+struct DefRt {
+    def: Definition,
+    paused: bool,
+    stats: Stats,
+    rt: Rt,
+}
+
+impl DefRt {
+    fn topic(&self) -> Option<&str> {
+        match &self.def {
+            Definition::Pattern(p) => p.source.topic.as_deref(),
+            Definition::Query(q) => q.source.topic.as_deref(),
+            Definition::Alert(a) => a.source.topic.as_deref(),
+        }
+    }
+    fn dead_letter(&self) -> Option<&str> {
+        match &self.def {
+            Definition::Pattern(p) => p.source.dead_letter.as_deref(),
+            Definition::Query(q) => q.source.dead_letter.as_deref(),
+            Definition::Alert(a) => a.source.dead_letter.as_deref(),
+        }
+    }
+    fn upstream(&self) -> Option<&str> {
+        match &self.def {
+            Definition::Alert(a) => a.source.definition.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The CEP and streaming analytics engine. See the crate docs.
+pub struct Engine {
+    limits: Limits,
+    fields: FieldTable,
+    defs: Vec<DefRt>,
+    offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    topics: HashMap<String, Arc<str>>,
+}
+
+fn compile(def: &Definition, fields: &mut FieldTable) -> Result<Rt, CepError> {
+    Ok(match def {
+        Definition::Pattern(p) => Rt::Pattern(Box::new(PatternRt::new(p, fields)?)),
+        Definition::Query(q) => Rt::Query(Box::new(QueryRt::new(q, fields)?)),
+        Definition::Alert(a) => Rt::Alert(Box::new(AlertRt::new(a, fields)?)),
+    })
+}
+
+impl Engine {
+    pub fn new(limits: Limits) -> Self {
+        Engine {
+            limits,
+            fields: FieldTable::default(),
+            defs: Vec::new(),
+            offsets: BTreeMap::new(),
+            topics: HashMap::new(),
+        }
+    }
+
+    /// Compiles and registers a definition; returns its id. On error nothing changes.
+    pub fn register(&mut self, def: Definition) -> Result<String, CepError> {
+        let id = def.id().to_string();
+        if id.is_empty() || id.len() > 255 {
+            return Err(CepError::new("id must be 1 to 255 characters").in_field("id"));
+        }
+        if self.defs.iter().any(|d| d.def.id() == id) {
+            return Err(
+                CepError::new(format!("a definition with id {id:?} already exists")).in_field("id"),
+            );
+        }
+        if let Definition::Alert(a) = &def {
+            if let Some(up) = &a.source.definition {
+                if !self.defs.iter().any(|d| d.def.id() == up) {
+                    return Err(CepError::new(format!("unknown definition {up:?}"))
+                        .in_field("source.definition"));
+                }
+            }
+        }
+        let mut fields = self.fields.clone();
+        let rt = compile(&def, &mut fields)?;
+        self.fields = fields;
+        self.defs.push(DefRt {
+            def,
+            paused: false,
+            stats: Stats::default(),
+            rt,
+        });
+        Ok(id)
+    }
+
+    /// Parses (JSON, or SQL when the text starts with INSERT/SELECT) and registers.
+    pub fn register_text(&mut self, text: &str) -> Result<String, CepError> {
+        let t = text.trim_start();
+        let def = if t.starts_with('{') {
+            parse_definition_json(text)?
+        } else {
+            crate::sql::parse_sql(text)?
+        };
+        self.register(def)
+    }
+
+    pub fn remove(&mut self, id: &str) -> bool {
+        let before = self.defs.len();
+        self.defs.retain(|d| d.def.id() != id);
+        before != self.defs.len()
+    }
+
+    pub fn pause(&mut self, id: &str) -> bool {
+        self.set_paused(id, true)
+    }
+
+    pub fn resume(&mut self, id: &str) -> bool {
+        self.set_paused(id, false)
+    }
+
+    fn set_paused(&mut self, id: &str, p: bool) -> bool {
+        match self.defs.iter_mut().find(|d| d.def.id() == id) {
+            Some(d) => {
+                d.paused = p;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn definitions(&self) -> Vec<DefinitionInfo> {
+        self.defs
+            .iter()
+            .map(|d| DefinitionInfo {
+                id: d.def.id().to_string(),
+                kind: d.def.kind().to_string(),
+                sources: d.topic().map(|t| vec![t.to_string()]).unwrap_or_default(),
+                paused: d.paused,
+                json: d.def.to_json(),
+            })
+            .collect()
+    }
+
+    /// Topics the engine reads, sorted.
+    pub fn sources(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .defs
+            .iter()
+            .filter_map(|d| d.topic().map(|t| t.to_string()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The last offset processed per (topic, partition): where to resume after a restore.
+    pub fn offsets(&self) -> Vec<(String, i32, i64)> {
+        self.offsets
+            .iter()
+            .flat_map(|(t, m)| m.iter().map(move |(p, o)| (t.clone(), *p, *o)))
+            .collect()
+    }
+
+    /// Processes one record. A record at or below the last processed offset of its
+    /// partition is a replay duplicate and is ignored.
+    pub fn process(&mut self, rec: &SourceRecord<'_>) -> Vec<Output> {
+        let mut out = Vec::new();
+        if let Some(m) = self.offsets.get_mut(rec.topic) {
+            match m.get_mut(&rec.partition) {
+                Some(o) if rec.offset <= *o => return out,
+                Some(o) => *o = rec.offset,
+                None => {
+                    m.insert(rec.partition, rec.offset);
+                }
+            }
+        } else {
+            let mut m = BTreeMap::new();
+            m.insert(rec.partition, rec.offset);
+            self.offsets.insert(rec.topic.to_string(), m);
+        }
+        if !self
+            .defs
+            .iter()
+            .any(|d| !d.paused && d.topic() == Some(rec.topic))
+        {
+            return out;
+        }
+        let topic = match self.topics.get(rec.topic) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = Arc::from(rec.topic);
+                self.topics.insert(rec.topic.to_string(), t.clone());
+                t
+            }
+        };
+        let raw = RawRecord::from_source(rec, topic);
+        let ev = match self.fields.parse(raw) {
+            Ok(ev) => Arc::new(ev),
+            Err(()) => {
+                let mut sent: Vec<&str> = Vec::new();
+                for d in self
+                    .defs
+                    .iter_mut()
+                    .filter(|d| !d.paused && d.topic() == Some(rec.topic))
+                {
+                    d.stats.not_json += 1;
+                    if let Some(dl) = d.dead_letter() {
+                        if !sent.contains(&dl) {
+                            out.push(Output {
+                                topic: dl.to_string(),
+                                key: rec.key.map(|k| k.to_vec()),
+                                value: rec.value.to_vec(),
+                                definition_id: d.def.id().to_string(),
+                                kind: OutputKind::DeadLetter,
+                                timestamp_ms: rec.timestamp_ms,
+                            });
+                        }
+                    }
+                }
+                // `sent` borrows defs; rebuild de-duplicated outputs
+                let _ = &mut sent;
+                let mut seen = Vec::new();
+                out.retain(|o| {
+                    if seen.contains(&o.topic) {
+                        false
+                    } else {
+                        seen.push(o.topic.clone());
+                        true
+                    }
+                });
+                return out;
+            }
+        };
+        let limits = self.limits;
+        for i in 0..self.defs.len() {
+            let d = &mut self.defs[i];
+            if d.paused || d.topic() != Some(rec.topic) {
+                continue;
+            }
+            let start = out.len();
+            match &mut d.rt {
+                Rt::Pattern(p) => p.on_event(&ev, &limits, &mut d.stats, &mut out),
+                Rt::Query(q) => q.on_event(&ev, &limits, &mut d.stats, &mut out),
+                Rt::Alert(a) => a.on_event(&ev, rec.timestamp_ms, &mut d.stats, &mut out),
+            }
+            if out.len() > start {
+                self.chain(i, start, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Feeds the outputs `out[start..]` of definition `i` to alert rules watching it.
+    fn chain(&mut self, i: usize, start: usize, out: &mut Vec<Output>) {
+        let id = self.defs[i].def.id().to_string();
+        let watchers: Vec<usize> = (0..self.defs.len())
+            .filter(|&j| !self.defs[j].paused && self.defs[j].upstream() == Some(id.as_str()))
+            .collect();
+        if watchers.is_empty() {
+            return;
+        }
+        let produced: Vec<Output> = out[start..]
+            .iter()
+            .filter(|o| matches!(o.kind, OutputKind::Match | OutputKind::WindowResult))
+            .cloned()
+            .collect();
+        for o in produced {
+            let raw = RawRecord {
+                topic: Arc::from(o.topic.as_str()),
+                partition: 0,
+                offset: 0,
+                timestamp_ms: o.timestamp_ms,
+                key: o.key.clone(),
+                value: o.value.clone(),
+                headers: Vec::new(),
+            };
+            let Ok(ev) = self.fields.parse(raw) else {
+                continue;
+            };
+            for &j in &watchers {
+                let d = &mut self.defs[j];
+                if let Rt::Alert(a) = &mut d.rt {
+                    a.on_event(&ev, o.timestamp_ms, &mut d.stats, out);
+                }
+            }
+        }
+    }
+
+    /// Advances processing time: processing-time windows fire, processing-time partial
+    /// matches older than `within` expire.
+    pub fn on_processing_time(&mut self, now_ms: i64) -> Vec<Output> {
+        let mut out = Vec::new();
+        let limits = self.limits;
+        for i in 0..self.defs.len() {
+            let d = &mut self.defs[i];
+            if d.paused {
+                continue;
+            }
+            let start = out.len();
+            match &mut d.rt {
+                Rt::Pattern(p) => p.on_processing_time(now_ms, &limits, &mut d.stats, &mut out),
+                Rt::Query(q) => q.on_processing_time(now_ms, &limits, &mut d.stats, &mut out),
+                Rt::Alert(_) => {}
+            }
+            if out.len() > start {
+                self.chain(i, start, &mut out);
+            }
+        }
+        out
+    }
+
+    /// End of input (bounded replays, tests): releases events held for reordering, fires
+    /// every open window, abandons partial matches and emits matches they were holding back.
+    pub fn finish(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        let limits = self.limits;
+        for i in 0..self.defs.len() {
+            let d = &mut self.defs[i];
+            let start = out.len();
+            match &mut d.rt {
+                Rt::Pattern(p) => p.finish(&limits, &mut d.stats, &mut out),
+                Rt::Query(q) => q.finish(&limits, &mut d.stats, &mut out),
+                Rt::Alert(_) => {}
+            }
+            if out.len() > start {
+                self.chain(i, start, &mut out);
+            }
+        }
+        out
+    }
+
+    pub fn stats(&self) -> Vec<DefinitionStats> {
+        self.defs
+            .iter()
+            .map(|d| {
+                let (partial_matches, keys, windows_open) = match &d.rt {
+                    Rt::Pattern(p) => (p.partial_matches(), p.keys(), 0),
+                    Rt::Query(q) => (0, q.keys(), q.windows_open()),
+                    Rt::Alert(_) => (0, 0, 0),
+                };
+                DefinitionStats {
+                    id: d.def.id().to_string(),
+                    stats: d.stats,
+                    partial_matches,
+                    keys,
+                    windows_open,
+                }
+            })
+            .collect()
+    }
+
+    /// The full state (definitions, partial matches, windows, watermarks, offsets) as bytes
+    /// (JSON). `restore` on any engine brings it back.
+    pub fn checkpoint(&self) -> Vec<u8> {
+        let snap = Snapshot {
+            version: 1,
+            limits: self.limits,
+            defs: self
+                .defs
+                .iter()
+                .map(|d| DefSnap {
+                    kind: d.def.kind().to_string(),
+                    json: d.def.to_json(),
+                    paused: d.paused,
+                    stats: d.stats,
+                    state: match &d.rt {
+                        Rt::Pattern(p) => RtSnap::Pattern(p.snapshot()),
+                        Rt::Query(q) => RtSnap::Query(q.snapshot()),
+                        Rt::Alert(a) => RtSnap::Alert(a.snapshot()),
+                    },
+                })
+                .collect(),
+            offsets: self.offsets(),
+        };
+        serde_json::to_vec(&snap).unwrap_or_default()
+    }
+
+    /// Replaces this engine's definitions and state with a checkpoint's (limits stay).
+    /// On error the engine is unchanged.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), CepError> {
+        let snap: Snapshot = serde_json::from_slice(bytes)
+            .map_err(|e| CepError::new(format!("invalid checkpoint: {e}")))?;
+        if snap.version != 1 {
+            return Err(CepError::new(format!(
+                "unsupported checkpoint version {}",
+                snap.version
+            )));
+        }
+        let mut e = Engine::new(self.limits);
+        let mut states = Vec::new();
+        for d in snap.defs {
+            let def = parse_definition_json(&d.json)?;
+            if def.kind() != d.kind {
+                return Err(CepError::new(
+                    "invalid checkpoint: definition kind mismatch",
+                ));
+            }
+            e.register(def)?;
+            if let Some(last) = e.defs.last_mut() {
+                last.paused = d.paused;
+                last.stats = d.stats;
+            }
+            states.push(d.state);
+        }
+        let fields = e.fields.clone();
+        let reparse = |ev: &Event| -> Arc<Event> {
+            Arc::new(fields.parse(ev.rec.clone()).unwrap_or_else(|_| Event {
+                rec: ev.rec.clone(),
+                vals: Vec::new(),
+            }))
+        };
+        for (d, s) in e.defs.iter_mut().zip(states) {
+            match (&mut d.rt, s) {
+                (Rt::Pattern(p), RtSnap::Pattern(s)) => p.restore(s, &reparse),
+                (Rt::Query(q), RtSnap::Query(s)) => q.restore(s),
+                (Rt::Alert(a), RtSnap::Alert(s)) => a.restore(s),
+                _ => {
+                    return Err(CepError::new(
+                        "invalid checkpoint: state does not fit its definition",
+                    ))
+                }
+            }
+        }
+        for (t, p, o) in snap.offsets {
+            e.offsets.entry(t).or_default().insert(p, o);
+        }
+        *self = e;
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u32,
+    limits: Limits,
+    defs: Vec<DefSnap>,
+    offsets: Vec<(String, i32, i64)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DefSnap {
+    kind: String,
+    json: String,
+    paused: bool,
+    stats: Stats,
+    state: RtSnap,
+}
+
+#[derive(Serialize, Deserialize)]
+enum RtSnap {
+    Pattern(PatternSnap),
+    Query(QuerySnap),
+    Alert(AlertSnap),
+}

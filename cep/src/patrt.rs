@@ -1,0 +1,590 @@
+//! A registered pattern: time handling, keys, state limits and outputs around the matcher.
+
+use crate::clock::{Clock, TimeSpec};
+use crate::def::PatternDef;
+use crate::emit::{compile_expr, Output, OutputKind, Template};
+use crate::engine::{Limits, Stats};
+use crate::error::CepError;
+use crate::event::{Event, FieldTable};
+use crate::expr::{EventCtx, Expr};
+use crate::pattern::{Completed, KeyState, MatchCounters, Matcher, Node, PathCtx, Pattern, Run};
+use crate::value::{write_num, write_str};
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+pub(crate) struct Buffered {
+    time: i64,
+    arrival: u64,
+    ev: Arc<Event>,
+}
+
+impl PartialEq for Buffered {
+    fn eq(&self, o: &Self) -> bool {
+        (self.time, self.arrival) == (o.time, o.arrival)
+    }
+}
+impl Eq for Buffered {}
+impl PartialOrd for Buffered {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Buffered {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // min-heap on (time, arrival)
+        (o.time, o.arrival).cmp(&(self.time, self.arrival))
+    }
+}
+
+pub(crate) struct KeyEntry {
+    st: KeyState,
+    last: i64,
+}
+
+pub(crate) struct PatternRt {
+    pub id: String,
+    pat: Pattern,
+    time: TimeSpec,
+    partition_by: Option<Expr>,
+    emit_topic: String,
+    emit_key: Option<Expr>,
+    emit_value: Option<Template>,
+    clock: Clock,
+    buffer: BinaryHeap<Buffered>,
+    arrival: u64,
+    seq: u64,
+    keys: HashMap<Box<str>, KeyEntry>,
+    scratch: String,
+    last_sweep: i64,
+    since_sweep: u64,
+}
+
+const SEP: char = '\u{1}';
+
+impl PatternRt {
+    pub fn new(def: &PatternDef, fields: &mut FieldTable) -> Result<PatternRt, CepError> {
+        if def.source.topic.is_none() || def.source.definition.is_some() {
+            return Err(
+                CepError::new("a pattern reads one topic: give source.topic").in_field("source"),
+            );
+        }
+        let pat = Pattern::compile(
+            &def.steps,
+            def.within.as_deref(),
+            def.skip.as_deref(),
+            fields,
+        )?;
+        let names: Vec<String> = pat.steps.iter().map(|s| s.name.clone()).collect();
+        let time = TimeSpec::compile(def.event_time.as_ref(), def.time.as_deref(), fields)?;
+        let partition_by = match &def.partition_by {
+            Some(p) => Some(compile_expr(p, fields, &[], "partition_by")?),
+            None => None,
+        };
+        let emit_key = match &def.emit.key {
+            Some(k) => Some(compile_expr(k, fields, &names, "emit.key")?),
+            None => None,
+        };
+        let emit_value = match &def.emit.value {
+            Some(v) => Some(Template::compile(v, fields, &names, "emit.value")?),
+            None => None,
+        };
+        if def.emit.topic.is_empty() {
+            return Err(CepError::new("emit.topic is empty"));
+        }
+        Ok(PatternRt {
+            id: def.id.clone(),
+            pat,
+            time,
+            partition_by,
+            emit_topic: def.emit.topic.clone(),
+            emit_key,
+            emit_value,
+            clock: Clock::default(),
+            buffer: BinaryHeap::new(),
+            arrival: 0,
+            seq: 0,
+            keys: HashMap::new(),
+            scratch: String::new(),
+            last_sweep: i64::MIN,
+            since_sweep: 0,
+        })
+    }
+
+    fn matcher<'a>(pat: &'a Pattern, limits: &Limits) -> Matcher<'a> {
+        Matcher {
+            pat,
+            max_runs: limits.max_partial_matches_per_key.max(1),
+            max_len: limits.max_match_events.max(1),
+        }
+    }
+
+    fn now(&self) -> i64 {
+        if self.time.event.is_some() {
+            self.clock.watermark
+        } else {
+            self.clock.max_seen
+        }
+    }
+
+    pub fn on_event(
+        &mut self,
+        ev: &Arc<Event>,
+        limits: &Limits,
+        st: &mut Stats,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(t0) = self.time.time_of(ev) else {
+            st.invalid_time += 1;
+            return;
+        };
+        match &self.time.event {
+            None => {
+                let t = self.clock.max_seen.max(t0);
+                self.clock.max_seen = t;
+                self.clock.watermark = t;
+                self.handle(ev, t, limits, st, out);
+            }
+            Some(es) => {
+                let w = self.clock.watermark;
+                if t0 < w.saturating_sub(es.lateness) {
+                    st.late += 1;
+                    if let Some(topic) = &es.late_topic {
+                        out.push(late_output(&self.id, topic, ev));
+                    }
+                    return;
+                }
+                if t0 < w {
+                    // within allowed lateness: matched now, out of order
+                    self.handle(ev, t0, limits, st, out);
+                    return;
+                }
+                if self.buffer.len() >= limits.max_buffered_events.max(1) {
+                    // make room: release the oldest buffered event early
+                    if let Some(b) = self.buffer.pop() {
+                        st.evictions += 1;
+                        self.handle(&b.ev, b.time, limits, st, out);
+                    }
+                }
+                self.arrival += 1;
+                self.buffer.push(Buffered {
+                    time: t0,
+                    arrival: self.arrival,
+                    ev: ev.clone(),
+                });
+                self.clock.observe(t0, &self.time);
+                self.release(limits, st, out);
+            }
+        }
+        self.maybe_sweep(limits, st, out);
+    }
+
+    fn release(&mut self, limits: &Limits, st: &mut Stats, out: &mut Vec<Output>) {
+        while self
+            .buffer
+            .peek()
+            .is_some_and(|b| b.time <= self.clock.watermark)
+        {
+            if let Some(b) = self.buffer.pop() {
+                self.handle(&b.ev, b.time, limits, st, out);
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        ev: &Arc<Event>,
+        t: i64,
+        limits: &Limits,
+        st: &mut Stats,
+        out: &mut Vec<Output>,
+    ) {
+        st.events_in += 1;
+        self.seq += 1;
+        let seq = self.seq;
+        let mut key = std::mem::take(&mut self.scratch);
+        key.clear();
+        use std::fmt::Write;
+        let _ = write!(key, "{}{SEP}", ev.rec.partition);
+        if let Some(p) = &self.partition_by {
+            p.eval(&EventCtx(ev)).key_text(&mut key);
+        }
+        let mut mc = MatchCounters::default();
+        let matcher = Matcher {
+            pat: &self.pat,
+            max_runs: limits.max_partial_matches_per_key.max(1),
+            max_len: limits.max_match_events.max(1),
+        };
+        let done = match self.keys.get_mut(key.as_str()) {
+            Some(e) => {
+                e.last = t;
+                let done = matcher.on_event(&mut e.st, ev, t, seq, &mut mc);
+                if e.st.is_empty() {
+                    self.keys.remove(key.as_str());
+                }
+                done
+            }
+            None => {
+                let mut e = KeyEntry {
+                    st: KeyState::default(),
+                    last: t,
+                };
+                let done = matcher.on_event(&mut e.st, ev, t, seq, &mut mc);
+                if !e.st.is_empty() {
+                    self.keys.insert(key.as_str().into(), e);
+                }
+                done
+            }
+        };
+        st.evictions += mc.evictions;
+        for m in &done {
+            out.push(self.output(m, &key, st));
+        }
+        self.scratch = key;
+        if self.keys.len() > limits.max_keys.max(1) {
+            self.evict_keys(limits, st);
+        }
+    }
+
+    fn evict_keys(&mut self, limits: &Limits, st: &mut Stats) {
+        let target = limits.max_keys.max(1) - limits.max_keys.max(1) / 8;
+        let mut all: Vec<(i64, Box<str>)> =
+            self.keys.iter().map(|(k, e)| (e.last, k.clone())).collect();
+        all.sort();
+        let n = self.keys.len().saturating_sub(target);
+        for (_, k) in all.into_iter().take(n) {
+            if let Some(e) = self.keys.remove(&k) {
+                st.evictions += (e.st.runs.len() + e.st.pending.len()) as u64;
+            }
+        }
+    }
+
+    fn maybe_sweep(&mut self, limits: &Limits, st: &mut Stats, out: &mut Vec<Output>) {
+        self.since_sweep += 1;
+        let now = self.now();
+        let due = match self.pat.within {
+            Some(w) => self.since_sweep >= 65_536 || now.saturating_sub(self.last_sweep) >= w,
+            None => false,
+        };
+        if due {
+            self.sweep(now, limits, st, out);
+        }
+    }
+
+    fn sweep(&mut self, now: i64, limits: &Limits, st: &mut Stats, out: &mut Vec<Output>) {
+        self.since_sweep = 0;
+        self.last_sweep = now;
+        let m = Self::matcher(&self.pat, limits);
+        let mut released: Vec<(Box<str>, Vec<Completed>)> = Vec::new();
+        let mut empty = Vec::new();
+        for (k, e) in self.keys.iter_mut() {
+            let r = m.expire(&mut e.st, now);
+            if !r.is_empty() {
+                released.push((k.clone(), r));
+            }
+            if e.st.is_empty() {
+                empty.push(k.clone());
+            }
+        }
+        for k in empty {
+            self.keys.remove(&k);
+        }
+        released.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, ms) in released {
+            for m in &ms {
+                out.push(self.output(m, &k, st));
+            }
+        }
+    }
+
+    pub fn on_processing_time(
+        &mut self,
+        now: i64,
+        limits: &Limits,
+        st: &mut Stats,
+        out: &mut Vec<Output>,
+    ) {
+        if self.time.event.is_none() && now > self.clock.max_seen {
+            self.clock.max_seen = now;
+            self.clock.watermark = now;
+            if self.pat.within.is_some() {
+                self.sweep(now, limits, st, out);
+            }
+        }
+    }
+
+    /// End of input: releases buffered events, abandons partial matches, emits held matches.
+    pub fn finish(&mut self, limits: &Limits, st: &mut Stats, out: &mut Vec<Output>) {
+        self.clock.watermark = i64::MAX;
+        self.release(limits, st, out);
+        let m = Self::matcher(&self.pat, limits);
+        let mut released: Vec<(Box<str>, Vec<Completed>)> = Vec::new();
+        for (k, e) in self.keys.iter_mut() {
+            let r = m.finish(&mut e.st);
+            if !r.is_empty() {
+                released.push((k.clone(), r));
+            }
+        }
+        self.keys.clear();
+        released.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, ms) in released {
+            for m in &ms {
+                out.push(self.output(m, &k, st));
+            }
+        }
+    }
+
+    fn output(&self, m: &Completed, key: &str, st: &mut Stats) -> Output {
+        st.outputs += 1;
+        let keytext = key.split_once(SEP).map(|x| x.1).unwrap_or("");
+        let last = &m.path;
+        let ctx = PathCtx {
+            path: Some(last),
+            cur: Some((&last.ev, usize::MAX)),
+        };
+        let mut v = String::with_capacity(128);
+        match &self.emit_value {
+            Some(t) => t.write(&ctx, &mut v),
+            None => {
+                let nodes = last.to_vec();
+                v.push_str("{\"pattern\":");
+                write_str(&self.id, &mut v);
+                v.push_str(",\"key\":");
+                if self.partition_by.is_some() {
+                    write_str(keytext, &mut v);
+                } else {
+                    v.push_str("null");
+                }
+                v.push_str(",\"events\":{");
+                let mut first = true;
+                for (si, s) in self.pat.steps.iter().enumerate() {
+                    if s.negated {
+                        continue;
+                    }
+                    if !first {
+                        v.push(',');
+                    }
+                    first = false;
+                    write_str(&s.name, &mut v);
+                    v.push_str(":[");
+                    let mut f2 = true;
+                    for n in nodes.iter().filter(|n| n.step as usize == si) {
+                        if !f2 {
+                            v.push(',');
+                        }
+                        f2 = false;
+                        v.push_str(n.ev.value_text());
+                    }
+                    v.push(']');
+                }
+                v.push_str("},\"first_timestamp\":");
+                write_num(nodes.first().map(|n| n.time).unwrap_or(0) as f64, &mut v);
+                v.push_str(",\"last_timestamp\":");
+                write_num(last.time as f64, &mut v);
+                v.push('}');
+            }
+        }
+        let key = match &self.emit_key {
+            Some(k) => {
+                let mut s = String::new();
+                k.eval(&ctx).key_text(&mut s);
+                Some(s.into_bytes())
+            }
+            None if self.partition_by.is_some() => Some(keytext.as_bytes().to_vec()),
+            None => None,
+        };
+        Output {
+            topic: self.emit_topic.clone(),
+            key,
+            value: v.into_bytes(),
+            definition_id: self.id.clone(),
+            kind: OutputKind::Match,
+            timestamp_ms: last.time,
+        }
+    }
+
+    pub fn partial_matches(&self) -> u64 {
+        self.keys.values().map(|e| e.st.runs.len() as u64).sum()
+    }
+    pub fn keys(&self) -> u64 {
+        self.keys.len() as u64
+    }
+
+    // ------------------------------------------------------------ checkpoint
+
+    pub fn snapshot(&self) -> PatternSnap {
+        let mut keys: Vec<(String, KeySnap)> = self
+            .keys
+            .iter()
+            .map(|(k, e)| {
+                (
+                    k.to_string(),
+                    KeySnap {
+                        last: e.last,
+                        runs: e.st.runs.iter().map(RunSnap::of).collect(),
+                        pending: e.st.pending.iter().map(|c| path_snap(&c.path)).collect(),
+                    },
+                )
+            })
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut buffer: Vec<(i64, u64, Event)> = self
+            .buffer
+            .iter()
+            .map(|b| (b.time, b.arrival, (*b.ev).clone()))
+            .collect();
+        buffer.sort_by_key(|b| (b.0, b.1));
+        PatternSnap {
+            clock: self.clock.clone(),
+            arrival: self.arrival,
+            seq: self.seq,
+            last_sweep: self.last_sweep,
+            since_sweep: self.since_sweep,
+            buffer,
+            keys,
+        }
+    }
+
+    pub fn restore(&mut self, s: PatternSnap, reparse: &dyn Fn(&Event) -> Arc<Event>) {
+        self.clock = s.clock;
+        self.arrival = s.arrival;
+        self.seq = s.seq;
+        self.last_sweep = s.last_sweep;
+        self.since_sweep = s.since_sweep;
+        self.buffer = s
+            .buffer
+            .into_iter()
+            .map(|(time, arrival, ev)| Buffered {
+                time,
+                arrival,
+                ev: reparse(&ev),
+            })
+            .collect();
+        self.keys = s
+            .keys
+            .into_iter()
+            .map(|(k, ks)| {
+                let runs = ks
+                    .runs
+                    .into_iter()
+                    .filter_map(|r| r.to_run(reparse))
+                    .collect();
+                let pending = ks
+                    .pending
+                    .into_iter()
+                    .filter_map(|p| build_path(p, reparse).map(Completed::from_path))
+                    .collect();
+                (
+                    k.into_boxed_str(),
+                    KeyEntry {
+                        st: KeyState { runs, pending },
+                        last: ks.last,
+                    },
+                )
+            })
+            .collect();
+    }
+}
+
+pub(crate) fn late_output(id: &str, topic: &str, ev: &Event) -> Output {
+    Output {
+        topic: topic.to_string(),
+        key: ev.rec.key.clone(),
+        value: ev.rec.value.clone(),
+        definition_id: id.to_string(),
+        kind: OutputKind::Late,
+        timestamp_ms: ev.rec.timestamp_ms,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeSnap {
+    ev: Event,
+    seq: u64,
+    time: i64,
+    step: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSnap {
+    step: u16,
+    count: u32,
+    waiting: bool,
+    mask: u64,
+    start_seq: u64,
+    start_time: i64,
+    len: u32,
+    path: Vec<NodeSnap>,
+}
+
+fn path_snap(n: &Node) -> Vec<NodeSnap> {
+    n.to_vec()
+        .into_iter()
+        .map(|n| NodeSnap {
+            ev: (*n.ev).clone(),
+            seq: n.seq,
+            time: n.time,
+            step: n.step,
+        })
+        .collect()
+}
+
+fn build_path(p: Vec<NodeSnap>, reparse: &dyn Fn(&Event) -> Arc<Event>) -> Option<Arc<Node>> {
+    let mut cur: Option<Arc<Node>> = None;
+    for n in p {
+        cur = Some(Arc::new(Node {
+            ev: reparse(&n.ev),
+            seq: n.seq,
+            time: n.time,
+            step: n.step,
+            prev: cur,
+        }));
+    }
+    cur
+}
+
+impl RunSnap {
+    fn of(r: &Run) -> RunSnap {
+        RunSnap {
+            step: r.step,
+            count: r.count,
+            waiting: r.waiting,
+            mask: r.mask,
+            start_seq: r.start_seq,
+            start_time: r.start_time,
+            len: r.len,
+            path: path_snap(&r.path),
+        }
+    }
+    fn to_run(self, reparse: &dyn Fn(&Event) -> Arc<Event>) -> Option<Run> {
+        Some(Run {
+            step: self.step,
+            count: self.count,
+            waiting: self.waiting,
+            mask: self.mask,
+            start_seq: self.start_seq,
+            start_time: self.start_time,
+            len: self.len,
+            path: build_path(self.path, reparse)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeySnap {
+    last: i64,
+    runs: Vec<RunSnap>,
+    pending: Vec<Vec<NodeSnap>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PatternSnap {
+    clock: Clock,
+    arrival: u64,
+    seq: u64,
+    last_sweep: i64,
+    since_sweep: u64,
+    buffer: Vec<(i64, u64, Event)>,
+    keys: Vec<(String, KeySnap)>,
+}
