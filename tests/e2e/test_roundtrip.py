@@ -12,9 +12,24 @@ import time
 import pytest
 
 from clients import PY_CLIENTS
+from kafkawire import KafkaConn, parse_batches
 from util import BIG_INDEX, BIG_SIZE, CODECS, N_RECORDS, NODE_DIR, big_value, record_timing, unique_topic, verify_roundtrip
 
 N = int(os.environ.get("WEIR_E2E_RECORDS", N_RECORDS))
+
+
+CODEC_IDS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+def _check_codec_used(bootstrap, topic, codec):
+    """The batches the broker stores really use the codec (first fetch of each partition)."""
+    seen = set()
+    with KafkaConn.to(bootstrap) as c:
+        for part in range(8):
+            seen |= {b["attributes"] & 0x7 for b in parse_batches(c.fetch(topic, part, 0, max_bytes=256 * 1024)["records"])}
+    want = CODEC_IDS[codec]
+    # a client may send one incompressible batch (the 1 MiB record) uncompressed
+    assert want in seen and seen <= {want, 0}, f"stored batch codecs {sorted(seen)}, expected {want} ({codec})"
 
 
 def _report(client, codec, n, timings, total):
@@ -34,6 +49,7 @@ def test_python_client_roundtrip(bootstrap, client, codec):
     total = time.monotonic() - t0
     _report(client, codec, N, timings, total)
     verify_roundtrip(codec, N, produced, consumed, big)
+    _check_codec_used(bootstrap, topic, codec)
 
 
 @pytest.mark.timeout(600)
@@ -65,3 +81,4 @@ def test_kafkajs_roundtrip(bootstrap, codec, tmp_path):
                 for p, lst in res["consumed"].items() if lst or int(p) in produced}
     _report("kafkajs", codec, N, res["timings"], total)
     verify_roundtrip(codec, N, produced, consumed, big_value(codec, BIG_INDEX))
+    _check_codec_used(bootstrap, topic, codec)
