@@ -26,6 +26,9 @@ enum Command {
     Produce(cli::produce::ProduceArgs),
     /// Consume records from a topic to standard output.
     Consume(cli::consume::ConsumeArgs),
+    /// List, describe, reset offsets of and delete consumer groups.
+    #[command(subcommand)]
+    Groups(cli::groups::GroupsCommand),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
             Command::Topics(cmd) => cli::topics::run(&args.bootstrap, cmd).await,
             Command::Produce(p) => cli::produce::run(&args.bootstrap, p).await,
             Command::Consume(c) => cli::consume::run(&args.bootstrap, c).await,
+            Command::Groups(g) => cli::groups::run(&args.bootstrap, g).await,
         }
     });
     match result {
