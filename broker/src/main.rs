@@ -29,6 +29,9 @@ enum Command {
     /// List, describe, reset offsets of and delete consumer groups.
     #[command(subcommand)]
     Groups(cli::groups::GroupsCommand),
+    /// Load generator: throughput and tail latency beside the machine's limits.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
             Command::Produce(p) => cli::produce::run(&args.bootstrap, p).await,
             Command::Consume(c) => cli::consume::run(&args.bootstrap, c).await,
             Command::Groups(g) => cli::groups::run(&args.bootstrap, g).await,
+            Command::Bench(b) => cli::bench::run(&args.bootstrap, b).await,
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! The client-side subcommands of `weir`. They speak the Kafka protocol through
 //! [`crate::client`], so they work against Apache Kafka and Redpanda too.
 
+pub mod bench;
 pub mod consume;
 pub mod groups;
 pub mod produce;
