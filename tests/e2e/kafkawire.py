@@ -126,9 +126,30 @@ class Reader:
 
 
 # ---------------------------------------------------------------- record batch v2
+CODEC_IDS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+def compress(codec: str, data: bytes) -> bytes:
+    if codec == "none":
+        return data
+    if codec == "gzip":
+        import gzip
+        return gzip.compress(data)
+    if codec == "snappy":
+        import cramjam
+        return bytes(cramjam.snappy.compress_raw(data))
+    if codec == "lz4":
+        import lz4.frame
+        return lz4.frame.compress(data)
+    if codec == "zstd":
+        import zstandard
+        return zstandard.ZstdCompressor().compress(data)
+    raise ValueError(codec)
+
+
 def record_batch(records: list[tuple[bytes | None, bytes | None]], base_timestamp: int | None = None,
-                 base_offset: int = 0, corrupt_crc: bool = False) -> bytes:
-    """An uncompressed magic-2 record batch; records = [(key, value), ...], no headers."""
+                 base_offset: int = 0, corrupt_crc: bool = False, codec: str = "none") -> bytes:
+    """A magic-2 record batch; records = [(key, value), ...], no headers."""
     ts = int(time.time() * 1000) if base_timestamp is None else base_timestamp
     recs = b""
     for delta, (k, v) in enumerate(records):
@@ -137,11 +158,11 @@ def record_batch(records: list[tuple[bytes | None, bytes | None]], base_timestam
                 + (varint(-1) if v is None else varint(len(v)) + v)
                 + varint(0))
         recs += varint(len(body)) + body
-    after_crc = (i16(0)                      # attributes: no compression, CreateTime
+    after_crc = (i16(CODEC_IDS[codec])       # attributes: codec, CreateTime
                  + i32(len(records) - 1)      # lastOffsetDelta
                  + i64(ts) + i64(ts)          # baseTimestamp, maxTimestamp
                  + i64(-1) + i16(-1) + i32(-1)  # producerId, producerEpoch, baseSequence
-                 + i32(len(records)) + recs)
+                 + i32(len(records)) + compress(codec, recs))
     crc = crc32c(after_crc)
     if corrupt_crc:
         crc ^= 0xDEADBEEF

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from kafkawire import KafkaConn, parse_batches
+from kafkawire import KafkaConn, parse_batches, record_batch
 from util import create_topic, produce_records, unique_topic
 
 TIMEOUT = 30
@@ -27,16 +27,19 @@ def _produce_one_batch(bootstrap, topic, lo, hi, codec):
     assert [off for _, off in res] == list(range(lo, hi)), f"delivery offsets {res}"
 
 
-@pytest.fixture(scope="module", params=["none", "gzip", "lz4", "zstd"])
+@pytest.fixture(scope="module", params=["none", "gzip", "snappy", "lz4", "zstd"])
 def two_batches(request, shared_broker):
     """A 1-partition topic holding exactly two batches: offsets 0..9 and 10..19."""
     codec = request.param
     bootstrap = shared_broker.bootstrap
     topic = unique_topic(f"seek-{codec}")
     create_topic(bootstrap, topic)
-    _produce_one_batch(bootstrap, topic, 0, 10, codec)
-    _produce_one_batch(bootstrap, topic, 10, 20, codec)
     with KafkaConn.to(bootstrap) as c:
+        # hand-built batches, so that the batch boundaries are exactly known
+        for lo in (0, 10):
+            batch = record_batch([(f"k{o}".encode(), f"v{o}".encode()) for o in range(lo, lo + 10)], codec=codec)
+            res = c.produce(topic, 0, batch)[(topic, 0)]
+            assert (res["error"], res["base_offset"]) == (0, lo), f"setup: produce of batch {lo}..{lo + 9}: {res}"
         f = c.fetch(topic, 0, 0)
         spans = [(b["base_offset"], b["last_offset"]) for b in parse_batches(f["records"])]
     assert spans == [(0, 9), (10, 19)], f"setup: expected two batches 0-9 and 10-19, broker holds {spans}"
@@ -142,8 +145,11 @@ def test_seek_inside_last_batch_then_new_record(shared_broker, client):
     bootstrap = shared_broker.bootstrap
     topic = unique_topic(f"seeklast-{client}")
     create_topic(bootstrap, topic)
-    _produce_one_batch(bootstrap, topic, 0, 10, "lz4")
-    _produce_one_batch(bootstrap, topic, 10, 20, "lz4")
+    with KafkaConn.to(bootstrap) as c:
+        for lo in (0, 10):
+            batch = record_batch([(f"k{o}".encode(), f"v{o}".encode()) for o in range(lo, lo + 10)], codec="lz4")
+            res = c.produce(topic, 0, batch)[(topic, 0)]
+            assert (res["error"], res["base_offset"]) == (0, lo), f"setup: produce of batch {lo}..{lo + 9}: {res}"
 
     def produce_more():
         _produce_one_batch(bootstrap, topic, 20, 21, "none")
