@@ -38,7 +38,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.weir-stamp 2>/dev/null)" != "$wa
     .venv/bin/pip install -q --disable-pip-version-check --no-input -r requirements.txt
     echo "$want" > .venv/.weir-stamp
 fi
-log "python venv: $(.venv/bin/python -c 'import confluent_kafka, kafka, aiokafka; print("confluent-kafka", confluent_kafka.version()[0], "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__, "aiokafka", aiokafka.__version__)')"
+log "python venv: $(.venv/bin/python -c 'import confluent_kafka, kafka, aiokafka; print("confluent-kafka", confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0], "kafka-python", kafka.__version__, "aiokafka", aiokafka.__version__)')"
 
 # ---------------------------------------------------------------- node modules
 # @kafkajs/zstd depends on cppzst, a native addon whose sources need C++17 to
