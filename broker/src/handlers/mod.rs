@@ -11,6 +11,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub mod api_versions;
+#[cfg(test)]
+mod admin_test_support;
+pub mod alter_configs;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_records;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
+pub mod describe_log_dirs;
+pub mod incremental_alter_configs;
+pub mod offset_for_leader_epoch;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod init_producer_id;
@@ -60,6 +72,20 @@ pub async fn dispatch(broker: &Arc<Broker>, ctx: &RequestContext, body: RequestK
         RequestKind::ListOffsets(r) => ready(ResponseKind::ListOffsets(list_offsets::handle(b, ctx, r))),
         RequestKind::InitProducerId(r) => ready(ResponseKind::InitProducerId(init_producer_id::handle(b, ctx, r))),
         RequestKind::FindCoordinator(r) => ready(ResponseKind::FindCoordinator(find_coordinator::handle(b, ctx, r))),
+        RequestKind::CreateTopics(r) => ready(ResponseKind::CreateTopics(create_topics::handle(b, ctx, r))),
+        RequestKind::DeleteTopics(r) => ready(ResponseKind::DeleteTopics(delete_topics::handle(b, ctx, r))),
+        RequestKind::CreatePartitions(r) => ready(ResponseKind::CreatePartitions(create_partitions::handle(b, ctx, r))),
+        RequestKind::DescribeConfigs(r) => ready(ResponseKind::DescribeConfigs(describe_configs::handle(b, ctx, r))),
+        RequestKind::AlterConfigs(r) => ready(ResponseKind::AlterConfigs(alter_configs::handle(b, ctx, r))),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            ready(ResponseKind::IncrementalAlterConfigs(incremental_alter_configs::handle(b, ctx, r)))
+        }
+        RequestKind::DescribeCluster(r) => ready(ResponseKind::DescribeCluster(describe_cluster::handle(b, ctx, r))),
+        RequestKind::DeleteRecords(r) => ready(ResponseKind::DeleteRecords(delete_records::handle(b, ctx, r))),
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            ready(ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(b, ctx, r)))
+        }
+        RequestKind::DescribeLogDirs(r) => ready(ResponseKind::DescribeLogDirs(describe_log_dirs::handle(b, ctx, r))),
         RequestKind::JoinGroup(r) => join_group::handle(b, ctx, r),
         RequestKind::SyncGroup(r) => sync_group::handle(b, ctx, r),
         RequestKind::Heartbeat(r) => ready(ResponseKind::Heartbeat(heartbeat::handle(b, ctx, r))),
