@@ -48,15 +48,16 @@
 //! # Write path: `write()` into the file, not a writable map
 //!
 //! Appends go through `pwrite` on the segment file at the current end. A writable
-//! mmap needs the file preallocated (and trimmed at roll, crash recovery must then
-//! tell zeros from data), takes a page fault per 4 KiB on first touch, and gives no
-//! way to learn about a write error except `SIGBUS`. Measured on the 2-core
-//! benchmark machine with `storage_bench` (see `benches/README.md`), copying the same
-//! batches into a writable map of a preallocated file ran at 0.67x the speed of
-//! `write()` for 1 MiB batches and 0.86x-1.23x for 16 KiB batches (noisy), i.e. never
-//! clearly better, so the simpler and safer `write()` path was kept. Readers still see
-//! appended bytes through their maps, since a shared file map and the page cache
-//! are the same pages.
+//! mmap needs the file preallocated, then trimmed at roll, and crash recovery must
+//! then tell zeros from data. It takes a page fault per 4 KiB on first touch, and the
+//! only way it reports a write error (disk full, I/O error) is `SIGBUS`. Measured on
+//! the 2-core benchmark machine with `storage_bench` (see `benches/README.md`),
+//! copying the same batches into a writable map of a preallocated file was 1.2x-1.4x
+//! the speed of `write()` for 16 KiB batches in three runs out of four (0.86x in the
+//! fourth), but only 0.54x-0.67x for 1 MiB batches. No clear win, and the error
+//! handling and recovery costs above, so the log keeps the simpler `write()` path.
+//! Readers still see appended bytes through their maps, because a shared file map
+//! and the page cache are the same pages.
 //!
 //! # Durability ([`FlushPolicy`])
 //!
