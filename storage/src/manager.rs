@@ -45,6 +45,31 @@ struct Shared {
     cache: Arc<HandleCache>,
     stop: Mutex<bool>,
     wake: Condvar,
+    /// `<data-dir>/.lock`, held with `flock` so that two managers never share a directory.
+    _lock: std::fs::File,
+}
+
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx(&path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let source = std::io::Error::last_os_error();
+        return Err(StorageError::Io {
+            path,
+            source: std::io::Error::new(
+                source.kind(),
+                format!("data directory is in use by another LogManager: {source}"),
+            ),
+        });
+    }
+    Ok(file)
 }
 
 pub struct LogManager {
@@ -70,6 +95,7 @@ impl LogManager {
         options: ManagerOptions,
     ) -> Result<LogManager> {
         std::fs::create_dir_all(data_dir).ctx(data_dir)?;
+        let lock = lock_data_dir(data_dir)?;
         let cache = HandleCache::new(options.max_open_segments);
         let mut logs = HashMap::new();
         for entry in std::fs::read_dir(data_dir).ctx(data_dir)? {
@@ -92,6 +118,7 @@ impl LogManager {
             cache,
             stop: Mutex::new(false),
             wake: Condvar::new(),
+            _lock: lock,
         });
         let bg = shared.clone();
         let thread = std::thread::Builder::new()

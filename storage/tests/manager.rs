@@ -97,3 +97,57 @@ fn open_segments_are_capped() {
     }
     assert!(m.open_segments() <= 16);
 }
+
+#[test]
+fn many_partitions_reopen_without_scanning() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(2000);
+    let n = 300;
+    {
+        let m = LogManager::open_with(
+            dir.path(),
+            cfg.clone(),
+            manager_options(Duration::from_secs(60), 64),
+        )
+        .unwrap();
+        for p in 0..n {
+            let log = m.get_or_create("wide", p, cfg.clone()).unwrap();
+            for i in 0..12 {
+                let mut b = batch(2, i, 100);
+                log.append(&mut b, 0).unwrap();
+            }
+        }
+        m.shutdown().unwrap();
+    }
+    let t = std::time::Instant::now();
+    let m = LogManager::open_with(
+        dir.path(),
+        cfg.clone(),
+        manager_options(Duration::from_secs(60), 64),
+    )
+    .unwrap();
+    let took = t.elapsed();
+    let logs = m.logs();
+    assert_eq!(logs.len(), n as usize);
+    let scanned: u64 = logs
+        .iter()
+        .map(|(_, l)| l.stats().batches_scanned_at_open)
+        .sum();
+    assert!(
+        scanned <= n as u64,
+        "{scanned} batches scanned for {n} logs"
+    );
+    assert!(logs.iter().all(|(_, l)| l.log_end_offset() == 24));
+    assert!(m.open_segments() <= 64);
+    eprintln!("reopened {n} partitions in {took:?}, {scanned} batches checked");
+}
+
+#[test]
+fn a_data_dir_has_one_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = LogManager::open(dir.path(), small_config(1000)).unwrap();
+    assert!(LogManager::open(dir.path(), small_config(1000)).is_err());
+    m.shutdown().unwrap();
+    drop(m);
+    LogManager::open(dir.path(), small_config(1000)).unwrap();
+}
