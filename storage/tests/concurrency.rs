@@ -30,7 +30,7 @@ fn appends_reads_and_maintenance_at_once() {
                 let v = format!("t{t}-{i}");
                 let mut b = keyed(
                     &[(k.as_str(), Some(v.as_str()), i as i64)],
-                    if i % 5 == 0 {
+                    if i.is_multiple_of(5) {
                         Compression::Snappy
                     } else {
                         Compression::None
