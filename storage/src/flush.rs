@@ -91,6 +91,11 @@ impl Log {
     fn sync_round(&self) -> Result<i64> {
         let (end, rolled, active) = {
             let st = self.state.read();
+            if st.closed {
+                return Err(crate::error::StorageError::Closed {
+                    path: self.dir.clone(),
+                });
+            }
             let active = st.active().clone();
             let file = {
                 let mut inner = active.lock();
@@ -107,6 +112,9 @@ impl Log {
             .store(crate::log::now_ms(), Ordering::Relaxed);
         if !rolled.is_empty() {
             let mut st = self.state.write();
+            if st.closed {
+                return Ok(end);
+            }
             st.unflushed
                 .retain(|s| !rolled.iter().any(|r| Arc::ptr_eq(r, s)));
             let point = st.unflushed.first().map_or(active.0.base, |s| s.base);
@@ -133,6 +141,9 @@ impl Log {
             seg.sync_all()?;
         }
         let mut st = self.state.write();
+        if st.closed {
+            return Ok(());
+        }
         st.unflushed
             .retain(|s| !rolled.iter().any(|r| Arc::ptr_eq(r, s)));
         let point = st.unflushed.first().map_or(st.active().base, |s| s.base);

@@ -62,8 +62,10 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The active segment. Invariant: `segments` is non-empty while the log is open
+    /// (only a failed `truncate_fully_locked` can empty it, and it then closes the log);
+    /// every caller checks `closed` first.
     pub fn active(&self) -> &Arc<Segment> {
-        // The map is never left empty: every path that removes segments creates one.
         self.segments
             .values()
             .next_back()
@@ -695,16 +697,28 @@ impl Log {
         Ok(())
     }
 
-    /// Deletes every segment and restarts the log, empty, at `offset`.
+    /// Deletes every segment and restarts the log, empty, at `offset`. Old files are
+    /// unlinked before the new segment is created (never truncated under a reader's
+    /// map). On an I/O error midway the log is taken offline (closed): it may have no
+    /// segment left.
     fn truncate_fully_locked(&self, st: &mut State, offset: i64, config: &LogConfig) -> Result<()> {
-        for (_, s) in std::mem::take(&mut st.segments) {
-            s.delete_files()?;
+        let r = (|| {
+            for (_, s) in std::mem::take(&mut st.segments) {
+                s.delete_files()?;
+            }
+            st.unflushed.clear();
+            let seg = Segment::create(&self.dir, offset, config, &self.cache)?;
+            st.segments.insert(offset, seg);
+            st.log_start = offset;
+            self.write_log_start(offset)
+        })();
+        if let Err(e) = r {
+            tracing::error!(dir = %self.dir.display(), error = %e, "truncation failed; taking the log offline");
+            if st.segments.is_empty() {
+                st.closed = true;
+            }
+            return Err(e);
         }
-        st.unflushed.clear();
-        let seg = Segment::create(&self.dir, offset, config, &self.cache)?;
-        st.segments.insert(offset, seg);
-        st.log_start = offset;
-        self.write_log_start(offset)?;
         self.set_end(st, offset);
         self.gc.truncated(offset);
         Ok(())
