@@ -273,3 +273,38 @@ fn closed_log_rejects_appends() {
     log.delete().unwrap();
     assert!(!dir.path().exists());
 }
+
+#[test]
+fn segment_ms_rolls_by_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        segment_ms: Some(30),
+        ..small_config(1 << 20)
+    };
+    let log = Log::open(dir.path(), cfg).unwrap();
+    let mut b = batch(1, 1, 10);
+    log.append(&mut b, 0).unwrap();
+    let mut b = batch(1, 1, 10);
+    log.append(&mut b, 0).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    // The next append rolls first...
+    let mut b = batch(1, 1, 10);
+    log.append(&mut b, 0).unwrap();
+    assert_eq!(log.segment_bases(), vec![0, 2]);
+    // ...and the background check rolls an idle segment.
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    assert!(log.maybe_roll_by_time(weir_storage_now()).unwrap());
+    assert_eq!(log.segment_bases(), vec![0, 2, 3]);
+    assert!(
+        !log.maybe_roll_by_time(weir_storage_now()).unwrap(),
+        "empty active segments do not roll"
+    );
+}
+
+fn weir_storage_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
