@@ -68,10 +68,18 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(N as u64));
     g.bench_function("brute_force_pattern_100k_keys", |b| {
-        b.iter_batched(|| engine(PATTERN), |e| run(e, &evs, 0), BatchSize::PerIteration)
+        b.iter_batched(
+            || engine(PATTERN),
+            |e| run(e, &evs, 0),
+            BatchSize::PerIteration,
+        )
     });
     g.bench_function("tumbling_count_per_key_100k_keys", |b| {
-        b.iter_batched(|| engine(COUNT), |e| run(e, &evs, 0), BatchSize::PerIteration)
+        b.iter_batched(
+            || engine(COUNT),
+            |e| run(e, &evs, 0),
+            BatchSize::PerIteration,
+        )
     });
     g.finish();
 }

@@ -6,7 +6,7 @@ mod common;
 use proptest::prelude::*;
 use weir_cep::def::{parse_definition_json, Definition, PatternDef};
 use weir_cep::event::{Event, FieldTable, RawRecord};
-use weir_cep::pattern::{Contig, Pattern, SliceCtx, Skip};
+use weir_cep::pattern::{Contig, Pattern, Skip, SliceCtx};
 use weir_cep::{Engine, Limits, SourceRecord};
 
 const CONDS: &[&str] = &[
@@ -73,7 +73,9 @@ fn pattern_json(steps: &[StepGen], within: Option<u32>, skip: u8) -> String {
         5 => format!("skip_to_last:s{}", n - 1),
         _ => "skip_to_first:s1".into(),
     };
-    let within = within.map(|w| format!(r#","within":"{w}s""#)).unwrap_or_default();
+    let within = within
+        .map(|w| format!(r#","within":"{w}s""#))
+        .unwrap_or_default();
     format!(
         r#"{{"id":"p","source":{{"topic":"t"}},"partition_by":"k","steps":[{}]{within},"skip":"{skip}","emit":{{"topic":"out"}}}}"#,
         steps_json.join(",")
@@ -90,7 +92,10 @@ struct Ref<'a> {
 
 impl Ref<'_> {
     fn cond(&self, step: usize, items: &Items, upto: usize, cur: usize) -> bool {
-        let ctx_items: Vec<(&Event, usize)> = items[..upto].iter().map(|(p, s)| (&self.evs[*p], *s)).collect();
+        let ctx_items: Vec<(&Event, usize)> = items[..upto]
+            .iter()
+            .map(|(p, s)| (&self.evs[*p], *s))
+            .collect();
         self.p.test(
             step,
             &SliceCtx {
@@ -130,7 +135,11 @@ impl Ref<'_> {
                 break;
             }
             let (pn, t) = items[j + 1];
-            let kind = if sj == t { p.steps[t].inner } else { p.steps[t].contiguity };
+            let kind = if sj == t {
+                p.steps[t].inner
+            } else {
+                p.steps[t].contiguity
+            };
             match kind {
                 Contig::Strict => {
                     if pn != pj + 1 {
@@ -221,9 +230,17 @@ impl Ref<'_> {
     }
 }
 
-static STATS: [std::sync::atomic::AtomicUsize; 2] = [std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0)];
+static STATS: [std::sync::atomic::AtomicUsize; 2] = [
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+];
 
-fn run_case(steps: Vec<StepGen>, within: Option<u32>, skip: u8, stream: Vec<(u8, u8, u8)>) -> Result<(), TestCaseError> {
+fn run_case(
+    steps: Vec<StepGen>,
+    within: Option<u32>,
+    skip: u8,
+    stream: Vec<(u8, u8, u8)>,
+) -> Result<(), TestCaseError> {
     let json = pattern_json(&steps, within, skip);
     let Ok(Definition::Pattern(def)) = parse_definition_json(&json) else {
         return Err(TestCaseError::fail(format!("bad json {json}")));
@@ -264,7 +281,8 @@ fn run_case(steps: Vec<StepGen>, within: Option<u32>, skip: u8, stream: Vec<(u8,
     let PatternDef { steps: sdefs, .. } = &def;
     let mut got: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
     for o in &outs {
-        let v: serde_json::Value = serde_json::from_slice(&o.value).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&o.value).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let key = v["key"].as_str().unwrap_or("").to_string();
         let mut items = Vec::new();
         for (si, s) in sdefs.iter().enumerate() {
@@ -280,12 +298,19 @@ fn run_case(steps: Vec<StepGen>, within: Option<u32>, skip: u8, stream: Vec<(u8,
     got.sort();
     // reference
     let mut fields = FieldTable::default();
-    let pat = Pattern::compile(&def.steps, def.within.as_deref(), def.skip.as_deref(), &mut fields)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let pat = Pattern::compile(
+        &def.steps,
+        def.within.as_deref(),
+        def.skip.as_deref(),
+        &mut fields,
+    )
+    .map_err(|e| TestCaseError::fail(e.to_string()))?;
     fields.intern("i");
     let mut want = Vec::new();
     for key in ["k0", "k1"] {
-        let idx: Vec<usize> = (0..values.len()).filter(|i| format!("k{}", stream[*i].0 % 2) == key).collect();
+        let idx: Vec<usize> = (0..values.len())
+            .filter(|i| format!("k{}", stream[*i].0 % 2) == key)
+            .collect();
         let evs: Vec<Event> = idx
             .iter()
             .map(|&i| {
@@ -303,9 +328,16 @@ fn run_case(steps: Vec<StepGen>, within: Option<u32>, skip: u8, stream: Vec<(u8,
             })
             .collect::<Result<_, _>>()?;
         let ts: Vec<i64> = idx.iter().map(|&i| i as i64 * 1000).collect();
-        let r = Ref { p: &pat, evs: &evs, ts: &ts };
+        let r = Ref {
+            p: &pat,
+            evs: &evs,
+            ts: &ts,
+        };
         for m in r.matches() {
-            want.push((key.to_string(), m.iter().map(|(p, s)| (idx[*p], *s)).collect::<Vec<_>>()));
+            want.push((
+                key.to_string(),
+                m.iter().map(|(p, s)| (idx[*p], *s)).collect::<Vec<_>>(),
+            ));
         }
     }
     want.sort();
@@ -319,16 +351,22 @@ fn run_case(steps: Vec<StepGen>, within: Option<u32>, skip: u8, stream: Vec<(u8,
 }
 
 fn step_strategy() -> impl Strategy<Value = StepGen> {
-    (0..CONDS.len(), 0u8..6, 0u8..3, 0u8..3, 0u8..4, prop::bool::weighted(0.2)).prop_map(
-        |(cond, quant, contig, inner, pref, not)| StepGen {
+    (
+        0..CONDS.len(),
+        0u8..6,
+        0u8..3,
+        0u8..3,
+        0u8..4,
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(cond, quant, contig, inner, pref, not)| StepGen {
             cond,
             quant,
             contig,
             inner,
             pref,
             not,
-        },
-    )
+        })
 }
 
 proptest! {
@@ -346,7 +384,10 @@ proptest! {
 
 #[test]
 fn differential_covers_matches() {
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 200, ..ProptestConfig::default() });
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 200,
+        ..ProptestConfig::default()
+    });
     let strat = (
         prop::collection::vec(step_strategy(), 1..4),
         prop::option::of(1u32..6),
@@ -359,5 +400,8 @@ fn differential_covers_matches() {
     let cases = STATS[0].load(std::sync::atomic::Ordering::Relaxed);
     let matches = STATS[1].load(std::sync::atomic::Ordering::Relaxed) - before;
     eprintln!("cases {cases}, matches {matches}");
-    assert!(matches > 200, "random patterns should produce matches ({matches})");
+    assert!(
+        matches > 200,
+        "random patterns should produce matches ({matches})"
+    );
 }

@@ -10,7 +10,10 @@ fn ev(i: usize, v: &str, n: i64) -> String {
 
 /// Stream from a compact string: each char is an event `v`, n = position.
 fn stream(s: &str) -> Vec<String> {
-    s.chars().enumerate().map(|(i, c)| ev(i, &c.to_string(), i as i64)).collect()
+    s.chars()
+        .enumerate()
+        .map(|(i, c)| ev(i, &c.to_string(), i as i64))
+        .collect()
 }
 
 fn pattern(steps: &str, extra: &str) -> String {
@@ -38,7 +41,11 @@ fn run(def: &str, s: &str) -> Vec<String> {
                 }
             }
             items.sort();
-            items.iter().map(|(i, s)| format!("{s}{i}")).collect::<Vec<_>>().join(" ")
+            items
+                .iter()
+                .map(|(i, s)| format!("{s}{i}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .collect()
 }
@@ -50,78 +57,196 @@ fn contiguity_quantifiers_skip_table() {
     let b = |c: &str| format!(r#"{{"name":"b","where":"v == 'b'","contiguity":"{c}"}}"#);
     let cases: Vec<(String, &str, Vec<&str>)> = vec![
         // strict (next): b must follow a immediately
-        (pattern(&format!("{A},{}", b("strict")), ""), "acab", vec!["a2 b3"]),
-        (pattern(&format!("{A},{}", b("strict")), ""), "abab", vec!["a0 b1", "a2 b3"]),
+        (
+            pattern(&format!("{A},{}", b("strict")), ""),
+            "acab",
+            vec!["a2 b3"],
+        ),
+        (
+            pattern(&format!("{A},{}", b("strict")), ""),
+            "abab",
+            vec!["a0 b1", "a2 b3"],
+        ),
         // relaxed (followedBy): first b after a
-        (pattern(&format!("{A},{}", b("relaxed")), ""), "acbb", vec!["a0 b2"]),
+        (
+            pattern(&format!("{A},{}", b("relaxed")), ""),
+            "acbb",
+            vec!["a0 b2"],
+        ),
         // any (followedByAny): every later b
-        (pattern(&format!("{A},{}", b("any")), ""), "acbb", vec!["a0 b2", "a0 b3"]),
+        (
+            pattern(&format!("{A},{}", b("any")), ""),
+            "acbb",
+            vec!["a0 b2", "a0 b3"],
+        ),
         // one_or_more with relaxed inner, then relaxed b (Flink docs example shape)
         (
-            pattern(&format!(r#"{{"name":"a","where":"v == 'a'","one_or_more":true}},{}"#, b("relaxed")), ""),
+            pattern(
+                &format!(
+                    r#"{{"name":"a","where":"v == 'a'","one_or_more":true}},{}"#,
+                    b("relaxed")
+                ),
+                "",
+            ),
             "aacb",
             vec!["a0 a1 b3", "a0 b3", "a1 b3"],
         ),
         // strict inner (consecutive)
         (
-            pattern(&format!(r#"{{"name":"a","where":"v == 'a'","one_or_more":true,"inner_contiguity":"strict"}},{}"#, b("relaxed")), ""),
+            pattern(
+                &format!(
+                    r#"{{"name":"a","where":"v == 'a'","one_or_more":true,"inner_contiguity":"strict"}},{}"#,
+                    b("relaxed")
+                ),
+                "",
+            ),
             "acab",
             vec!["a0 b3", "a2 b3"],
         ),
         // times exactly 2
-        (pattern(&format!(r#"{{"name":"a","where":"v == 'a'","times":2}},{}"#, b("relaxed")), ""), "aaab", vec!["a0 a1 b3", "a1 a2 b3"]),
+        (
+            pattern(
+                &format!(
+                    r#"{{"name":"a","where":"v == 'a'","times":2}},{}"#,
+                    b("relaxed")
+                ),
+                "",
+            ),
+            "aaab",
+            vec!["a0 a1 b3", "a1 a2 b3"],
+        ),
         // times {min 2} with skip past_last_event: one match, the longest first
         (
-            pattern(&format!(r#"{{"name":"a","where":"v == 'a'","times":{{"min":2}}}},{}"#, b("relaxed")), r#","skip":"past_last_event""#),
+            pattern(
+                &format!(
+                    r#"{{"name":"a","where":"v == 'a'","times":{{"min":2}}}},{}"#,
+                    b("relaxed")
+                ),
+                r#","skip":"past_last_event""#,
+            ),
             "aaab",
             vec!["a0 a1 a2 b3"],
         ),
         // optional step
         (
-            pattern(&format!(r#"{A},{{"name":"c","where":"v == 'c'","optional":true,"contiguity":"relaxed"}},{}"#, b("relaxed")), ""),
+            pattern(
+                &format!(
+                    r#"{A},{{"name":"c","where":"v == 'c'","optional":true,"contiguity":"relaxed"}},{}"#,
+                    b("relaxed")
+                ),
+                "",
+            ),
             "acb",
             vec!["a0 b2", "a0 c1 b2"],
         ),
         // greedy loop: a 'x' event that matches both the loop and the next step stays in the loop
         (
-            pattern(r#"{"name":"a","where":"v == 'a' || v == 'x'","one_or_more":true,"greedy":true},{"name":"b","where":"v == 'x' || v == 'b'","contiguity":"strict"}"#, r#","skip":"skip_to_next""#),
+            pattern(
+                r#"{"name":"a","where":"v == 'a' || v == 'x'","one_or_more":true,"greedy":true},{"name":"b","where":"v == 'x' || v == 'b'","contiguity":"strict"}"#,
+                r#","skip":"skip_to_next""#,
+            ),
             "axb",
             vec!["a0 a1 b2", "a1 b2"],
         ),
         // reluctant loop: stops as soon as the next step can take the event
         (
-            pattern(r#"{"name":"a","where":"v == 'a' || v == 'x'","one_or_more":true,"reluctant":true},{"name":"b","where":"v == 'x' || v == 'b'","contiguity":"strict"}"#, r#","skip":"skip_to_next""#),
+            pattern(
+                r#"{"name":"a","where":"v == 'a' || v == 'x'","one_or_more":true,"reluctant":true},{"name":"b","where":"v == 'x' || v == 'b'","contiguity":"strict"}"#,
+                r#","skip":"skip_to_next""#,
+            ),
             "axb",
             vec!["a0 b1", "a1 b2"],
         ),
         // notNext: a not immediately followed by c, then b
         (
-            pattern(&format!(r#"{A},{{"name":"c","where":"v == 'c'","not":true,"contiguity":"strict"}},{}"#, b("relaxed")), ""),
+            pattern(
+                &format!(
+                    r#"{A},{{"name":"c","where":"v == 'c'","not":true,"contiguity":"strict"}},{}"#,
+                    b("relaxed")
+                ),
+                "",
+            ),
             "acbab",
             vec!["a3 b4"],
         ),
         // notFollowedBy: no c between a and b
         (
-            pattern(&format!(r#"{A},{{"name":"c","where":"v == 'c'","not":true,"contiguity":"relaxed"}},{}"#, b("relaxed")), ""),
+            pattern(
+                &format!(
+                    r#"{A},{{"name":"c","where":"v == 'c'","not":true,"contiguity":"relaxed"}},{}"#,
+                    b("relaxed")
+                ),
+                "",
+            ),
             "axcbaxb",
             vec!["a4 b6"],
         ),
         // within: a and b at most 2s apart (events 1s apart)
-        (pattern(&format!("{A},{}", b("relaxed")), r#","within":"2s""#), "accbab", vec!["a4 b5"]),
+        (
+            pattern(&format!("{A},{}", b("relaxed")), r#","within":"2s""#),
+            "accbab",
+            vec!["a4 b5"],
+        ),
         // skip strategies on "a+ b" over "aab"
-        (pattern(&format!(r#"{{"name":"a","where":"v == 'a'","one_or_more":true}},{}"#, b("relaxed")), r#","skip":"no_skip""#), "aab", vec!["a0 a1 b2", "a0 b2", "a1 b2"]),
-        (pattern(&format!(r#"{{"name":"a","where":"v == 'a'","one_or_more":true}},{}"#, b("relaxed")), r#","skip":"skip_to_next""#), "aab", vec!["a0 a1 b2", "a1 b2"]),
-        (pattern(&format!(r#"{{"name":"a","where":"v == 'a'","one_or_more":true}},{}"#, b("relaxed")), r#","skip":"skip_to_last:a""#), "aab", vec!["a0 a1 b2", "a1 b2"]),
-        (pattern(&format!(r#"{{"name":"a","where":"v == 'a'","one_or_more":true}},{}"#, b("relaxed")), r#","skip":"skip_to_first:b""#), "aab", vec!["a0 a1 b2"]),
+        (
+            pattern(
+                &format!(
+                    r#"{{"name":"a","where":"v == 'a'","one_or_more":true}},{}"#,
+                    b("relaxed")
+                ),
+                r#","skip":"no_skip""#,
+            ),
+            "aab",
+            vec!["a0 a1 b2", "a0 b2", "a1 b2"],
+        ),
+        (
+            pattern(
+                &format!(
+                    r#"{{"name":"a","where":"v == 'a'","one_or_more":true}},{}"#,
+                    b("relaxed")
+                ),
+                r#","skip":"skip_to_next""#,
+            ),
+            "aab",
+            vec!["a0 a1 b2", "a1 b2"],
+        ),
+        (
+            pattern(
+                &format!(
+                    r#"{{"name":"a","where":"v == 'a'","one_or_more":true}},{}"#,
+                    b("relaxed")
+                ),
+                r#","skip":"skip_to_last:a""#,
+            ),
+            "aab",
+            vec!["a0 a1 b2", "a1 b2"],
+        ),
+        (
+            pattern(
+                &format!(
+                    r#"{{"name":"a","where":"v == 'a'","one_or_more":true}},{}"#,
+                    b("relaxed")
+                ),
+                r#","skip":"skip_to_first:b""#,
+            ),
+            "aab",
+            vec!["a0 a1 b2"],
+        ),
         // references to earlier steps: b.n > first(a).n + 2
         (
-            pattern(r#"{"name":"a","where":"v == 'a'"},{"name":"b","where":"v == 'b' && n > first(a).n + 2","contiguity":"any"}"#, ""),
+            pattern(
+                r#"{"name":"a","where":"v == 'a'"},{"name":"b","where":"v == 'b' && n > first(a).n + 2","contiguity":"any"}"#,
+                "",
+            ),
             "abbbb",
             vec!["a0 b3", "a0 b4"],
         ),
         // aggregates over a step inside a condition: sum of a.n so far
         (
-            pattern(r#"{"name":"a","where":"v == 'a' && sum(a.n) <= 2","one_or_more":true,"inner_contiguity":"strict"},{"name":"b","where":"v == 'b'"}"#, ""),
+            pattern(
+                r#"{"name":"a","where":"v == 'a' && sum(a.n) <= 2","one_or_more":true,"inner_contiguity":"strict"},{"name":"b","where":"v == 'b'"}"#,
+                "",
+            ),
             "aaab",
             vec!["a2 b3"],
         ),
@@ -133,7 +258,9 @@ fn contiguity_quantifiers_skip_table() {
         let mut want: Vec<String> = want.iter().map(|x| x.to_string()).collect();
         want.sort();
         if got != want {
-            failures.push(format!("case {i}: {def} over {s}: got {got:?}, want {want:?}"));
+            failures.push(format!(
+                "case {i}: {def} over {s}: got {got:?}, want {want:?}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -202,11 +329,21 @@ fn default_output_shape_and_emit_value() {
       "emit":{"topic":"o","value":{"c":"count(a)","s":"sum(a.n)","avg":"avg(a.n)","mn":"min(a.n)","mx":"max(a.n)",
       "f":"first(a).n","l":"last(a).n","last_v":"a.v","nested":{"x":"n + 1"},"lit":5}}}"#;
     let mut e = engine(&[def]);
-    let out = feed(&mut e, "t", &refs[..2].iter().chain([r#"{"i":2,"v":"a","n":7,"k":"x"}"#].iter()).cloned().collect::<Vec<_>>());
+    let out = feed(
+        &mut e,
+        "t",
+        &refs[..2]
+            .iter()
+            .chain([r#"{"i":2,"v":"a","n":7,"k":"x"}"#].iter())
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     let v = values(&out);
     assert_eq!(
         v,
-        vec![serde_json::json!({"c":3,"s":8,"avg":8.0/3.0,"mn":0,"mx":7,"f":0,"l":7,"last_v":"a","nested":{"x":8},"lit":5})]
+        vec![
+            serde_json::json!({"c":3,"s":8,"avg":8.0/3.0,"mn":0,"mx":7,"f":0,"l":7,"last_v":"a","nested":{"x":8},"lit":5})
+        ]
     );
 }
 
@@ -227,10 +364,16 @@ fn out_of_order_within_bound_matches_and_later_is_late() {
             r#"{"k":"x","v":"a","ts":3000}"#, // 3000 < watermark 4000: late
         ],
     );
-    let kinds: Vec<_> = out.iter().map(|o| (o.kind.clone(), o.topic.clone())).collect();
+    let kinds: Vec<_> = out
+        .iter()
+        .map(|o| (o.kind.clone(), o.topic.clone()))
+        .collect();
     assert_eq!(
         kinds,
-        vec![(OutputKind::Match, "o".to_string()), (OutputKind::Late, "late".to_string())]
+        vec![
+            (OutputKind::Match, "o".to_string()),
+            (OutputKind::Late, "late".to_string())
+        ]
     );
     assert_eq!(out[1].value, br#"{"k":"x","v":"a","ts":3000}"#.to_vec());
     let st = &e.stats()[0];
@@ -242,13 +385,21 @@ fn not_json_is_counted_and_dead_lettered() {
     let def = r#"{"id":"p","source":{"topic":"t","dead_letter":"dlq"},"steps":[{"name":"a"}],"emit":{"topic":"o"}}"#;
     let mut e = engine(&[def]);
     let out = feed(&mut e, "t", &["not json", "[1,2]", r#"{"ok":1}"#]);
-    assert_eq!(out.iter().filter(|o| o.kind == OutputKind::DeadLetter && o.topic == "dlq").count(), 2);
+    assert_eq!(
+        out.iter()
+            .filter(|o| o.kind == OutputKind::DeadLetter && o.topic == "dlq")
+            .count(),
+        2
+    );
     assert_eq!(e.stats()[0].stats.not_json, 2);
 }
 
 #[test]
 fn limits_evict_partial_matches() {
-    let def = pattern(r#"{"name":"a","where":"v == 'a'"},{"name":"b","where":"v == 'b'","contiguity":"any"}"#, "");
+    let def = pattern(
+        r#"{"name":"a","where":"v == 'a'"},{"name":"b","where":"v == 'b'","contiguity":"any"}"#,
+        "",
+    );
     let mut e = Engine::new(Limits {
         max_partial_matches_per_key: 3,
         ..Limits::default()
@@ -281,7 +432,15 @@ fn pause_resume_remove_definitions_sources() {
     assert!(feed(&mut e, "t", &[r#"{"v":"a","k":"x"}"#]).is_empty());
     assert!(e.definitions()[0].paused);
     assert!(e.resume("p"));
-    let out = e.process(&SourceRecord { topic: "t", partition: 0, offset: 5, timestamp_ms: 0, key: None, value: br#"{"v":"a"}"#, headers: &[] });
+    let out = e.process(&SourceRecord {
+        topic: "t",
+        partition: 0,
+        offset: 5,
+        timestamp_ms: 0,
+        key: None,
+        value: br#"{"v":"a"}"#,
+        headers: &[],
+    });
     assert_eq!(out.len(), 1);
     assert!(e.register_text(&def).is_err(), "duplicate id");
     assert!(e.remove("p"));
@@ -292,23 +451,63 @@ fn pause_resume_remove_definitions_sources() {
 #[test]
 fn invalid_definitions_name_the_problem() {
     let cases = [
-        (pattern(r#"{"name":"a","where":"v == "}"#, ""), "steps[0].where"),
-        (pattern(r#"{"name":"a","where":"foo(v)"}"#, ""), "unknown function"),
-        (pattern(r#"{"name":"a","where":"v matches '('"}"#, ""), "invalid regex"),
-        (pattern(r#"{"name":"a","not":true},{"name":"b"}"#, ""), "first step cannot be negated"),
-        (pattern(r#"{"name":"a"},{"name":"b","not":true}"#, ""), "followed by a required step"),
-        (pattern(r#"{"name":"a"},{"name":"a"}"#, ""), "duplicate step name"),
-        (pattern(r#"{"name":"a","times":{"min":3,"max":2}}"#, ""), "invalid repetition"),
-        (pattern(r#"{"name":"a","contiguity":"loose"}"#, ""), "unknown contiguity"),
-        (pattern(r#"{"name":"a"}"#, r#","within":"5 parsecs""#), "within"),
-        (pattern(r#"{"name":"a"}"#, r#","skip":"skip_to_first:zz""#), "unknown step"),
-        (pattern(r#"{"name":"a","where":"count(zz) > 1"}"#, ""), "unknown step"),
+        (
+            pattern(r#"{"name":"a","where":"v == "}"#, ""),
+            "steps[0].where",
+        ),
+        (
+            pattern(r#"{"name":"a","where":"foo(v)"}"#, ""),
+            "unknown function",
+        ),
+        (
+            pattern(r#"{"name":"a","where":"v matches '('"}"#, ""),
+            "invalid regex",
+        ),
+        (
+            pattern(r#"{"name":"a","not":true},{"name":"b"}"#, ""),
+            "first step cannot be negated",
+        ),
+        (
+            pattern(r#"{"name":"a"},{"name":"b","not":true}"#, ""),
+            "followed by a required step",
+        ),
+        (
+            pattern(r#"{"name":"a"},{"name":"a"}"#, ""),
+            "duplicate step name",
+        ),
+        (
+            pattern(r#"{"name":"a","times":{"min":3,"max":2}}"#, ""),
+            "invalid repetition",
+        ),
+        (
+            pattern(r#"{"name":"a","contiguity":"loose"}"#, ""),
+            "unknown contiguity",
+        ),
+        (
+            pattern(r#"{"name":"a"}"#, r#","within":"5 parsecs""#),
+            "within",
+        ),
+        (
+            pattern(r#"{"name":"a"}"#, r#","skip":"skip_to_first:zz""#),
+            "unknown step",
+        ),
+        (
+            pattern(r#"{"name":"a","where":"count(zz) > 1"}"#, ""),
+            "unknown step",
+        ),
         (pattern(r#"{"name":"a","wher":"x"}"#, ""), "unknown field"),
     ];
     for (def, needle) in cases {
         let mut e = Engine::new(Limits::default());
-        let err = e.register_text(&def).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains(needle), "{def}: {err:?} should mention {needle:?}");
+        let err = e
+            .register_text(&def)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(needle),
+            "{def}: {err:?} should mention {needle:?}"
+        );
         assert!(e.definitions().is_empty());
     }
     let mut e = Engine::new(Limits::default());
