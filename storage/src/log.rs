@@ -310,16 +310,18 @@ impl Log {
             let mut inner = active.lock();
             active.ensure_indexes(&mut inner, config, &self.stats, None)?;
             let size = active.size();
-            size > 0
-                && (size + data.len() as u64 > config.effective_segment_bytes()
-                    || config
-                        .segment_ms
-                        .is_some_and(|ms| inner.roll_base_ms.is_some_and(|t| now - t >= ms as i64))
-                    || last_offset - active.base > i64::from(i32::MAX)
-                    || active.index_room(&inner) < batches.len() + 2)
+            // Relative offsets are 32-bit: a follower batch far past the segment base
+            // (a compacted leader's gap) needs a segment of its own.
+            last_offset - active.base > i64::from(i32::MAX)
+                || (size > 0
+                    && (size + data.len() as u64 > config.effective_segment_bytes()
+                        || config.segment_ms.is_some_and(|ms| {
+                            inner.roll_base_ms.is_some_and(|t| now - t >= ms as i64)
+                        })
+                        || active.index_room(&inner) < batches.len() + 2))
         };
         if must_roll {
-            self.roll_locked(st, config)?;
+            self.roll_to(st, config, base_offset.max(st.log_end))?;
             active = st.active().clone();
         }
         {
@@ -346,15 +348,22 @@ impl Log {
 
     /// Seals the active segment and starts a new one at the log end.
     pub(crate) fn roll_locked(&self, st: &mut State, config: &LogConfig) -> Result<()> {
+        let end = st.log_end;
+        self.roll_to(st, config, end)
+    }
+
+    /// Seals the active segment and starts a new one at `base` (>= the log end).
+    fn roll_to(&self, st: &mut State, config: &LogConfig, base: i64) -> Result<()> {
+        debug_assert!(base >= st.log_end);
         let old = st.active().clone();
-        if old.size() == 0 && old.base == st.log_end {
+        if old.size() == 0 && old.base == base {
             return Ok(());
         }
         {
             let mut inner = old.lock();
             old.seal(&mut inner)?;
         }
-        let seg = Segment::create(&self.dir, st.log_end, config, &self.cache)?;
+        let seg = Segment::create(&self.dir, base, config, &self.cache)?;
         st.segments.insert(seg.base, seg);
         st.unflushed.push(old);
         self.stats.segments_rolled.fetch_add(1, Ordering::Relaxed);

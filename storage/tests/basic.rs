@@ -308,3 +308,29 @@ fn weir_storage_now() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+#[test]
+fn follower_gap_beyond_32_bit_relative_offsets_gets_its_own_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
+    let mut b = batch(2, 1, 10);
+    weir_protocol::records::set_base_offset(&mut b, 0);
+    log.append_as_follower(&b).unwrap();
+    let far = 5_000_000_000i64;
+    let mut b2 = batch(2, 2, 10);
+    weir_protocol::records::set_base_offset(&mut b2, far);
+    log.append_as_follower(&b2).unwrap();
+    assert_eq!(log.segment_bases(), vec![0, far]);
+    assert_eq!(log.log_end_offset(), far + 2);
+    assert_eq!(
+        header(&log.read(1_000_000, 100, true).unwrap().batches[0]).base_offset,
+        far
+    );
+    assert_eq!(
+        header(&log.read(far + 1, 100, true).unwrap().batches[0]).base_offset,
+        far
+    );
+    drop(log);
+    let log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
+    assert_eq!(log.log_end_offset(), far + 2);
+}
