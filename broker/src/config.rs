@@ -60,6 +60,8 @@ pub const KAFKA_DEFAULTS: &[(&str, &str, &str)] = &[
     ("transaction.max.timeout.ms", "900000", "Largest transaction.timeout.ms InitProducerId accepts."),
     ("offsets.retention.minutes", "10080", "How long committed offsets of an empty group are kept."),
     ("group.initial.rebalance.delay.ms", "0", "Delay before the first rebalance of a new group."),
+    ("group.consumer.heartbeat.interval.ms", "5000", "Heartbeat interval of consumer-protocol (KIP-848) group members."),
+    ("group.consumer.session.timeout.ms", "45000", "Session timeout of consumer-protocol (KIP-848) group members."),
 ];
 
 #[derive(Debug, Deserialize, Default)]

@@ -157,6 +157,9 @@ pub struct Group {
     /// When the group entered its state (Kafka's currentStateTimestamp).
     pub state_since: i64,
     pub(crate) next_seq: u64,
+    /// Set when the group uses the consumer protocol (KIP-848): its members and
+    /// assignments live there and `members` stays empty.
+    pub consumer: Option<Box<super::consumer_group::ConsumerGroup>>,
 }
 
 impl Group {
@@ -176,11 +179,12 @@ impl Group {
             join_not_before: 0,
             state_since: now,
             next_seq: 0,
+            consumer: None,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.members.is_empty() && self.consumer.as_ref().is_none_or(|c| c.members.is_empty())
     }
 
     pub(crate) fn transition(&mut self, state: GroupState, now: i64) {

@@ -28,6 +28,9 @@ pub struct Config {
     pub offsets_retention_ms: i64,
     pub offsets_retention_check_ms: i64,
     pub max_metadata_bytes: usize,
+    /// KIP-848: group.consumer.heartbeat.interval.ms and group.consumer.session.timeout.ms.
+    pub consumer_heartbeat_interval_ms: i32,
+    pub consumer_session_timeout_ms: i32,
 }
 
 impl Default for Config {
@@ -39,6 +42,8 @@ impl Default for Config {
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
             offsets_retention_check_ms: 60_000,
             max_metadata_bytes: 4096,
+            consumer_heartbeat_interval_ms: 5_000,
+            consumer_session_timeout_ms: 45_000,
         }
     }
 }
@@ -72,12 +77,19 @@ pub enum Write {
         group: String,
         value: Option<GroupValue>,
     },
+    /// A consumer-protocol (KIP-848) group's state, encoded.
+    Consumer {
+        group: String,
+        value: Option<Vec<u8>>,
+    },
 }
 
 impl Write {
     pub fn group(&self) -> &str {
         match self {
-            Write::Offset { group, .. } | Write::Group { group, .. } => group,
+            Write::Offset { group, .. }
+            | Write::Group { group, .. }
+            | Write::Consumer { group, .. } => group,
         }
     }
 }
@@ -139,6 +151,8 @@ pub struct MemberSummary {
 pub struct GroupSummary {
     pub group_id: String,
     pub state: GroupState,
+    /// The state as Kafka names it (consumer groups have their own states).
+    pub state_name: &'static str,
     pub protocol_type: String,
     pub protocol: String,
     pub members: Vec<MemberSummary>,
@@ -149,6 +163,9 @@ pub struct GroupListing {
     pub group_id: String,
     pub protocol_type: String,
     pub state: GroupState,
+    pub state_name: &'static str,
+    /// "classic" or "consumer" (ListGroups v5).
+    pub group_type: &'static str,
 }
 
 #[derive(Default)]
@@ -197,6 +214,18 @@ impl Groups {
             .groups
             .entry(p.group_id.clone())
             .or_insert_with(|| Group::new(&p.group_id, now));
+        if let Some(cg) = &group.consumer {
+            // Groups of the two protocols do not mix; an empty consumer group
+            // becomes a classic one.
+            if !cg.members.is_empty() {
+                return fail(ResponseError::InconsistentGroupProtocol);
+            }
+            tracing::info!(group = %p.group_id, "the empty consumer group becomes a classic group");
+            group.consumer = None;
+            group.protocol_type = None;
+            self.writes
+                .push(super::consumer_group::consumer_record(group));
+        }
         if !group.supports(&p.protocol_type, &p.protocols) {
             return fail(ResponseError::InconsistentGroupProtocol);
         }
@@ -400,6 +429,9 @@ impl Groups {
             }
             return Err(ResponseError::IllegalGeneration);
         };
+        if let Some(cg) = &group.consumer {
+            return Groups::validate_consumer_commit(cg, &p.member_id, p.generation);
+        }
         match group.state {
             GroupState::Dead => Err(ResponseError::CoordinatorNotAvailable),
             GroupState::Empty if p.generation < 0 => Ok(()),
@@ -510,6 +542,8 @@ impl Groups {
         }
         let subscribed = if group.is_empty() {
             Some(Vec::new())
+        } else if let Some(cg) = &group.consumer {
+            Some(cg.subscribed_topics().into_iter().collect())
         } else {
             match group.subscribed_topics() {
                 Some(t) => Some(t),
@@ -544,6 +578,9 @@ impl Groups {
 
     pub fn describe(&self, group_id: &str) -> Option<GroupSummary> {
         let g = self.groups.get(group_id)?;
+        if let Some(cg) = &g.consumer {
+            return Some(super::consumer_group::classic_summary(g, cg));
+        }
         let stable = g.state == GroupState::Stable;
         let protocol = if stable {
             g.protocol.clone().unwrap_or_default()
@@ -574,6 +611,7 @@ impl Groups {
         Some(GroupSummary {
             group_id: g.id.clone(),
             state: g.state,
+            state_name: g.state.name(),
             protocol_type: g.protocol_type.clone().unwrap_or_default(),
             protocol,
             members,
@@ -589,6 +627,15 @@ impl Groups {
                 group_id: g.id.clone(),
                 protocol_type: g.protocol_type.clone().unwrap_or_default(),
                 state: g.state,
+                state_name: g
+                    .consumer
+                    .as_ref()
+                    .map_or(g.state.name(), |c| c.state_name()),
+                group_type: if g.consumer.is_some() {
+                    "consumer"
+                } else {
+                    "classic"
+                },
             })
             .collect();
         out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
@@ -605,6 +652,7 @@ impl Groups {
         };
         match group.state {
             GroupState::Dead => code(ResponseError::GroupIdNotFound),
+            GroupState::Empty if !group.is_empty() => code(ResponseError::NonEmptyGroup),
             GroupState::Empty => {
                 self.remove_group(group_id);
                 NONE
@@ -622,6 +670,12 @@ impl Groups {
                 group: group_id.to_string(),
                 topic: topic.clone(),
                 partition: *partition,
+                value: None,
+            });
+        }
+        if group.consumer.is_some() {
+            self.writes.push(Write::Consumer {
+                group: group_id.to_string(),
                 value: None,
             });
         }
@@ -670,6 +724,7 @@ impl Groups {
                 }
             }
         }
+        self.tick_consumer_groups(now);
         if now - self.last_expiry_check >= self.config.offsets_retention_check_ms {
             self.last_expiry_check = now;
             self.expire_offsets(now);
@@ -683,7 +738,7 @@ impl Groups {
         let retention = self.config.offsets_retention_ms;
         let mut dead = Vec::new();
         for group in self.groups.values_mut() {
-            if group.state != GroupState::Empty {
+            if group.state != GroupState::Empty || !group.is_empty() {
                 continue;
             }
             let since = group.state_since;

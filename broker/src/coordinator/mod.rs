@@ -8,11 +8,14 @@
 //! of the changes; offset commits are answered once fsync'd), reloads it at
 //! start, and runs its timers on a thread of their own.
 
+pub mod consumer_group;
 pub mod consumer_protocol;
 pub mod group;
 pub mod machine;
 pub mod records;
 
+#[cfg(test)]
+mod consumer_group_tests;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +24,7 @@ use crate::metadata::now_ms;
 use crate::state::Broker;
 use anyhow::Context;
 use bytes::Bytes;
+use consumer_group::ConsumerGroup;
 use machine::{Config, Groups, Write};
 use parking_lot::{Mutex, RwLock};
 use records::{GroupValue, OffsetValue, RecordKey};
@@ -135,6 +139,12 @@ fn encode_write(w: &Write) -> (Vec<u8>, Option<Vec<u8>>) {
             }),
             value.as_ref().map(records::encode_group),
         ),
+        Write::Consumer { group, value } => (
+            records::encode_key(&RecordKey::ConsumerGroup {
+                group: group.clone(),
+            }),
+            value.as_deref().map(records::encode_consumer_group),
+        ),
     }
 }
 
@@ -150,6 +160,12 @@ pub fn config_from(broker: &BrokerConfig) -> Config {
     }
     if let Ok(ms) = broker.i64("group.initial.rebalance.delay.ms") {
         c.initial_rebalance_delay_ms = ms.max(0);
+    }
+    if let Ok(ms) = broker.i64("group.consumer.heartbeat.interval.ms") {
+        c.consumer_heartbeat_interval_ms = ms.clamp(1, i64::from(i32::MAX)) as i32;
+    }
+    if let Ok(ms) = broker.i64("group.consumer.session.timeout.ms") {
+        c.consumer_session_timeout_ms = ms.clamp(1, i64::from(i32::MAX)) as i32;
     }
     c
 }
@@ -170,16 +186,21 @@ impl GroupCoordinator {
     pub fn open(&self, logs: Vec<Arc<Log>>, now: i64) -> anyhow::Result<()> {
         let mut groups: HashMap<String, GroupValue> = HashMap::new();
         let mut offsets: HashMap<(String, String, i32), OffsetValue> = HashMap::new();
+        let mut consumer: HashMap<String, ConsumerGroup> = HashMap::new();
         for log in &logs {
-            replay(log, &mut groups, &mut offsets)
+            replay(log, &mut groups, &mut offsets, &mut consumer)
                 .with_context(|| format!("loading {}", log.dir().display()))?;
         }
         tracing::info!(
             groups = groups.len(),
             offsets = offsets.len(),
+            consumer_protocol_groups = consumer.len(),
             "loaded consumer groups"
         );
-        self.inner.groups.lock().load(groups, offsets, now);
+        let mut g = self.inner.groups.lock();
+        g.load(groups, offsets, now);
+        g.load_consumer_groups(consumer, now);
+        drop(g);
         *self.inner.logs.write() = logs;
         Ok(())
     }
@@ -222,6 +243,7 @@ fn replay(
     log: &Log,
     groups: &mut HashMap<String, GroupValue>,
     offsets: &mut HashMap<(String, String, i32), OffsetValue>,
+    consumer: &mut HashMap<String, ConsumerGroup>,
 ) -> anyhow::Result<()> {
     let mut offset = log.log_start_offset();
     while offset < log.log_end_offset() {
@@ -241,6 +263,10 @@ fn replay(
                         continue;
                     }
                 };
+                if let RecordKey::ConsumerGroup { group } = key {
+                    apply_consumer(group, record.value, record.offset, consumer);
+                    continue;
+                }
                 apply(key, record.value, record.offset, groups, offsets);
             }
             // Batches emptied by compaction still advance the position.
@@ -250,6 +276,29 @@ fn replay(
         }
     }
     Ok(())
+}
+
+fn apply_consumer(
+    group: String,
+    value: Option<Bytes>,
+    at: i64,
+    consumer: &mut HashMap<String, ConsumerGroup>,
+) {
+    let Some(value) = value else {
+        consumer.remove(&group);
+        return;
+    };
+    let parsed = records::decode_consumer_group(value).and_then(|json| {
+        serde_json::from_slice::<ConsumerGroup>(&json).map_err(|e| e.to_string())
+    });
+    match parsed {
+        Ok(cg) => {
+            consumer.insert(group, cg);
+        }
+        Err(e) => {
+            tracing::warn!(offset = at, error = %e, "skipping an unreadable consumer group record")
+        }
+    }
 }
 
 fn apply(
@@ -278,6 +327,7 @@ fn apply(
                 }
             }
         }
+        RecordKey::ConsumerGroup { .. } => {}
         RecordKey::Group { group } => match value.map(records::decode_group) {
             None => {
                 groups.remove(&group);

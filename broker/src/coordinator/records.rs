@@ -6,12 +6,22 @@
 //! - group metadata: key v2 `(group)`, value v3 (protocol type, generation,
 //!   protocol, leader, state timestamp, members with subscription and assignment).
 //!
+//! - consumer-protocol (KIP-848) group: key v3 `(group)` as Kafka's
+//!   ConsumerGroupMetadataKey, but with a Weir value: version
+//!   [`CONSUMER_GROUP_VALUE_VERSION`] then the whole group state as JSON
+//!   (epochs, assignor, topic snapshot, members with subscriptions, epochs,
+//!   assignments and targets). Kafka splits this over record types 3-8; a
+//!   Kafka broker reading Weir's log skips these values.
+//!
 //! A null value (tombstone) deletes the key.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 pub const OFFSET_KEY_VERSION: i16 = 1;
 pub const GROUP_KEY_VERSION: i16 = 2;
+pub const CONSUMER_GROUP_KEY_VERSION: i16 = 3;
+/// Weir's own value version for consumer group state (no Kafka value uses it).
+pub const CONSUMER_GROUP_VALUE_VERSION: i16 = 0x5700;
 const OFFSET_VALUE_VERSION: i16 = 3;
 const GROUP_VALUE_VERSION: i16 = 3;
 
@@ -23,6 +33,9 @@ pub enum RecordKey {
         partition: i32,
     },
     Group {
+        group: String,
+    },
+    ConsumerGroup {
         group: String,
     },
 }
@@ -91,6 +104,10 @@ pub fn encode_key(key: &RecordKey) -> Vec<u8> {
         }
         RecordKey::Group { group } => {
             buf.put_i16(GROUP_KEY_VERSION);
+            put_str(&mut buf, group);
+        }
+        RecordKey::ConsumerGroup { group } => {
+            buf.put_i16(CONSUMER_GROUP_KEY_VERSION);
             put_str(&mut buf, group);
         }
     }
@@ -188,6 +205,7 @@ pub fn decode_key(b: Bytes) -> Result<RecordKey, String> {
             partition: r.i32()?,
         }),
         2 => Ok(RecordKey::Group { group: r.str()? }),
+        3 => Ok(RecordKey::ConsumerGroup { group: r.str()? }),
         v => Err(format!("unknown __consumer_offsets key version {v}")),
     }
 }
@@ -259,6 +277,22 @@ pub fn decode_group(b: Bytes) -> Result<GroupValue, String> {
         state_timestamp,
         members,
     })
+}
+
+pub fn encode_consumer_group(json: &[u8]) -> Vec<u8> {
+    let mut buf = BytesMut::with_capacity(json.len() + 2);
+    buf.put_i16(CONSUMER_GROUP_VALUE_VERSION);
+    buf.put_slice(json);
+    buf.to_vec()
+}
+
+/// The JSON of a consumer group value.
+pub fn decode_consumer_group(b: Bytes) -> Result<Bytes, String> {
+    let mut r = Reader(b);
+    match r.i16()? {
+        CONSUMER_GROUP_VALUE_VERSION => Ok(r.0),
+        v => Err(format!("consumer group value version {v} is not Weir's")),
+    }
 }
 
 /// Java's `String.hashCode`, for Kafka's group -> partition mapping.

@@ -51,7 +51,7 @@ pub fn handle(
                     }
                 })
                 .collect();
-            base.with_group_state(StrBytes::from_static_str(s.state.name()))
+            base.with_group_state(StrBytes::from_static_str(s.state_name))
                 .with_protocol_type(StrBytes::from_string(s.protocol_type))
                 .with_protocol_data(StrBytes::from_string(s.protocol))
                 .with_members(members)

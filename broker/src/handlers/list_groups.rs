@@ -1,4 +1,5 @@
-//! ListGroups: every group, with its state (v4+, filterable) and type (v5).
+//! ListGroups: every group, classic and consumer (KIP-848), with its state (v4+,
+//! filterable) and type (v5, filterable).
 
 use super::RequestContext;
 use crate::state::Broker;
@@ -18,25 +19,23 @@ pub fn handle(broker: &Broker, ctx: &RequestContext, req: ListGroupsRequest) -> 
     } else {
         Vec::new()
     };
-    if !types.is_empty() && !types.iter().any(|t| t == "classic") {
-        return ListGroupsResponse::default();
-    }
     let groups = broker
         .groups
         .read(|g| g.list())
         .into_iter()
-        .filter(|g| states.is_empty() || states.contains(&g.state.name().to_lowercase()))
+        .filter(|g| states.is_empty() || states.contains(&g.state_name.to_lowercase()))
+        .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type))
         .map(|g| {
             let listed = ListedGroup::default()
                 .with_group_id(GroupId(StrBytes::from_string(g.group_id)))
                 .with_protocol_type(StrBytes::from_string(g.protocol_type));
             let listed = if version >= 4 {
-                listed.with_group_state(StrBytes::from_static_str(g.state.name()))
+                listed.with_group_state(StrBytes::from_static_str(g.state_name))
             } else {
                 listed
             };
             if version >= 5 {
-                listed.with_group_type(StrBytes::from_static_str("classic"))
+                listed.with_group_type(StrBytes::from_static_str(g.group_type))
             } else {
                 listed
             }

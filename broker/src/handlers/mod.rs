@@ -40,6 +40,9 @@ pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
 pub mod sync_group;
+// KIP-848 consumer groups.
+pub mod consumer_group_describe;
+pub mod consumer_group_heartbeat;
 
 /// The response still to come; `None` means no response at all (acks=0).
 pub type Pending = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
@@ -96,6 +99,10 @@ pub async fn dispatch(broker: &Arc<Broker>, ctx: &RequestContext, body: RequestK
         RequestKind::ListGroups(r) => ready(ResponseKind::ListGroups(list_groups::handle(b, ctx, r))),
         RequestKind::DeleteGroups(r) => delete_groups::handle(b, ctx, r),
         RequestKind::OffsetDelete(r) => offset_delete::handle(b, ctx, r),
+        RequestKind::ConsumerGroupHeartbeat(r) => consumer_group_heartbeat::handle(b, ctx, r),
+        RequestKind::ConsumerGroupDescribe(r) => {
+            ready(ResponseKind::ConsumerGroupDescribe(consumer_group_describe::handle(b, ctx, r)))
+        }
         _ => return None,
     })
 }

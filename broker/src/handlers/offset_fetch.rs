@@ -1,6 +1,8 @@
 //! OffsetFetch: committed offsets with their leader epoch and metadata, exactly
 //! as committed; -1 for partitions without a commit. Null topics = every
-//! committed partition. v8+ asks for several groups at once.
+//! committed partition. v8+ asks for several groups at once; v9 carries the
+//! member id and epoch of consumer-protocol (KIP-848) members, checked as
+//! Kafka does (UNKNOWN_MEMBER_ID, STALE_MEMBER_EPOCH).
 
 use super::RequestContext;
 use crate::coordinator::group::Committed;
@@ -36,6 +38,19 @@ pub fn handle(
             .groups
             .into_iter()
             .map(|g| {
+                // v9 (KIP-848): a consumer group member's epoch must be current.
+                let check = broker.groups.read(|groups| {
+                    groups.validate_offset_fetch(
+                        &g.group_id.0,
+                        g.member_id.as_deref(),
+                        g.member_epoch,
+                    )
+                });
+                if let Err(e) = check {
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id)
+                        .with_error_code(e.code());
+                }
                 let topics = g.topics.map(|ts| {
                     ts.into_iter()
                         .map(|t| (t.name.0.to_string(), t.partition_indexes))
