@@ -27,8 +27,8 @@ fn events() -> Vec<Vec<u8>> {
             x ^= x >> 7;
             x ^= x << 17;
             let user = x % KEYS;
-            let success = (x >> 20) % 4 == 0;
-            let kind = if (x >> 30) % 10 == 0 { "logout" } else { "login" };
+            let success = (x >> 20).is_multiple_of(4);
+            let kind = if (x >> 30).is_multiple_of(10) { "logout" } else { "login" };
             format!(r#"{{"user":"u{user}","type":"{kind}","success":{success},"ts":{},"ip":"10.0.0.1"}}"#, i as u64)
                 .into_bytes()
         })

@@ -134,6 +134,7 @@ impl FieldTable {
     }
 
     /// Parses a record. `Err` means the value is not a JSON object.
+    #[allow(clippy::result_unit_err)]
     pub fn parse(&self, rec: RawRecord) -> Result<Event, ()> {
         let mut vals = vec![Val::Null; self.paths.len()];
         {

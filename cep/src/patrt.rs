@@ -557,6 +557,7 @@ impl RunSnap {
             path: path_snap(&r.path),
         }
     }
+    #[allow(clippy::wrong_self_convention)]
     fn to_run(self, reparse: &dyn Fn(&Event) -> Arc<Event>) -> Option<Run> {
         Some(Run {
             step: self.step,

@@ -82,7 +82,7 @@ impl DDSketch {
 pub fn hash64(s: &str) -> u64 {
     // SipHash with fixed keys: stable across processes (checkpoints stay valid).
     #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new_with_keys(0x5745_4952, 0x4345_50);
+    let mut h = std::hash::SipHasher::new_with_keys(0x5745_4952, 0x0043_4550);
     s.hash(&mut h);
     h.finish()
 }

@@ -721,6 +721,7 @@ impl QueryRt {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(clippy::type_complexity)]
 pub struct QuerySnap {
     clock: Clock,
     groups: Vec<(String, Group)>,
@@ -876,19 +877,17 @@ fn merge_acc(a: &mut Acc, b: &Acc) {
             *s += s2;
             *n += n2;
         }
-        (Acc::Min(x), Acc::Min(Some(y))) => {
+        (Acc::Min(x), Acc::Min(Some(y)))
             if x.as_ref()
-                .is_none_or(|x| y.loose_cmp(x) == Some(std::cmp::Ordering::Less))
-            {
-                *x = Some(y.clone())
-            }
+                .is_none_or(|x| y.loose_cmp(x) == Some(std::cmp::Ordering::Less)) =>
+        {
+            *x = Some(y.clone())
         }
-        (Acc::Max(x), Acc::Max(Some(y))) => {
+        (Acc::Max(x), Acc::Max(Some(y)))
             if x.as_ref()
-                .is_none_or(|x| y.loose_cmp(x) == Some(std::cmp::Ordering::Greater))
-            {
-                *x = Some(y.clone())
-            }
+                .is_none_or(|x| y.loose_cmp(x) == Some(std::cmp::Ordering::Greater)) =>
+        {
+            *x = Some(y.clone())
         }
         (Acc::Pct(x), Acc::Pct(y)) => x.merge(y),
         (Acc::Distinct(x), Acc::Distinct(y)) => x.merge(y),

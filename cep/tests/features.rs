@@ -279,7 +279,7 @@ fn stream_for_checkpoint() -> Vec<(i32, String, i64)> {
             x ^= x >> 7;
             x ^= x << 17;
             let user = x % 7;
-            let ok = (x >> 10) % 3 == 0;
+            let ok = (x >> 10).is_multiple_of(3);
             let jitter = ((x >> 20) % 3000) as i64;
             (
                 (x >> 40) as i32 % 2,
