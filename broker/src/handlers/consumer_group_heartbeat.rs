@@ -43,7 +43,11 @@ pub fn handle(
         subscribed: req
             .subscribed_topic_names
             .map(|ts| ts.into_iter().map(|t| t.0.to_string()).collect()),
-        regex: req.subscribed_topic_regex.map(|s| s.to_string()),
+        // librdkafka sends an empty regex with a list of names.
+        regex: req
+            .subscribed_topic_regex
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_string()),
         server_assignor: req.server_assignor.map(|s| s.to_string()),
         owned: req.topic_partitions.map(|tps| {
             tps.into_iter()
