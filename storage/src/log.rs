@@ -109,11 +109,13 @@ impl Log {
         let stats = Stats::default();
         let now = now_ms();
         let opened = recovery::open_dir(dir, &config, &cache, &stats, now)?;
-        write_small_file(
-            &dir.join(recovery::RECOVERY_POINT),
-            opened.recovery_point.to_string().as_bytes(),
-            false,
-        )?;
+        if !opened.clean {
+            write_small_file(
+                &dir.join(recovery::RECOVERY_POINT),
+                opened.recovery_point.to_string().as_bytes(),
+                false,
+            )?;
+        }
         let log = Log {
             dir: dir.to_path_buf(),
             config: RwLock::new(config),

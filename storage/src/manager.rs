@@ -37,6 +37,10 @@ impl Default for ManagerOptions {
 }
 
 type Key = (String, i32);
+type OpenedLogs = Vec<(Key, Arc<Log>)>;
+
+/// Threads opening logs at startup.
+const OPEN_THREADS: usize = 8;
 
 struct Shared {
     dir: PathBuf,
@@ -97,7 +101,7 @@ impl LogManager {
         std::fs::create_dir_all(data_dir).ctx(data_dir)?;
         let lock = lock_data_dir(data_dir)?;
         let cache = HandleCache::new(options.max_open_segments);
-        let mut logs = HashMap::new();
+        let mut found = Vec::new();
         for entry in std::fs::read_dir(data_dir).ctx(data_dir)? {
             let entry = entry.ctx(data_dir)?;
             if !entry.file_type().ctx(&entry.path())?.is_dir() {
@@ -108,8 +112,48 @@ impl LogManager {
                 tracing::warn!(path = %entry.path().display(), "ignoring directory not named <topic>-<partition>");
                 continue;
             };
-            let log = Log::open_with_cache(&entry.path(), default_config.clone(), cache.clone())?;
-            logs.insert(key, Arc::new(log));
+            found.push((key, entry.path()));
+        }
+        // Opening is mostly file-metadata latency, so a few threads overlap it.
+        let threads = OPEN_THREADS.min(found.len()).max(1);
+        let per = found.len().div_ceil(threads).max(1);
+        let opened: Vec<Result<OpenedLogs>> = std::thread::scope(|s| {
+            let handles: Vec<_> = found
+                .chunks(per)
+                .map(|chunk| {
+                    let (config, cache) = (&default_config, &cache);
+                    s.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|(key, path)| {
+                                Ok((
+                                    key.clone(),
+                                    Arc::new(Log::open_with_cache(
+                                        path,
+                                        config.clone(),
+                                        cache.clone(),
+                                    )?),
+                                ))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(StorageError::Io {
+                            path: data_dir.to_path_buf(),
+                            source: std::io::Error::other("log open thread panicked"),
+                        })
+                    })
+                })
+                .collect()
+        });
+        let mut logs = HashMap::new();
+        for chunk in opened {
+            logs.extend(chunk?);
         }
         let shared = Arc::new(Shared {
             dir: data_dir.to_path_buf(),

@@ -105,6 +105,8 @@ pub(crate) struct Opened {
     pub log_start: i64,
     pub log_end: i64,
     pub recovery_point: i64,
+    /// The log was opened after a clean shutdown (its recovery-point file is current).
+    pub clean: bool,
 }
 
 struct Marker {
@@ -194,7 +196,6 @@ pub(crate) fn open_dir(
     let marker = read_marker(dir);
     remove_if_exists(&dir.join(CLEAN_SHUTDOWN))?;
     let start_checkpoint = read_offset_file(&dir.join(LOG_START));
-    let recovery_point = read_offset_file(&dir.join(RECOVERY_POINT)).unwrap_or(i64::MIN);
 
     if bases.is_empty() {
         let base = start_checkpoint.unwrap_or(0).max(0);
@@ -204,6 +205,7 @@ pub(crate) fn open_dir(
             log_start: base,
             log_end: base,
             recovery_point: base,
+            clean: false,
         });
     }
 
@@ -229,7 +231,10 @@ pub(crate) fn open_dir(
             load_active_state(&last, config, stats)?;
             end
         }
-        None => recover(dir, &mut segments, recovery_point, config, stats)?,
+        None => {
+            let point = read_offset_file(&dir.join(RECOVERY_POINT)).unwrap_or(i64::MIN);
+            recover(dir, &mut segments, point, config, stats)?
+        }
     };
     let active = segments
         .values()
@@ -260,6 +265,7 @@ pub(crate) fn open_dir(
         log_start,
         log_end,
         recovery_point,
+        clean: clean_end.is_some(),
     })
 }
 

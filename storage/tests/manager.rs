@@ -102,7 +102,7 @@ fn open_segments_are_capped() {
 fn many_partitions_reopen_without_scanning() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_config(2000);
-    let n = 300;
+    let n = 200;
     {
         let m = LogManager::open_with(
             dir.path(),
