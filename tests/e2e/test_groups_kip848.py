@@ -282,3 +282,17 @@ def test_kip848_group_balances_survives_leave_and_sigkill(tmp_path, broker_facto
     assert mine, [g.group_id for g in listed.valid]
     if getattr(mine[0], "type", None) is not None:
         assert str(mine[0].type).upper().endswith("CONSUMER"), mine[0].type
+
+
+@pytest.mark.timeout(60)
+def test_clients_cannot_produce_to_internal_topics(bootstrap):
+    """Kafka refuses appends to internal topics from clients with INVALID_TOPIC_EXCEPTION (the
+    coordinator still writes __consumer_offsets itself)."""
+    from confluent_kafka import KafkaError, Producer
+    p = Producer({"bootstrap.servers": bootstrap, "message.timeout.ms": 10000, "retries": 0})
+    results = []
+    p.produce("__consumer_offsets", key=b"k", value=b"v", partition=0,
+              on_delivery=lambda err, msg: results.append(err))
+    p.flush(30)
+    assert len(results) == 1 and results[0] is not None, results
+    assert results[0].code() == KafkaError.TOPIC_EXCEPTION, results[0]

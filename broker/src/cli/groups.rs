@@ -65,15 +65,15 @@ fn check(code: i16, context: impl Into<String>) -> anyhow::Result<()> {
     }
 }
 
-/// Sends `body` at the highest version both sides speak (or `fallback` when the
-/// client has no table entry for the API).
+/// Sends `body` at the highest version both sides speak.
 async fn call(
     conn: &Connection,
     api: ApiKey,
-    fallback: i16,
     body: impl Fn(i16) -> RequestKind,
 ) -> anyhow::Result<(i16, ResponseKind)> {
-    let version = conn.version(api).unwrap_or(fallback);
+    let version = conn.version(api).with_context(|| {
+        format!("the broker does not support {api:?} at a version this client speaks")
+    })?;
     let resp = conn
         .send(api, version, &body(version), true, Duration::ZERO)?
         .response()
@@ -85,7 +85,7 @@ async fn call(
 /// The connection to a group's coordinator.
 async fn coordinator(client: &Client, group: &str) -> anyhow::Result<Arc<Connection>> {
     let conn = client.any_connection().await?;
-    let (version, resp) = call(&conn, ApiKey::FindCoordinator, 0, |v| {
+    let (version, resp) = call(&conn, ApiKey::FindCoordinator, |v| {
         let req = FindCoordinatorRequest::default().with_key_type(0);
         if v >= 4 {
             RequestKind::FindCoordinator(req.with_coordinator_keys(vec![s(group)]))
@@ -148,7 +148,7 @@ async fn list(client: &Client) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for node in md.brokers.keys() {
         let conn = client.connection(*node).await?;
-        let (_, resp) = call(&conn, ApiKey::ListGroups, 0, |_| {
+        let (_, resp) = call(&conn, ApiKey::ListGroups, |_| {
             RequestKind::ListGroups(ListGroupsRequest::default())
         })
         .await?;
@@ -178,7 +178,7 @@ async fn describe_group(
     conn: &Connection,
     group: &str,
 ) -> anyhow::Result<describe_groups_response::DescribedGroup> {
-    let (_, resp) = call(conn, ApiKey::DescribeGroups, 0, |_| {
+    let (_, resp) = call(conn, ApiKey::DescribeGroups, |_| {
         RequestKind::DescribeGroups(
             DescribeGroupsRequest::default().with_groups(vec![GroupId(s(group))]),
         )
@@ -201,7 +201,7 @@ async fn committed(
     conn: &Connection,
     group: &str,
 ) -> anyhow::Result<BTreeMap<(String, i32), (i64, String)>> {
-    let (version, resp) = call(conn, ApiKey::OffsetFetch, 1, |v| {
+    let (version, resp) = call(conn, ApiKey::OffsetFetch, |v| {
         let req = if v >= 8 {
             OffsetFetchRequest::default().with_groups(vec![
                 offset_fetch_request::OffsetFetchRequestGroup::default()
@@ -480,7 +480,7 @@ async fn reset_offsets(
         crate::cli::write_stdout(out.as_bytes())?;
         return Ok(());
     }
-    let (_, resp) = call(&conn, ApiKey::OffsetCommit, 2, |_| {
+    let (_, resp) = call(&conn, ApiKey::OffsetCommit, |_| {
         let partitions = plan
             .iter()
             .map(|(p, _, new)| {
@@ -522,7 +522,7 @@ async fn delete(client: &Client, groups: &[String]) -> anyhow::Result<()> {
     let mut failed = 0;
     for group in groups {
         let conn = coordinator(client, group).await?;
-        let (_, resp) = call(&conn, ApiKey::DeleteGroups, 1, |_| {
+        let (_, resp) = call(&conn, ApiKey::DeleteGroups, |_| {
             RequestKind::DeleteGroups(
                 DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s(group))]),
             )

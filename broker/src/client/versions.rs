@@ -33,6 +33,8 @@ pub fn client_range(api: ApiKey) -> Option<VersionRange> {
         ApiKey::DescribeGroups => DescribeGroupsRequest::VERSIONS,
         ApiKey::ListGroups => ListGroupsRequest::VERSIONS,
         ApiKey::DeleteRecords => DeleteRecordsRequest::VERSIONS,
+        ApiKey::DeleteGroups => DeleteGroupsRequest::VERSIONS,
+        ApiKey::OffsetDelete => OffsetDeleteRequest::VERSIONS,
         _ => return None,
     })
 }

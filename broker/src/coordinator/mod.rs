@@ -41,6 +41,19 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const OFFSETS_TOPIC_PARTITIONS: i32 = 1;
 const TICK: Duration = Duration::from_millis(100);
 
+/// Topics only the broker itself writes (Kafka's `Topic.isInternal`, plus
+/// Weir's metadata log): a Produce to them is refused with
+/// INVALID_TOPIC_EXCEPTION, as Kafka does for clients.
+pub fn is_internal_topic(name: &str) -> bool {
+    matches!(
+        name,
+        OFFSETS_TOPIC
+            | "__transaction_state"
+            | "__share_group_state"
+            | crate::metadata::METADATA_TOPIC
+    )
+}
+
 /// Offsets whose durability an answer waits for.
 #[derive(Default)]
 pub struct Durable {
@@ -288,9 +301,8 @@ fn apply_consumer(
         consumer.remove(&group);
         return;
     };
-    let parsed = records::decode_consumer_group(value).and_then(|json| {
-        serde_json::from_slice::<ConsumerGroup>(&json).map_err(|e| e.to_string())
-    });
+    let parsed = records::decode_consumer_group(value)
+        .and_then(|json| serde_json::from_slice::<ConsumerGroup>(&json).map_err(|e| e.to_string()));
     match parsed {
         Ok(cg) => {
             consumer.insert(group, cg);
