@@ -266,6 +266,16 @@ pub async fn in_run_loopback(bytes: u64) -> anyhow::Result<Measured> {
     loopback_copy_async(bytes.max(256 << 20)).await
 }
 
+/// Plain file write of `bytes` (at least 256 MiB) in 1 MiB writes, on a blocking thread.
+pub async fn in_run_file_write(dir: PathBuf, bytes: u64) -> anyhow::Result<Measured> {
+    let bytes = bytes.max(256 << 20);
+    tokio::task::spawn_blocking(move || {
+        file_write(&dir, bytes, 1 << 20).with_context(|| format!("file write in {}", dir.display()))
+    })
+    .await
+    .context("file write baseline thread")?
+}
+
 /// How long the loopback copy of a volume took, for notes.
 pub fn describe(m: &Measured) -> String {
     format!(

@@ -102,9 +102,14 @@ pub struct BenchArgs {
     /// Longest a fetch waits at the broker for data.
     #[arg(long, default_value_t = 100)]
     pub fetch_wait_ms: u64,
-    /// Skip the loopback TCP baseline.
+    /// Skip the baselines measured in the same run (loopback TCP copy; for produce
+    /// also a plain file write).
     #[arg(long)]
     pub no_baseline: bool,
+    /// Directory of produce's file-write baseline (use the broker's data disk).
+    /// Default: the temp dir.
+    #[arg(long)]
+    pub baseline_dir: Option<PathBuf>,
     /// Request timeout.
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u64,

@@ -435,10 +435,21 @@ pub async fn run_produce(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()
     } else {
         Some(baseline::in_run_loopback(tp.bytes).await?)
     };
-    let ratio = base
-        .as_ref()
-        .filter(|b| b.mib_per_sec() > 0.0)
-        .map(|b| tp.mib_per_sec() / b.mib_per_sec());
+    let file = if args.no_baseline {
+        None
+    } else {
+        let dir = args
+            .baseline_dir
+            .clone()
+            .unwrap_or_else(super::default_baseline_dir);
+        Some(baseline::in_run_file_write(dir, tp.bytes).await?)
+    };
+    let ratio_to = |b: &Option<baseline::Measured>| {
+        b.as_ref()
+            .filter(|b| b.mib_per_sec() > 0.0)
+            .map(|b| tp.mib_per_sec() / b.mib_per_sec())
+    };
+    let (ratio, file_ratio) = (ratio_to(&base), ratio_to(&file));
     if args.json {
         let v = serde_json::json!({
             "mode": "produce",
@@ -446,8 +457,12 @@ pub async fn run_produce(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()
             "partitions": partitions,
             "records_per_batch": out.records_per_batch,
             "produce": tp.json(lat.as_ref()),
-            "baseline": base.map(|b| serde_json::json!({"loopback_tcp": b.json()})),
+            "baseline": base.map(|b| serde_json::json!({
+                "loopback_tcp": b.json(),
+                "file_write": file.map(|f| f.json()),
+            })),
             "ratio_to_loopback": ratio.map(super::report::round3),
+            "ratio_to_file_write": file_ratio.map(super::report::round3),
         });
         println!("{v}");
     } else {
@@ -470,6 +485,23 @@ pub async fn run_produce(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()
                 latency: None,
             });
             notes.push(baseline::describe(b));
+        }
+        if let (Some(f), Some(r)) = (&file, file_ratio) {
+            rows.push(Row {
+                name: "file write".into(),
+                records: None,
+                records_per_sec: None,
+                mib_per_sec: Some(f.mib_per_sec()),
+                ratio: base
+                    .as_ref()
+                    .map(|b| f.mib_per_sec() / b.mib_per_sec().max(1e-9)),
+                latency: None,
+            });
+            notes.push(format!(
+                "plain file write (page cache, 1 MiB writes) of {} MiB in the same run: {:.1} MiB/s; produce = {r:.2}x of it",
+                f.bytes >> 20,
+                f.mib_per_sec()
+            ));
         }
         notes.push(latency_note(args));
         print_table(
