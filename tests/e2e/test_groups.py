@@ -551,3 +551,65 @@ def test_committed_offsets_survive_broker_restart(broker, sig):
         c.close()
     # Offsets are in __consumer_offsets, compacted.
     assert (broker.data_dir / "__consumer_offsets-0").is_dir()
+
+
+@pytest.mark.timeout(300)
+def test_kafkajs_group_survives_sigkill(tmp_path, bootstrap):
+    """Two kafkajs consumers (tests/node/kafkajs_group.js) in one group read a 6-partition topic of
+    10,000 records; one is SIGKILLed midway; the other takes over its partitions after the session
+    timeout and every record is consumed."""
+    from util import NODE_DIR
+    topic = unique_topic("grp-js")
+    group = unique_topic("g-js")
+    create_topic(bootstrap, topic)
+    counts = produce(bootstrap, topic, 10000)
+    everything = {(p, o) for p, c in counts.items() for o in range(c)}
+    procs = {}
+    for name in ("js0", "js1"):
+        args = {"bootstrap": bootstrap, "topic": topic, "group": group, "name": name, "pauseMs": 1,
+                "out": str(tmp_path / f"{name}.log"), "stop": str(tmp_path / f"{name}.stop")}
+        with open(tmp_path / f"{name}.stderr", "ab") as err:
+            procs[name] = subprocess.Popen(["node", str(NODE_DIR / "kafkajs_group.js")], cwd=NODE_DIR,
+                                           env={**os.environ, "WEIR_JS_ARGS": json.dumps(args)},
+                                           stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+
+    def events(name):
+        path = tmp_path / f"{name}.log"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [line.split(" ") for line in lines if line]
+
+    def records(name):
+        return {(int(f[1]), int(f[2])) for f in events(name) if f[0] == "R" and len(f) == 3}
+
+    def diagnostics():
+        return "\n".join(f"{n}: {len(records(n))} records, last events {events(n)[-3:]}\n"
+                         f"{(tmp_path / f'{n}.stderr').read_text(errors='replace')[-1500:]}" for n in procs)
+
+    try:
+        wait_until(lambda: len(records("js1")) >= 500 and records("js0"), 120,
+                   "both kafkajs consumers consuming")
+        assert len(records("js0") | records("js1")) < len(everything), "records ran out before the kill"
+        procs["js1"].send_signal(signal.SIGKILL)
+        procs["js1"].wait(10)
+        killed_at = time.monotonic()
+        try:
+            wait_until(lambda: records("js0") | records("js1") >= everything, 180,
+                       "every record consumed after the kill")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{diagnostics()}") from None
+        took = time.monotonic() - killed_at
+        (tmp_path / "js0.stop").touch()
+        procs["js0"].wait(60)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    assert records("js0") | records("js1") == everything
+    # The survivor owns all six partitions after the rebalance.
+    last_assignment = [f[1] for f in events("js0") if f[0] == "A"][-1]
+    assert last_assignment == "0,1,2,3,4,5", events("js0")[-5:]
+    assert procs["js0"].returncode == 0 and events("js0")[-1] == ["X"], diagnostics()
+    assert not [f for n in procs for f in events(n) if f[0] == "E"], diagnostics()
+    # The victim's partitions could only move once its session (10 s) expired.
+    assert took >= 10 * 0.8, f"all consumed {took:.1f}s after the kill, before the session timeout"
