@@ -60,6 +60,8 @@ pub const KAFKA_DEFAULTS: &[(&str, &str, &str)] = &[
     ("transaction.max.timeout.ms", "900000", "Largest transaction.timeout.ms InitProducerId accepts."),
     ("offsets.retention.minutes", "10080", "How long committed offsets of an empty group are kept."),
     ("group.initial.rebalance.delay.ms", "0", "Delay before the first rebalance of a new group."),
+    ("ingest.max.body.bytes", "10485760", "Largest body POST /ingest/{topic} accepts (413 past it), and largest WebSocket message."),
+    ("ingest.max.in.flight.requests", "64", "Ingest requests served at once; more get 503 with Retry-After."),
     ("group.consumer.heartbeat.interval.ms", "5000", "Heartbeat interval of consumer-protocol (KIP-848) group members."),
     ("group.consumer.session.timeout.ms", "45000", "Session timeout of consumer-protocol (KIP-848) group members."),
 ];
@@ -74,6 +76,8 @@ struct FileConfig {
     http_listen: Option<SocketAddr>,
     #[serde(default)]
     kafka: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    ingest: weir_ingest::IngestConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +90,8 @@ pub struct BrokerConfig {
     pub http_listen: SocketAddr,
     /// Every `[kafka]` setting, defaults filled in, as strings.
     pub kafka: BTreeMap<String, String>,
+    /// The `[ingest]` table: file collectors and per-topic ingest pipelines.
+    pub ingest: weir_ingest::IngestConfig,
 }
 
 impl BrokerConfig {
@@ -127,6 +133,7 @@ impl BrokerConfig {
             advertised_port,
             http_listen: args.http_listen.or(file.http_listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             kafka,
+            ingest: file.ingest,
         };
         // Parse every numeric setting once now so that a typo fails at start, not later.
         for (key, value, _) in KAFKA_DEFAULTS {

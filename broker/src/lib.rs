@@ -9,6 +9,7 @@ pub mod coordinator;
 pub mod fetch_session;
 pub mod handlers;
 pub mod http;
+pub mod ingest;
 pub mod metadata;
 pub mod metrics;
 pub mod partition;

@@ -21,8 +21,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "weir is serving"
     );
 
+    let ingest = tokio::task::block_in_place(|| crate::ingest::Ingest::start(broker.clone())).context("starting ingest")?;
     let http_task = tokio::spawn({
-        let router = crate::http::router(broker.clone());
+        let router = crate::http::router(broker.clone()).merge(crate::ingest::router(ingest.clone()));
         async move {
             if let Err(e) = axum::serve(http, router).await {
                 tracing::error!(error = %e, "HTTP listener failed");
@@ -49,6 +50,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     accept_task.abort();
     http_task.abort();
+    tokio::task::block_in_place(|| ingest.stop());
     tokio::task::block_in_place(|| broker.shutdown()).context("clean shutdown")?;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -86,8 +86,14 @@ pub fn parse_ndjson(body: &[u8]) -> Result<Vec<Value>, ParseError> {
     Ok(out)
 }
 
+/// serde_json's message without its "at line L column C" (the line is ours).
 fn strip_position(e: &serde_json::Error) -> String {
-    format!("{e} (invalid JSON)")
+    let text = e.to_string();
+    let message = match text.rfind(" at line ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    format!("invalid JSON at column {}: {message}", e.column())
 }
 
 #[cfg(test)]
