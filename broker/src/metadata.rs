@@ -77,6 +77,13 @@ const PRODUCER_ID_BLOCK: i64 = 1000;
 /// names it, beside the partitions in the data dir.
 pub const METADATA_TOPIC: &str = "__cluster_metadata";
 
+/// Topics only the broker itself writes (Kafka's `Topic.isInternal`, plus
+/// Weir's metadata log): clients cannot produce to, delete or grow them, and
+/// Metadata marks them internal.
+pub fn is_internal_topic(name: &str) -> bool {
+    matches!(name, "__consumer_offsets" | "__transaction_state" | "__share_group_state" | METADATA_TOPIC)
+}
+
 pub struct MetadataStore {
     log: Arc<Log>,
     state: RwLock<MetaState>,

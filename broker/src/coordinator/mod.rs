@@ -41,18 +41,6 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const OFFSETS_TOPIC_PARTITIONS: i32 = 1;
 const TICK: Duration = Duration::from_millis(100);
 
-/// Topics only the broker itself writes (Kafka's `Topic.isInternal`, plus
-/// Weir's metadata log): a Produce to them is refused with
-/// INVALID_TOPIC_EXCEPTION, as Kafka does for clients.
-pub fn is_internal_topic(name: &str) -> bool {
-    matches!(
-        name,
-        OFFSETS_TOPIC
-            | "__transaction_state"
-            | "__share_group_state"
-            | crate::metadata::METADATA_TOPIC
-    )
-}
 
 /// Offsets whose durability an answer waits for.
 #[derive(Default)]

@@ -9,12 +9,10 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicN
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-/// Topics the broker itself keeps its state in; they cannot be deleted, grown
-/// or have records deleted by clients.
-pub(crate) const INTERNAL_TOPICS: &[&str] = &["__consumer_offsets", "__transaction_state"];
-
+/// Internal topics (the broker keeps its state in them) cannot be deleted,
+/// grown or have records deleted by clients.
 pub(crate) fn refuse_internal(name: &str, what: &str) -> Result<(), TopicError> {
-    if INTERNAL_TOPICS.contains(&name) {
+    if crate::metadata::is_internal_topic(name) {
         return Err((
             ResponseError::InvalidTopicException,
             format!("'{name}' is an internal topic; its {what}"),

@@ -79,7 +79,7 @@ fn append_one(
     acks: i16,
     now: i64,
 ) -> Result<Appended, AppendError> {
-    if crate::coordinator::is_internal_topic(topic) {
+    if crate::metadata::is_internal_topic(topic) {
         return Err((ResponseError::InvalidTopicException, format!("cannot append to internal topic {topic}")));
     }
     let partition = broker.partition(topic, index).ok_or_else(|| {
