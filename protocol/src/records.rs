@@ -171,8 +171,13 @@ impl BatchHeader {
 }
 
 /// CRC-32C over the part of the batch the CRC covers.
+///
+/// Every produced byte passes through here once (the storage engine checks each
+/// batch before appending it), so its speed bounds append throughput: `crc-fast`
+/// folds with carry-less multiplication (PCLMULQDQ / VPCLMULQDQ) and measured
+/// about twice the `crc32c` crate's SSE4.2 loop on this project's machines.
 pub fn compute_crc(batch: &[u8]) -> u32 {
-    crc32c::crc32c(&batch[CRC_START.min(batch.len())..])
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &batch[CRC_START.min(batch.len())..]) as u32
 }
 
 /// Checks one whole batch: header, exact length and CRC-32C.
@@ -589,6 +594,14 @@ mod tests {
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = validate_record_set(&bytes);
             let _ = decode_records(&Bytes::from(bytes.clone()), 1 << 20);
+        }
+    }
+
+    proptest! {
+        /// The fast CRC-32C agrees with the reference `crc32c` crate.
+        #[test]
+        fn crc_matches_reference(data in proptest::collection::vec(any::<u8>(), 21..5000)) {
+            prop_assert_eq!(compute_crc(&data), crc32c::crc32c(&data[21..]));
         }
     }
 
