@@ -379,9 +379,12 @@ impl Ingest {
                 }
             }
         }
+        let dlq = pipeline.dead_letter_topic.clone();
+        if let (Some(dlq), false) = (&dlq, dead.is_empty()) {
+            self.topic_exists_or_creatable(dlq)?;
+        }
         let broker = self.broker.clone();
         let topic_owned = topic.to_string();
-        let dlq = pipeline.dead_letter_topic.clone();
         let n_dead = dead.len();
         let result = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, SinkError> {
             let offsets = broker.append(&topic_owned, records)?;
