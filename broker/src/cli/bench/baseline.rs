@@ -142,19 +142,32 @@ fn temp_path(dir: &Path, what: &str) -> PathBuf {
 
 /// Writes `bytes` sequentially in `write_size` writes, without fsync.
 pub fn file_write(dir: &Path, bytes: u64, write_size: usize) -> std::io::Result<Measured> {
+    file_write_timed(dir, bytes, write_size).map(|(m, _)| m)
+}
+
+/// [`file_write`], also returning the latency of each `write` (microseconds):
+/// page-cache writes can stall (dirty throttling, page allocation).
+pub fn file_write_timed(
+    dir: &Path,
+    bytes: u64,
+    write_size: usize,
+) -> std::io::Result<(Measured, Histogram<u64>)> {
     let path = TempFile(temp_path(dir, "write"));
     let data = pattern(write_size.max(1));
+    let mut hist = new_histogram();
     let started = Instant::now();
     let mut f = File::create(&path.0)?;
     let mut left = bytes;
     while left > 0 {
         let n = (left as usize).min(data.len());
+        let t = Instant::now();
         f.write_all(&data[..n])?;
+        record(&mut hist, t.elapsed().as_micros() as u64, 1);
         left -= n as u64;
     }
     let seconds = started.elapsed().as_secs_f64();
     drop(f);
-    Ok(Measured { bytes, seconds })
+    Ok((Measured { bytes, seconds }, hist))
 }
 
 /// Writes `bytes` sequentially with an fdatasync after every `write_size` write;
@@ -191,9 +204,9 @@ pub async fn run(args: &BaselineArgs) -> anyhow::Result<()> {
     let fsync_volume = args.fsync_mib << 20;
     let (ws, fws) = (args.write_size.max(1), args.fsync_write_size.max(1));
     let dir2 = dir.clone();
-    let (tcp, write, (fsync, fsync_hist)) = tokio::task::spawn_blocking(move || {
+    let (tcp, (write, write_hist), (fsync, fsync_hist)) = tokio::task::spawn_blocking(move || {
         let tcp = loopback_copy(volume, ws).context("loopback TCP copy")?;
-        let write = file_write(&dir2, volume, ws)
+        let write = file_write_timed(&dir2, volume, ws)
             .with_context(|| format!("sequential write in {}", dir2.display()))?;
         let fsync = file_write_fsync(&dir2, fsync_volume, fws)
             .with_context(|| format!("fsync'd write in {}", dir2.display()))?;
@@ -202,6 +215,7 @@ pub async fn run(args: &BaselineArgs) -> anyhow::Result<()> {
     .await
     .context("baseline thread")??;
     let lat = Latency::of(&fsync_hist);
+    let write_lat = Latency::of(&write_hist);
     let ratio = |m: &Measured| {
         let t = tcp.mib_per_sec();
         if t > 0.0 {
@@ -215,7 +229,13 @@ pub async fn run(args: &BaselineArgs) -> anyhow::Result<()> {
             "mode": "baseline",
             "dir": dir.display().to_string(),
             "loopback_tcp": tcp.json(),
-            "file_write": write.json(),
+            "file_write": {
+                "bytes": write.bytes,
+                "seconds": round3(write.seconds),
+                "mib_per_sec": round3(write.mib_per_sec()),
+                "write_size": ws,
+                "write_latency_ms": write_lat.map(|l| l.json()),
+            },
             "file_write_fsync": {
                 "bytes": fsync.bytes,
                 "seconds": round3(fsync.seconds),
@@ -251,8 +271,14 @@ pub async fn run(args: &BaselineArgs) -> anyhow::Result<()> {
     line("loopback TCP copy", &tcp, 1.0);
     line("file write (no fsync)", &write, ratio(&write));
     line("file write + fsync/batch", &fsync, ratio(&fsync));
+    println!();
+    if let Some(l) = write_lat {
+        println!(
+            "write latency ms (no fsync): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  ({} writes)",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.count
+        );
+    }
     if let Some(l) = lat {
-        println!();
         println!(
             "fsync latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  ({} fsyncs)",
             l.p50, l.p90, l.p99, l.p999, l.max, l.count
