@@ -484,9 +484,21 @@ impl Log {
     }
 
     /// Whole batches from the one containing `offset`, up to `max_bytes` (at least one
-    /// batch if `min_one`). A corrupt stored batch ends the read: batches before it are
-    /// returned; a read starting at it fails with `CorruptBatch`.
+    /// batch if `min_one`), one `Bytes` per batch. A corrupt stored batch ends the read:
+    /// batches before it are returned; a read starting at it fails with `CorruptBatch`.
     pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
+        self.read_batches(offset, max_bytes, min_one, i64::MAX, false)
+    }
+
+    /// Like [`Log::read`] for serving consumers: stops before the first batch whose
+    /// base offset is `max_offset` or more (the high watermark), and returns each
+    /// segment's run of adjacent batches as ONE `Bytes` slice of the map, so that a
+    /// fetch response can carry them without copying batch by batch.
+    pub fn read_for_fetch(&self, offset: i64, max_bytes: usize, min_one: bool, max_offset: i64) -> Result<ReadResult> {
+        self.read_batches(offset, max_bytes, min_one, max_offset, true)
+    }
+
+    fn read_batches(&self, offset: i64, max_bytes: usize, min_one: bool, max_offset: i64, coalesce: bool) -> Result<ReadResult> {
         let st = self.state.read();
         let mut out = ReadResult {
             batches: Vec::new(),
@@ -511,18 +523,31 @@ impl Log {
                 continue;
             };
             let owner = Bytes::from_owner(MapOwner(map.clone()));
+            // With `coalesce`, the byte range of this segment's batches so far.
+            let mut run: Option<(usize, usize)> = None;
             let res = self.walk(seg, &map, pos, size, offset, |pos, h, len| {
                 if h.last_offset() < offset {
                     return ControlFlow::Continue(());
                 }
-                if total + len > max_bytes && !(min_one && out.batches.is_empty()) {
+                if h.base_offset >= max_offset {
                     return ControlFlow::Break(());
                 }
-                out.batches
-                    .push(owner.slice(pos as usize..pos as usize + len));
+                let nothing_yet = out.batches.is_empty() && run.is_none();
+                if total + len > max_bytes && !(min_one && nothing_yet) {
+                    return ControlFlow::Break(());
+                }
+                let (from, to) = (pos as usize, pos as usize + len);
+                if coalesce {
+                    run = Some(run.map_or((from, to), |(start, _)| (start, to)));
+                } else {
+                    out.batches.push(owner.slice(from..to));
+                }
                 total += len;
                 ControlFlow::Continue(())
             });
+            if let Some((from, to)) = run {
+                out.batches.push(owner.slice(from..to));
+            }
             match res {
                 Ok(Some(())) => break,
                 Ok(None) => {}

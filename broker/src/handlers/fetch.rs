@@ -275,14 +275,11 @@ fn read_all(broker: &Broker, targets: &[Target], max_bytes: usize) -> Vec<Read> 
             let limit = (t.max_bytes.max(0) as usize).min(remaining);
             // KIP-74: the first partition with data returns at least one whole
             // batch even past the limits, or a large record could never be read.
-            match partition.log.read(t.fetch_offset, limit, !served_any) {
+            // Batches come as one slice per segment, and none at or past the high
+            // watermark, so usually nothing is copied here.
+            match partition.log.read_for_fetch(t.fetch_offset, limit, !served_any, hw) {
                 Ok(result) => {
-                    let batches: Vec<Bytes> = result
-                        .batches
-                        .into_iter()
-                        .filter(|b| weir_protocol::records::BatchHeader::parse(b).is_ok_and(|h| h.base_offset < hw))
-                        .collect();
-                    read.records = concat(batches);
+                    read.records = concat(result.batches);
                     remaining = remaining.saturating_sub(read.records.len());
                     served_any |= !read.records.is_empty();
                 }
