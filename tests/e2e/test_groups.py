@@ -551,6 +551,17 @@ def test_committed_offsets_survive_broker_restart(broker, sig):
         c.close()
     # Offsets are in __consumer_offsets, compacted.
     assert (broker.data_dir / "__consumer_offsets-0").is_dir()
+    # `weir groups describe` shows committed offset, log end and lag per partition
+    # (10 records per partition: lag = 10 - committed).
+    out = subprocess.run([str(broker.bin), "--bootstrap", broker.bootstrap, "groups", "describe", "persist-simple"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {}
+    for line in out.stdout.splitlines():
+        cols = line.split()
+        if len(cols) >= 5 and cols[0] == topic:
+            rows[int(cols[1])] = (int(cols[2]), int(cols[3]), int(cols[4]))
+    assert rows == {p: (o, 10, 10 - o) for p, (o, _) in expected["persist-simple"].items()}, out.stdout
 
 
 @pytest.mark.timeout(300)
