@@ -23,7 +23,7 @@ if ! cargo build -p weir-broker --bin weir; then
     echo "cargo build of the broker failed" >&2
     status=1
 fi
-export WEIR_BIN="${WEIR_BIN:-$ROOT/target/debug/weir}"
+export WEIR_BIN="${WEIR_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/weir}"
 
 if [ "${WEIR_SKIP_CARGO_TESTS:-0}" != "1" ]; then
     echo "==> cargo nextest run --workspace --no-fail-fast"
