@@ -383,7 +383,7 @@ def run_group_with_kill(tmp_path, bootstrap, libs, strategy=None, n=N_RECORDS):
     assert not errors(members, "nknown"), errors(members, "nknown")[:5]
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
 def test_confluent_group_survives_sigkill(tmp_path, bootstrap, strategy):
     n = N_RECORDS_CONFLUENT if strategy == "range" else N_RECORDS
