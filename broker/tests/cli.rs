@@ -3,65 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 use weir_broker::client::partitioner::partition_for_key;
 
-const WEIR: &str = env!("CARGO_BIN_EXE_weir");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-struct Server {
-    child: Child,
-    bootstrap: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kafka = free_port();
-    let http = free_port();
-    let bootstrap = format!("127.0.0.1:{kafka}");
-    let child = Command::new(WEIR)
-        .args(["serve", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--kafka-listen",
-            &bootstrap,
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn weir serve");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(&bootstrap).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "weir serve did not listen on {bootstrap}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server {
-        child,
-        bootstrap,
-        _dir: dir,
-    }
-}
+mod common;
+use common::*;
 
 impl Server {
     fn weir(&self, args: &[&str], stdin: Option<&str>) -> Output {
