@@ -81,7 +81,7 @@ pub const METADATA_TOPIC: &str = "__cluster_metadata";
 /// Weir's metadata log): clients cannot produce to, delete or grow them, and
 /// Metadata marks them internal.
 pub fn is_internal_topic(name: &str) -> bool {
-    matches!(name, "__consumer_offsets" | "__transaction_state" | "__share_group_state" | METADATA_TOPIC)
+    matches!(name, "__consumer_offsets" | "__transaction_state" | "__share_group_state" | "__cep_definitions" | METADATA_TOPIC)
 }
 
 pub struct MetadataStore {

@@ -22,8 +22,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
 
     let ingest = tokio::task::block_in_place(|| crate::ingest::Ingest::start(broker.clone())).context("starting ingest")?;
+    let cep = tokio::task::block_in_place(|| crate::cep::Cep::open(broker.clone())).context("starting CEP")?;
+    cep.start_stage();
     let http_task = tokio::spawn({
-        let router = crate::http::router(broker.clone()).merge(crate::ingest::router(ingest.clone()));
+        let router = crate::http::router(broker.clone())
+            .merge(crate::ingest::router(ingest.clone()))
+            .merge(crate::cep::router(cep.clone()));
         async move {
             if let Err(e) = axum::serve(http, router).await {
                 tracing::error!(error = %e, "HTTP listener failed");
@@ -51,6 +55,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     accept_task.abort();
     http_task.abort();
     tokio::task::block_in_place(|| ingest.stop());
+    cep.stop().await;
     tokio::task::block_in_place(|| broker.shutdown()).context("clean shutdown")?;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 pub mod api_versions;
 #[cfg(test)]
-mod admin_test_support;
+pub(crate) mod admin_test_support;
 pub mod alter_configs;
 pub mod create_partitions;
 pub mod create_topics;
