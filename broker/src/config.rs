@@ -100,12 +100,15 @@ impl BrokerConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text).with_context(|| format!("parsing config file {}", path.display()))?
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => FileConfig::default(),
         };
-        let mut kafka: BTreeMap<String, String> =
-            KAFKA_DEFAULTS.iter().map(|(k, v, _)| (k.to_string(), v.to_string())).collect();
+        let mut kafka: BTreeMap<String, String> = KAFKA_DEFAULTS
+            .iter()
+            .map(|(k, v, _)| (k.to_string(), v.to_string()))
+            .collect();
         for (key, value) in &file.kafka {
             let value = match value {
                 toml::Value::String(s) => s.clone(),
@@ -119,19 +122,38 @@ impl BrokerConfig {
             };
             set_kafka(&mut kafka, key.trim(), value.trim())?;
         }
-        let kafka_listen = args.kafka_listen.or(file.kafka_listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092)));
-        let advertised = args.advertised_kafka.clone().or(file.advertised_kafka).unwrap_or_else(|| kafka_listen.to_string());
+        let kafka_listen = args
+            .kafka_listen
+            .or(file.kafka_listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092)));
+        let advertised = args
+            .advertised_kafka
+            .clone()
+            .or(file.advertised_kafka)
+            .unwrap_or_else(|| kafka_listen.to_string());
         let (host, port) = advertised
             .rsplit_once(':')
             .with_context(|| format!("advertised address {advertised:?} is not HOST:PORT"))?;
-        let advertised_port: i32 = port.parse().with_context(|| format!("advertised port in {advertised:?}"))?;
+        let advertised_port: i32 = port
+            .parse()
+            .with_context(|| format!("advertised port in {advertised:?}"))?;
         let config = BrokerConfig {
             node_id: args.node_id.or(file.node_id).unwrap_or(1),
-            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./data")),
             kafka_listen,
-            advertised_host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            advertised_host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             advertised_port,
-            http_listen: args.http_listen.or(file.http_listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            http_listen: args
+                .http_listen
+                .or(file.http_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             kafka,
             ingest: file.ingest,
         };
@@ -150,12 +172,17 @@ impl BrokerConfig {
     }
 
     pub fn i64(&self, key: &str) -> anyhow::Result<i64> {
-        let raw = self.get(key).with_context(|| format!("missing setting {key}"))?;
-        raw.parse().with_context(|| format!("setting {key}={raw:?} is not a whole number"))
+        let raw = self
+            .get(key)
+            .with_context(|| format!("missing setting {key}"))?;
+        raw.parse()
+            .with_context(|| format!("setting {key}={raw:?} is not a whole number"))
     }
 
     pub fn bool(&self, key: &str) -> anyhow::Result<bool> {
-        let raw = self.get(key).with_context(|| format!("missing setting {key}"))?;
+        let raw = self
+            .get(key)
+            .with_context(|| format!("missing setting {key}"))?;
         match raw {
             "true" => Ok(true),
             "false" => Ok(false),
@@ -167,7 +194,10 @@ impl BrokerConfig {
 fn set_kafka(kafka: &mut BTreeMap<String, String>, key: &str, value: &str) -> anyhow::Result<()> {
     if !kafka.contains_key(key) {
         let known: Vec<&str> = KAFKA_DEFAULTS.iter().map(|(k, _, _)| *k).collect();
-        bail!("unknown setting {key:?}; known settings: {}", known.join(", "));
+        bail!(
+            "unknown setting {key:?}; known settings: {}",
+            known.join(", ")
+        );
     }
     kafka.insert(key.to_string(), value.to_string());
     Ok(())
@@ -181,7 +211,11 @@ mod tests {
     fn flags_override_file_and_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.toml");
-        std::fs::write(&path, "node_id = 3\n[kafka]\n\"num.partitions\" = 4\n\"auto.create.topics.enable\" = false\n").unwrap();
+        std::fs::write(
+            &path,
+            "node_id = 3\n[kafka]\n\"num.partitions\" = 4\n\"auto.create.topics.enable\" = false\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(path),
             set: vec!["num.partitions=6".into()],
@@ -192,14 +226,27 @@ mod tests {
         assert_eq!(c.node_id, 3);
         assert_eq!(c.i64("num.partitions").unwrap(), 6);
         assert!(!c.bool("auto.create.topics.enable").unwrap());
-        assert_eq!((c.advertised_host.as_str(), c.advertised_port), ("127.0.0.1", 9999));
+        assert_eq!(
+            (c.advertised_host.as_str(), c.advertised_port),
+            ("127.0.0.1", 9999)
+        );
     }
 
     #[test]
     fn unknown_and_malformed_settings_are_errors() {
-        let bad_key = ServeArgs { set: vec!["no.such.thing=1".into()], ..Default::default() };
-        assert!(BrokerConfig::load(&bad_key).unwrap_err().to_string().contains("unknown setting"));
-        let bad_value = ServeArgs { set: vec!["num.partitions=lots".into()], ..Default::default() };
-        assert!(format!("{:#}", BrokerConfig::load(&bad_value).unwrap_err()).contains("not a whole number"));
+        let bad_key = ServeArgs {
+            set: vec!["no.such.thing=1".into()],
+            ..Default::default()
+        };
+        assert!(BrokerConfig::load(&bad_key)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown setting"));
+        let bad_value = ServeArgs {
+            set: vec!["num.partitions=lots".into()],
+            ..Default::default()
+        };
+        assert!(format!("{:#}", BrokerConfig::load(&bad_value).unwrap_err())
+            .contains("not a whole number"));
     }
 }

@@ -43,7 +43,12 @@ pub async fn run(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     return;
                 }
             };
-            let frame = match encode_response(reply.api_key, reply.version, reply.correlation_id, &response) {
+            let frame = match encode_response(
+                reply.api_key,
+                reply.version,
+                reply.correlation_id,
+                &response,
+            ) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(%peer, error = %e, "cannot encode response; closing connection");
@@ -57,7 +62,11 @@ pub async fn run(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
         }
     });
 
-    let max_frame = broker.config.i64("socket.request.max.bytes").unwrap_or(100 << 20).max(1024) as usize;
+    let max_frame = broker
+        .config
+        .i64("socket.request.max.bytes")
+        .unwrap_or(100 << 20)
+        .max(1024) as usize;
     let mut frames = FrameDecoder::new(max_frame);
     'read: loop {
         loop {
@@ -106,13 +115,23 @@ pub async fn run(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Decodes a frame and starts its handler. `Err` closes the connection.
-async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Result<Option<Reply>, String> {
+async fn start_request(
+    broker: &Arc<Broker>,
+    frame: Bytes,
+    peer: SocketAddr,
+) -> Result<Option<Reply>, String> {
     let request = match decode_request(frame.clone(), api_versions::handles) {
         Ok(r) => r,
-        Err(RequestError::UnsupportedVersion { api_key: ApiKey::ApiVersions, correlation_id, version }) => {
+        Err(RequestError::UnsupportedVersion {
+            api_key: ApiKey::ApiVersions,
+            correlation_id,
+            version,
+        }) => {
             // A client newer than us: answer in v0 with the versions we have.
             tracing::debug!(%peer, version, "ApiVersions version not supported; answering v0");
-            let response = ResponseKind::ApiVersions(api_versions::response(Some(ResponseError::UnsupportedVersion)));
+            let response = ResponseKind::ApiVersions(api_versions::response(Some(
+                ResponseError::UnsupportedVersion,
+            )));
             return Ok(Some(Reply {
                 api_key: ApiKey::ApiVersions,
                 version: 0,
@@ -120,7 +139,11 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
                 response: tokio::spawn(async move { Some(response) }),
             }));
         }
-        Err(RequestError::UnsupportedVersion { api_key: ApiKey::Produce, version, .. }) if version < 3 => {
+        Err(RequestError::UnsupportedVersion {
+            api_key: ApiKey::Produce,
+            version,
+            ..
+        }) if version < 3 => {
             return Err(format!(
                 "Produce v{version} carries message format v0/v1, which Weir does not accept; \
                  use a client that sends record batches (Kafka 0.11 or later)"
@@ -131,9 +154,16 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
             return Err(format!("undecodable request ({e}); header {prefix:?}"));
         }
     };
-    let ctx = RequestContext { api_key: request.api_key, header: request.header, peer };
+    let ctx = RequestContext {
+        api_key: request.api_key,
+        header: request.header,
+        peer,
+    };
     let Some(pending) = handlers::dispatch(broker, &ctx, request.body).await else {
-        return Err(format!("{:?} is advertised but has no handler", ctx.api_key));
+        return Err(format!(
+            "{:?} is advertised but has no handler",
+            ctx.api_key
+        ));
     };
     Ok(Some(Reply {
         api_key: ctx.api_key,

@@ -47,7 +47,13 @@ fn next_epoch(epoch: i32) -> i32 {
 
 impl FetchSessions {
     pub fn new(capacity: usize) -> Self {
-        FetchSessions { inner: Mutex::new(Inner { next_id: 1, ..Inner::default() }), capacity }
+        FetchSessions {
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                ..Inner::default()
+            }),
+            capacity,
+        }
     }
 
     /// Creates a session; evicts the least recently used one when full.
@@ -57,7 +63,12 @@ impl FetchSessions {
             return 0;
         }
         if inner.sessions.len() >= self.capacity {
-            if let Some(oldest) = inner.sessions.iter().min_by_key(|(_, s)| s.last_used).map(|(id, _)| *id) {
+            if let Some(oldest) = inner
+                .sessions
+                .iter()
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(id, _)| *id)
+            {
                 inner.sessions.remove(&oldest);
             }
         }
@@ -68,7 +79,14 @@ impl FetchSessions {
         inner.next_id = id.wrapping_add(1).max(1);
         inner.clock += 1;
         let last_used = inner.clock;
-        inner.sessions.insert(id, Session { next_epoch: 1, partitions, last_used });
+        inner.sessions.insert(
+            id,
+            Session {
+                next_epoch: 1,
+                partitions,
+                last_used,
+            },
+        );
         id
     }
 
@@ -77,11 +95,19 @@ impl FetchSessions {
     }
 
     /// Runs `f` on session `id` if `epoch` is the one it expects, then advances the epoch.
-    pub fn with_session<R>(&self, id: i32, epoch: i32, f: impl FnOnce(&mut Session) -> R) -> Result<R, ResponseError> {
+    pub fn with_session<R>(
+        &self,
+        id: i32,
+        epoch: i32,
+        f: impl FnOnce(&mut Session) -> R,
+    ) -> Result<R, ResponseError> {
         let mut inner = self.inner.lock();
         inner.clock += 1;
         let clock = inner.clock;
-        let session = inner.sessions.get_mut(&id).ok_or(ResponseError::FetchSessionIdNotFound)?;
+        let session = inner
+            .sessions
+            .get_mut(&id)
+            .ok_or(ResponseError::FetchSessionIdNotFound)?;
         if session.next_epoch != epoch {
             return Err(ResponseError::InvalidFetchSessionEpoch);
         }
@@ -93,7 +119,13 @@ impl FetchSessions {
 
     /// Updates what was last reported for a partition of a session.
     pub fn record_sent(&self, id: i32, key: &(String, i32), high_watermark: i64, log_start: i64) {
-        if let Some(p) = self.inner.lock().sessions.get_mut(&id).and_then(|s| s.partitions.get_mut(key)) {
+        if let Some(p) = self
+            .inner
+            .lock()
+            .sessions
+            .get_mut(&id)
+            .and_then(|s| s.partitions.get_mut(key))
+        {
             p.last_high_watermark = high_watermark;
             p.last_log_start = log_start;
         }
@@ -101,13 +133,21 @@ impl FetchSessions {
 
     /// True when a session partition's high watermark and log start are what the
     /// client was last told: an incremental response can leave it out.
-    pub fn with_peek(&self, id: i32, key: &(String, i32), high_watermark: i64, log_start: i64) -> bool {
+    pub fn with_peek(
+        &self,
+        id: i32,
+        key: &(String, i32),
+        high_watermark: i64,
+        log_start: i64,
+    ) -> bool {
         self.inner
             .lock()
             .sessions
             .get(&id)
             .and_then(|s| s.partitions.get(key))
-            .is_some_and(|p| p.last_high_watermark == high_watermark && p.last_log_start == log_start)
+            .is_some_and(|p| {
+                p.last_high_watermark == high_watermark && p.last_log_start == log_start
+            })
     }
 
     pub fn len(&self) -> usize {
@@ -124,7 +164,13 @@ mod tests {
     use super::*;
 
     fn part(offset: i64) -> SessionPartition {
-        SessionPartition { topic_id: Uuid::nil(), fetch_offset: offset, max_bytes: 1, last_high_watermark: -1, last_log_start: -1 }
+        SessionPartition {
+            topic_id: Uuid::nil(),
+            fetch_offset: offset,
+            max_bytes: 1,
+            last_high_watermark: -1,
+            last_log_start: -1,
+        }
     }
 
     #[test]
@@ -133,9 +179,15 @@ mod tests {
         let id = s.create(BTreeMap::from([(("t".to_string(), 0), part(0))]));
         assert!(id > 0);
         assert_eq!(s.with_session(id, 1, |x| x.partitions.len()), Ok(1));
-        assert_eq!(s.with_session(id, 1, |_| ()), Err(ResponseError::InvalidFetchSessionEpoch));
+        assert_eq!(
+            s.with_session(id, 1, |_| ()),
+            Err(ResponseError::InvalidFetchSessionEpoch)
+        );
         assert_eq!(s.with_session(id, 2, |_| ()), Ok(()));
-        assert_eq!(s.with_session(id + 100, 1, |_| ()), Err(ResponseError::FetchSessionIdNotFound));
+        assert_eq!(
+            s.with_session(id + 100, 1, |_| ()),
+            Err(ResponseError::FetchSessionIdNotFound)
+        );
     }
 
     #[test]
@@ -146,7 +198,10 @@ mod tests {
         s.with_session(a, 1, |_| ()).unwrap();
         let c = s.create(BTreeMap::new());
         assert_eq!(s.len(), 2);
-        assert_eq!(s.with_session(b, 1, |_| ()), Err(ResponseError::FetchSessionIdNotFound));
+        assert_eq!(
+            s.with_session(b, 1, |_| ()),
+            Err(ResponseError::FetchSessionIdNotFound)
+        );
         assert!(s.with_session(c, 1, |_| ()).is_ok());
     }
 }

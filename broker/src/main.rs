@@ -6,10 +6,19 @@ use weir_broker::cli;
 use weir_broker::config::ServeArgs;
 
 #[derive(Parser, Debug)]
-#[command(name = "weir", version, about = "Weir: a Kafka-compatible log broker with complex event processing")]
+#[command(
+    name = "weir",
+    version,
+    about = "Weir: a Kafka-compatible log broker with complex event processing"
+)]
 struct Cli {
     /// Kafka bootstrap address used by the admin and client commands (works against any Kafka broker).
-    #[arg(long, global = true, env = "WEIR_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
     bootstrap: String,
     #[command(subcommand)]
     command: Command,
@@ -37,7 +46,10 @@ enum Command {
 fn main() -> ExitCode {
     let args = Cli::parse();
     weir_broker::telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

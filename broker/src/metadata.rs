@@ -16,13 +16,31 @@ use weir_storage::{Log, LogConfig};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type")]
 enum MetaRecord {
-    ClusterId { id: String },
-    TopicCreated { name: String, id: Uuid, partitions: i32, replication_factor: i16, configs: BTreeMap<String, String> },
-    TopicDeleted { name: String },
-    PartitionsCreated { name: String, total: i32 },
-    TopicConfigsReplaced { name: String, configs: BTreeMap<String, String> },
+    ClusterId {
+        id: String,
+    },
+    TopicCreated {
+        name: String,
+        id: Uuid,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+    },
+    TopicDeleted {
+        name: String,
+    },
+    PartitionsCreated {
+        name: String,
+        total: i32,
+    },
+    TopicConfigsReplaced {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
     /// Producer ids below `end` have been handed out (allocated in blocks).
-    ProducerIdBlock { end: i64 },
+    ProducerIdBlock {
+        end: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,9 +65,24 @@ impl MetaState {
     fn apply(&mut self, record: MetaRecord) {
         match record {
             MetaRecord::ClusterId { id } => self.cluster_id = id,
-            MetaRecord::TopicCreated { name, id, partitions, replication_factor, configs } => {
+            MetaRecord::TopicCreated {
+                name,
+                id,
+                partitions,
+                replication_factor,
+                configs,
+            } => {
                 self.ids.insert(id, name.clone());
-                self.topics.insert(name.clone(), TopicMeta { name, id, partitions, replication_factor, configs });
+                self.topics.insert(
+                    name.clone(),
+                    TopicMeta {
+                        name,
+                        id,
+                        partitions,
+                        replication_factor,
+                        configs,
+                    },
+                );
             }
             MetaRecord::TopicDeleted { name } => {
                 if let Some(t) = self.topics.remove(&name) {
@@ -66,7 +99,9 @@ impl MetaState {
                     t.configs = configs;
                 }
             }
-            MetaRecord::ProducerIdBlock { end } => self.producer_id_end = self.producer_id_end.max(end),
+            MetaRecord::ProducerIdBlock { end } => {
+                self.producer_id_end = self.producer_id_end.max(end)
+            }
         }
     }
 }
@@ -81,7 +116,14 @@ pub const METADATA_TOPIC: &str = "__cluster_metadata";
 /// Weir's metadata log): clients cannot produce to, delete or grow them, and
 /// Metadata marks them internal.
 pub fn is_internal_topic(name: &str) -> bool {
-    matches!(name, "__consumer_offsets" | "__transaction_state" | "__share_group_state" | "__cep_definitions" | METADATA_TOPIC)
+    matches!(
+        name,
+        "__consumer_offsets"
+            | "__transaction_state"
+            | "__share_group_state"
+            | "__cep_definitions"
+            | METADATA_TOPIC
+    )
 }
 
 pub struct MetadataStore {
@@ -95,7 +137,11 @@ pub struct MetadataStore {
 impl MetadataStore {
     /// The log configuration the metadata log needs: never deleted by retention.
     pub fn log_config() -> LogConfig {
-        LogConfig { retention_ms: None, retention_bytes: None, ..LogConfig::default() }
+        LogConfig {
+            retention_ms: None,
+            retention_bytes: None,
+            ..LogConfig::default()
+        }
     }
 
     pub fn open(log: Arc<Log>) -> anyhow::Result<Self> {
@@ -103,12 +149,15 @@ impl MetadataStore {
         let mut state = MetaState::default();
         let mut offset = log.log_start_offset();
         while offset < log.log_end_offset() {
-            let read = log.read(offset, 1 << 20, true).context("reading metadata log")?;
+            let read = log
+                .read(offset, 1 << 20, true)
+                .context("reading metadata log")?;
             if read.batches.is_empty() {
                 break;
             }
             for batch in read.batches {
-                let records = decode_records(&batch, 64 << 20).context("decoding metadata log batch")?;
+                let records =
+                    decode_records(&batch, 64 << 20).context("decoding metadata log batch")?;
                 for record in records {
                     offset = record.offset + 1;
                     let Some(value) = record.value else { continue };
@@ -137,8 +186,13 @@ impl MetadataStore {
         let mut builder = BatchBuilder::new(Compression::None);
         builder.push(now_ms(), None, Some(&value), &[]);
         let mut batch = builder.build().context("building metadata batch")?;
-        let info = self.log.append(&mut batch, 0).context("appending to the metadata log")?;
-        self.log.wait_durable(info.last_offset).context("syncing the metadata log")?;
+        let info = self
+            .log
+            .append(&mut batch, 0)
+            .context("appending to the metadata log")?;
+        self.log
+            .wait_durable(info.last_offset)
+            .context("syncing the metadata log")?;
         self.state.write().apply(record);
         Ok(())
     }
@@ -178,22 +232,40 @@ impl MetadataStore {
             replication_factor,
             configs: configs.clone(),
         })?;
-        Ok(TopicMeta { name: name.to_string(), id, partitions, replication_factor, configs })
+        Ok(TopicMeta {
+            name: name.to_string(),
+            id,
+            partitions,
+            replication_factor,
+            configs,
+        })
     }
 
     pub fn delete_topic(&self, name: &str) -> anyhow::Result<()> {
         let _guard = self.write.lock();
-        self.commit(MetaRecord::TopicDeleted { name: name.to_string() })
+        self.commit(MetaRecord::TopicDeleted {
+            name: name.to_string(),
+        })
     }
 
     pub fn set_partition_count(&self, name: &str, total: i32) -> anyhow::Result<()> {
         let _guard = self.write.lock();
-        self.commit(MetaRecord::PartitionsCreated { name: name.to_string(), total })
+        self.commit(MetaRecord::PartitionsCreated {
+            name: name.to_string(),
+            total,
+        })
     }
 
-    pub fn replace_topic_configs(&self, name: &str, configs: BTreeMap<String, String>) -> anyhow::Result<()> {
+    pub fn replace_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
         let _guard = self.write.lock();
-        self.commit(MetaRecord::TopicConfigsReplaced { name: name.to_string(), configs })
+        self.commit(MetaRecord::TopicConfigsReplaced {
+            name: name.to_string(),
+            configs,
+        })
     }
 
     /// A producer id never handed out before, also across restarts: ids are
@@ -251,21 +323,30 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         return Err(format!("topic name {name:?} is not allowed"));
     }
     if name.len() > 249 {
-        return Err(format!("topic name is {} characters long; the limit is 249", name.len()));
+        return Err(format!(
+            "topic name is {} characters long; the limit is 249",
+            name.len()
+        ));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
         return Err(format!("topic name {name:?} contains {c:?}; allowed are ASCII letters, digits, '.', '_' and '-'"));
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path) -> MetadataStore {
-        let log = Log::open(&dir.join("__cluster_metadata-0"), MetadataStore::log_config()).unwrap();
+        let log = Log::open(
+            &dir.join("__cluster_metadata-0"),
+            MetadataStore::log_config(),
+        )
+        .unwrap();
         MetadataStore::open(Arc::new(log)).unwrap()
     }
 
@@ -274,7 +355,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cluster, pid) = {
             let store = open(dir.path());
-            store.create_topic("a", 3, 1, BTreeMap::from([("retention.ms".into(), "5".into())])).unwrap();
+            store
+                .create_topic(
+                    "a",
+                    3,
+                    1,
+                    BTreeMap::from([("retention.ms".into(), "5".into())]),
+                )
+                .unwrap();
             store.create_topic("b", 1, 1, BTreeMap::new()).unwrap();
             store.set_partition_count("a", 5).unwrap();
             store.delete_topic("b").unwrap();
@@ -289,7 +377,10 @@ mod tests {
         assert_eq!(a.partitions, 5);
         assert_eq!(a.configs.get("retention.ms").map(String::as_str), Some("5"));
         assert!(store.topic("b").is_none());
-        assert!(store.allocate_producer_id().unwrap() > pid, "producer ids are never reused");
+        assert!(
+            store.allocate_producer_id().unwrap() > pid,
+            "producer ids are never reused"
+        );
     }
 
     #[test]

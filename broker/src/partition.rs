@@ -57,7 +57,9 @@ impl Partition {
         let mut states = self.producers.lock();
         let mut offset = self.log.log_start_offset();
         while offset < self.log.log_end_offset() {
-            let Ok(read) = self.log.read(offset, 4 << 20, true) else { break };
+            let Ok(read) = self.log.read(offset, 4 << 20, true) else {
+                break;
+            };
             if read.batches.is_empty() {
                 break;
             }
@@ -84,7 +86,10 @@ impl Partition {
     pub fn append(&self, record_set: &mut [u8], now_ms: i64) -> Result<Appended, AppendError> {
         let batches = records::parse_record_set(record_set).map_err(record_error)?;
         if batches.is_empty() {
-            return Err((ResponseError::CorruptMessage, "produce request has no record batch".into()));
+            return Err((
+                ResponseError::CorruptMessage,
+                "produce request has no record batch".into(),
+            ));
         }
         let config = self.config.read().clone();
         let max = config.max_message_bytes();
@@ -92,7 +97,10 @@ impl Partition {
             if range.len() > max {
                 return Err((
                     ResponseError::MessageTooLarge,
-                    format!("record batch of {} bytes exceeds max.message.bytes={max}", range.len()),
+                    format!(
+                        "record batch of {} bytes exceeds max.message.bytes={max}",
+                        range.len()
+                    ),
                 ));
             }
             if header.is_transactional() || header.is_control() {
@@ -111,7 +119,11 @@ impl Partition {
             }
         }
         let mut producers = self.producers.lock();
-        let idempotent: Vec<&BatchHeader> = batches.iter().map(|(h, _)| h).filter(|h| h.has_producer_id()).collect();
+        let idempotent: Vec<&BatchHeader> = batches
+            .iter()
+            .map(|(h, _)| h)
+            .filter(|h| h.has_producer_id())
+            .collect();
         if !idempotent.is_empty() {
             if batches.len() != 1 {
                 return Err((
@@ -130,7 +142,10 @@ impl Partition {
                 });
             }
         }
-        let info = self.log.append(record_set, self.leader_epoch).map_err(storage_error)?;
+        let info = self
+            .log
+            .append(record_set, self.leader_epoch)
+            .map_err(storage_error)?;
         // Each batch got consecutive offsets starting at info.base_offset.
         let mut next = info.base_offset;
         for (header, _) in &batches {

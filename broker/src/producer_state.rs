@@ -60,14 +60,20 @@ impl ProducerStates {
             } else {
                 Err((
                     ResponseError::OutOfOrderSequenceNumber,
-                    format!("producer {} is unknown here and its first sequence is {}, not 0", h.producer_id, h.base_sequence),
+                    format!(
+                        "producer {} is unknown here and its first sequence is {}, not 0",
+                        h.producer_id, h.base_sequence
+                    ),
                 ))
             };
         };
         if h.producer_epoch < entry.epoch {
             return Err((
                 ResponseError::InvalidProducerEpoch,
-                format!("producer {} epoch {} is older than the current epoch {}", h.producer_id, h.producer_epoch, entry.epoch),
+                format!(
+                    "producer {} epoch {} is older than the current epoch {}",
+                    h.producer_id, h.producer_epoch, entry.epoch
+                ),
             ));
         }
         if h.producer_epoch > entry.epoch {
@@ -76,13 +82,22 @@ impl ProducerStates {
             } else {
                 Err((
                     ResponseError::OutOfOrderSequenceNumber,
-                    format!("producer {} new epoch {} must start at sequence 0, not {}", h.producer_id, h.producer_epoch, h.base_sequence),
+                    format!(
+                        "producer {} new epoch {} must start at sequence 0, not {}",
+                        h.producer_id, h.producer_epoch, h.base_sequence
+                    ),
                 ))
             };
         }
         let last = last_seq_of(h);
-        if let Some(dup) = entry.batches.iter().find(|b| b.first_seq == h.base_sequence && b.last_seq == last) {
-            return Ok(SeqCheck::Duplicate { base_offset: dup.base_offset });
+        if let Some(dup) = entry
+            .batches
+            .iter()
+            .find(|b| b.first_seq == h.base_sequence && b.last_seq == last)
+        {
+            return Ok(SeqCheck::Duplicate {
+                base_offset: dup.base_offset,
+            });
         }
         match entry.batches.back() {
             Some(prev) if next_seq(prev.last_seq) == h.base_sequence => Ok(SeqCheck::Append),
@@ -99,7 +114,10 @@ impl ProducerStates {
             )),
             None => Err((
                 ResponseError::OutOfOrderSequenceNumber,
-                format!("producer {} epoch {} must start at sequence 0", h.producer_id, h.producer_epoch),
+                format!(
+                    "producer {} epoch {} must start at sequence 0",
+                    h.producer_id, h.producer_epoch
+                ),
             )),
         }
     }
@@ -114,7 +132,11 @@ impl ProducerStates {
             entry.epoch = h.producer_epoch;
             entry.batches.clear();
         }
-        entry.batches.push_back(BatchSeq { first_seq: h.base_sequence, last_seq: last_seq_of(h), base_offset });
+        entry.batches.push_back(BatchSeq {
+            first_seq: h.base_sequence,
+            last_seq: last_seq_of(h),
+            base_offset,
+        });
         while entry.batches.len() > REMEMBERED_BATCHES {
             entry.batches.pop_front();
         }
@@ -162,12 +184,21 @@ mod tests {
         s.record(&b1, 105);
         assert_eq!(s.check(&b0), Ok(SeqCheck::Duplicate { base_offset: 100 }));
         assert_eq!(s.check(&b1), Ok(SeqCheck::Duplicate { base_offset: 105 }));
-        assert_eq!(s.check(&header(7, 0, 11, 1)).unwrap_err().0, ResponseError::OutOfOrderSequenceNumber);
-        assert_eq!(s.check(&header(9, 0, 3, 1)).unwrap_err().0, ResponseError::OutOfOrderSequenceNumber);
+        assert_eq!(
+            s.check(&header(7, 0, 11, 1)).unwrap_err().0,
+            ResponseError::OutOfOrderSequenceNumber
+        );
+        assert_eq!(
+            s.check(&header(9, 0, 3, 1)).unwrap_err().0,
+            ResponseError::OutOfOrderSequenceNumber
+        );
         let bumped = header(7, 1, 0, 1);
         assert_eq!(s.check(&bumped), Ok(SeqCheck::Append));
         s.record(&bumped, 110);
-        assert_eq!(s.check(&header(7, 0, 10, 1)).unwrap_err().0, ResponseError::InvalidProducerEpoch);
+        assert_eq!(
+            s.check(&header(7, 0, 10, 1)).unwrap_err().0,
+            ResponseError::InvalidProducerEpoch
+        );
     }
 
     #[test]
@@ -178,7 +209,13 @@ mod tests {
             assert_eq!(s.check(&h), Ok(SeqCheck::Append));
             s.record(&h, i64::from(i));
         }
-        assert_eq!(s.check(&header(1, 0, 6, 1)), Ok(SeqCheck::Duplicate { base_offset: 6 }));
-        assert!(s.check(&header(1, 0, 0, 1)).is_err(), "too old to be recognised as a duplicate");
+        assert_eq!(
+            s.check(&header(1, 0, 6, 1)),
+            Ok(SeqCheck::Duplicate { base_offset: 6 })
+        );
+        assert!(
+            s.check(&header(1, 0, 0, 1)).is_err(),
+            "too old to be recognised as a duplicate"
+        );
     }
 }

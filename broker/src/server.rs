@@ -11,8 +11,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let kafka_listen = config.kafka_listen;
     let http_listen = config.http_listen;
     let broker = tokio::task::block_in_place(|| Broker::open(config))?;
-    let kafka = TcpListener::bind(kafka_listen).await.with_context(|| format!("binding the Kafka listener {kafka_listen}"))?;
-    let http = TcpListener::bind(http_listen).await.with_context(|| format!("binding the HTTP listener {http_listen}"))?;
+    let kafka = TcpListener::bind(kafka_listen)
+        .await
+        .with_context(|| format!("binding the Kafka listener {kafka_listen}"))?;
+    let http = TcpListener::bind(http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener {http_listen}"))?;
     tracing::info!(
         node_id = broker.node_id(),
         kafka = %kafka_listen,
@@ -21,8 +25,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "weir is serving"
     );
 
-    let ingest = tokio::task::block_in_place(|| crate::ingest::Ingest::start(broker.clone())).context("starting ingest")?;
-    let cep = tokio::task::block_in_place(|| crate::cep::Cep::open(broker.clone())).context("starting CEP")?;
+    let ingest = tokio::task::block_in_place(|| crate::ingest::Ingest::start(broker.clone()))
+        .context("starting ingest")?;
+    let cep = tokio::task::block_in_place(|| crate::cep::Cep::open(broker.clone()))
+        .context("starting CEP")?;
     cep.start_stage();
     let http_task = tokio::spawn({
         let router = crate::http::router(broker.clone())

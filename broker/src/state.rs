@@ -37,7 +37,8 @@ impl Broker {
             .get_or_create(METADATA_TOPIC, 0, MetadataStore::log_config())
             .context("opening the metadata log")?;
         let meta = MetadataStore::open(meta_log)?;
-        let groups = crate::coordinator::GroupCoordinator::new(crate::coordinator::config_from(&config));
+        let groups =
+            crate::coordinator::GroupCoordinator::new(crate::coordinator::config_from(&config));
         let broker = Arc::new(Broker {
             config,
             meta,
@@ -49,12 +50,21 @@ impl Broker {
         });
         // Logs of topics the metadata no longer has (a deletion interrupted by a
         // crash) are removed; every partition of every topic is opened.
-        let topics: BTreeMap<String, TopicMeta> = broker.meta.topics().into_iter().map(|t| (t.name.clone(), t)).collect();
+        let topics: BTreeMap<String, TopicMeta> = broker
+            .meta
+            .topics()
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
         for ((topic, partition), _) in broker.logs.logs() {
-            let keep = topic == METADATA_TOPIC || topics.get(&topic).is_some_and(|t| partition < t.partitions);
+            let keep = topic == METADATA_TOPIC
+                || topics.get(&topic).is_some_and(|t| partition < t.partitions);
             if !keep {
                 tracing::warn!(topic, partition, "removing the log of a deleted topic");
-                broker.logs.remove(&topic, partition).with_context(|| format!("removing {topic}-{partition}"))?;
+                broker
+                    .logs
+                    .remove(&topic, partition)
+                    .with_context(|| format!("removing {topic}-{partition}"))?;
             }
         }
         for topic in topics.values() {
@@ -75,7 +85,9 @@ impl Broker {
             // Logs found at start were opened with the defaults; apply the topic's own.
             log.update_config(log_config.clone());
             let partition = Arc::new(Partition::new(&topic.name, index, log, effective.clone()));
-            self.partitions.write().insert((topic.name.clone(), index), partition);
+            self.partitions
+                .write()
+                .insert((topic.name.clone(), index), partition);
         }
         Ok(())
     }
@@ -85,7 +97,10 @@ impl Broker {
     }
 
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
-        self.partitions.read().get(&(topic.to_string(), index)).cloned()
+        self.partitions
+            .read()
+            .get(&(topic.to_string(), index))
+            .cloned()
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicMeta> {
@@ -97,18 +112,25 @@ impl Broker {
     }
 
     pub fn auto_create_enabled(&self) -> bool {
-        self.config.bool("auto.create.topics.enable").unwrap_or(true)
+        self.config
+            .bool("auto.create.topics.enable")
+            .unwrap_or(true)
     }
 
     /// Creates a topic with the broker's defaults (Metadata auto-creation).
     pub fn auto_create(&self, name: &str) -> Result<TopicMeta, TopicError> {
-        let partitions = self.config.i64("num.partitions").unwrap_or(1).clamp(1, 100_000) as i32;
+        let partitions = self
+            .config
+            .i64("num.partitions")
+            .unwrap_or(1)
+            .clamp(1, 100_000) as i32;
         match self.create_topic(name, partitions, -1, BTreeMap::new(), false) {
             Ok(t) => Ok(t),
             // Two clients racing to auto-create: the loser sees the winner's topic.
-            Err((ResponseError::TopicAlreadyExists, _)) => {
-                self.topic(name).ok_or((ResponseError::UnknownTopicOrPartition, "topic vanished".into()))
-            }
+            Err((ResponseError::TopicAlreadyExists, _)) => self.topic(name).ok_or((
+                ResponseError::UnknownTopicOrPartition,
+                "topic vanished".into(),
+            )),
             Err(e) => Err(e),
         }
     }
@@ -125,10 +147,16 @@ impl Broker {
     ) -> Result<TopicMeta, TopicError> {
         validate_topic_name(name).map_err(|m| (ResponseError::InvalidTopicException, m))?;
         if name == METADATA_TOPIC {
-            return Err((ResponseError::InvalidTopicException, format!("topic name '{name}' is reserved for Weir's metadata")));
+            return Err((
+                ResponseError::InvalidTopicException,
+                format!("topic name '{name}' is reserved for Weir's metadata"),
+            ));
         }
         if self.topic(name).is_some() {
-            return Err((ResponseError::TopicAlreadyExists, format!("topic '{name}' already exists")));
+            return Err((
+                ResponseError::TopicAlreadyExists,
+                format!("topic '{name}' already exists"),
+            ));
         }
         let partitions = if partitions == -1 {
             self.config.i64("num.partitions").unwrap_or(1) as i32
@@ -136,7 +164,10 @@ impl Broker {
             partitions
         };
         if !(1..=100_000).contains(&partitions) {
-            return Err((ResponseError::InvalidPartitions, format!("number of partitions must be 1 to 100000, got {partitions}")));
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!("number of partitions must be 1 to 100000, got {partitions}"),
+            ));
         }
         let rf = if replication_factor == -1 {
             self.config.i64("default.replication.factor").unwrap_or(1) as i16
@@ -147,29 +178,43 @@ impl Broker {
         if rf < 1 || rf > brokers {
             return Err((
                 ResponseError::InvalidReplicationFactor,
-                format!("replication factor {rf} is not possible with {brokers} available broker(s)"),
+                format!(
+                    "replication factor {rf} is not possible with {brokers} available broker(s)"
+                ),
             ));
         }
         for (key, value) in &configs {
             topic_config::validate(key, value).map_err(|m| (ResponseError::InvalidConfig, m))?;
         }
         if validate_only {
-            return Ok(TopicMeta { name: name.to_string(), id: uuid::Uuid::nil(), partitions, replication_factor: rf, configs });
+            return Ok(TopicMeta {
+                name: name.to_string(),
+                id: uuid::Uuid::nil(),
+                partitions,
+                replication_factor: rf,
+                configs,
+            });
         }
         let topic = self
             .meta
             .create_topic(name, partitions, rf, configs)
             .map_err(|e| (ResponseError::TopicAlreadyExists, format!("{e:#}")))?;
-        self.open_partitions(&topic, 0).map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))?;
+        self.open_partitions(&topic, 0)
+            .map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))?;
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
     }
 
     pub fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
         let Some(topic) = self.topic(name) else {
-            return Err((ResponseError::UnknownTopicOrPartition, format!("topic '{name}' does not exist")));
+            return Err((
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic '{name}' does not exist"),
+            ));
         };
-        self.meta.delete_topic(name).map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))?;
+        self.meta
+            .delete_topic(name)
+            .map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))?;
         for index in 0..topic.partitions {
             if let Some(p) = self.partitions.write().remove(&(name.to_string(), index)) {
                 p.wake_waiters();
@@ -182,25 +227,45 @@ impl Broker {
         Ok(())
     }
 
-    pub fn create_partitions(&self, name: &str, total: i32, validate_only: bool) -> Result<(), TopicError> {
+    pub fn create_partitions(
+        &self,
+        name: &str,
+        total: i32,
+        validate_only: bool,
+    ) -> Result<(), TopicError> {
         let Some(topic) = self.topic(name) else {
-            return Err((ResponseError::UnknownTopicOrPartition, format!("topic '{name}' does not exist")));
+            return Err((
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic '{name}' does not exist"),
+            ));
         };
         if total <= topic.partitions {
             return Err((
                 ResponseError::InvalidPartitions,
-                format!("topic '{name}' has {} partitions; the new count {total} must be larger", topic.partitions),
+                format!(
+                    "topic '{name}' has {} partitions; the new count {total} must be larger",
+                    topic.partitions
+                ),
             ));
         }
         if total > 100_000 {
-            return Err((ResponseError::InvalidPartitions, format!("{total} partitions is more than the limit of 100000")));
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!("{total} partitions is more than the limit of 100000"),
+            ));
         }
         if validate_only {
             return Ok(());
         }
-        self.meta.set_partition_count(name, total).map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))?;
-        let updated = TopicMeta { partitions: total, ..topic.clone() };
-        self.open_partitions(&updated, topic.partitions).map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))
+        self.meta
+            .set_partition_count(name, total)
+            .map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))?;
+        let updated = TopicMeta {
+            partitions: total,
+            ..topic.clone()
+        };
+        self.open_partitions(&updated, topic.partitions)
+            .map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))
     }
 
     /// Replaces a topic's configs (all of them) after validating each.
@@ -211,7 +276,10 @@ impl Broker {
         validate_only: bool,
     ) -> Result<(), TopicError> {
         let Some(topic) = self.topic(name) else {
-            return Err((ResponseError::UnknownTopicOrPartition, format!("topic '{name}' does not exist")));
+            return Err((
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic '{name}' does not exist"),
+            ));
         };
         for (key, value) in &configs {
             topic_config::validate(key, value).map_err(|m| (ResponseError::InvalidConfig, m))?;

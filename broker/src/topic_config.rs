@@ -39,10 +39,15 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
     match name {
         "cleanup.policy" => match normalized_policy(value) {
             Some(_) => Ok(()),
-            None => Err(format!("cleanup.policy={value:?}: expected delete, compact or compact,delete")),
+            None => Err(format!(
+                "cleanup.policy={value:?}: expected delete, compact or compact,delete"
+            )),
         },
         "compression.type" => {
-            if value == "producer" || value == "uncompressed" || Compression::from_name(value).is_some() {
+            if value == "producer"
+                || value == "uncompressed"
+                || Compression::from_name(value).is_some()
+            {
                 Ok(())
             } else {
                 Err(format!("compression.type={value:?}: expected producer, uncompressed, gzip, snappy, lz4 or zstd"))
@@ -50,7 +55,9 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
         }
         "message.timestamp.type" => match value {
             "CreateTime" | "LogAppendTime" => Ok(()),
-            _ => Err(format!("message.timestamp.type={value:?}: expected CreateTime or LogAppendTime")),
+            _ => Err(format!(
+                "message.timestamp.type={value:?}: expected CreateTime or LogAppendTime"
+            )),
         },
         "retention.ms" | "retention.bytes" | "flush.ms" | "flush.messages" => int(-1),
         "segment.bytes" => int(14),
@@ -103,7 +110,10 @@ impl EffectiveConfig {
             .map(|(name, broker_key)| {
                 let entry = match overrides.get(*name) {
                     Some(v) => (v.clone(), ConfigSource::Topic),
-                    None => (broker.get(broker_key).unwrap_or_default().to_string(), ConfigSource::Default),
+                    None => (
+                        broker.get(broker_key).unwrap_or_default().to_string(),
+                        ConfigSource::Default,
+                    ),
                 };
                 (name.to_string(), entry)
             })
@@ -151,9 +161,12 @@ impl EffectiveConfig {
             segment_ms: positive(self.i64_or("segment.ms", 604_800_000)).map(|v| v as u64),
             retention_ms: positive(self.i64_or("retention.ms", 604_800_000)),
             retention_bytes: positive(self.i64_or("retention.bytes", -1)).map(|v| v as u64),
-            cleanup_policy: normalized_policy(self.get("cleanup.policy")).unwrap_or(CleanupPolicy::Delete),
+            cleanup_policy: normalized_policy(self.get("cleanup.policy"))
+                .unwrap_or(CleanupPolicy::Delete),
             delete_retention_ms: self.i64_or("delete.retention.ms", 86_400_000),
-            index_interval_bytes: self.i64_or("index.interval.bytes", 4096).clamp(1, u32::MAX as i64) as u32,
+            index_interval_bytes: self
+                .i64_or("index.interval.bytes", 4096)
+                .clamp(1, u32::MAX as i64) as u32,
             flush,
             ..LogConfig::default()
         }
@@ -167,7 +180,9 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         assert!(validate("retention.ms", "-1").is_ok());
-        assert!(validate("retention.ms", "soon").unwrap_err().contains("not a whole number"));
+        assert!(validate("retention.ms", "soon")
+            .unwrap_err()
+            .contains("not a whole number"));
         assert!(validate("cleanup.policy", "delete,compact").is_ok());
         assert!(validate("cleanup.policy", "shred").is_err());
         assert!(validate("no.such", "1").unwrap_err().contains("unknown"));

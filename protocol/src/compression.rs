@@ -32,8 +32,13 @@ const XERIAL_HEADER_LEN: usize = 16;
 const XERIAL_BLOCK: usize = 32 * 1024;
 
 impl Compression {
-    pub const ALL: [Compression; 5] =
-        [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
+    pub const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
 
     pub fn from_id(id: u8) -> Result<Self, CompressionError> {
         Ok(match id {
@@ -72,11 +77,15 @@ impl Compression {
     }
 
     pub fn compress(self, input: &[u8]) -> Result<Vec<u8>, CompressionError> {
-        let corrupt = |e: std::io::Error| CompressionError::Corrupt { codec: self, reason: e.to_string() };
+        let corrupt = |e: std::io::Error| CompressionError::Corrupt {
+            codec: self,
+            reason: e.to_string(),
+        };
         match self {
             Compression::None => Ok(input.to_vec()),
             Compression::Gzip => {
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 enc.write_all(input).map_err(corrupt)?;
                 enc.finish().map_err(corrupt)
             }
@@ -89,7 +98,10 @@ impl Compression {
                 for chunk in input.chunks(XERIAL_BLOCK) {
                     let block = enc
                         .compress_vec(chunk)
-                        .map_err(|e| CompressionError::Corrupt { codec: self, reason: e.to_string() })?;
+                        .map_err(|e| CompressionError::Corrupt {
+                            codec: self,
+                            reason: e.to_string(),
+                        })?;
                     out.extend_from_slice(&(block.len() as u32).to_be_bytes());
                     out.extend_from_slice(&block);
                 }
@@ -98,7 +110,10 @@ impl Compression {
             Compression::Lz4 => {
                 let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
                 enc.write_all(input).map_err(corrupt)?;
-                enc.finish().map_err(|e| CompressionError::Corrupt { codec: self, reason: e.to_string() })
+                enc.finish().map_err(|e| CompressionError::Corrupt {
+                    codec: self,
+                    reason: e.to_string(),
+                })
             }
             Compression::Zstd => zstd::bulk::compress(input, 3).map_err(corrupt),
         }
@@ -113,24 +128,39 @@ impl Compression {
                 }
                 Ok(input.to_vec())
             }
-            Compression::Gzip => read_bounded(self, flate2::read::MultiGzDecoder::new(input), limit),
+            Compression::Gzip => {
+                read_bounded(self, flate2::read::MultiGzDecoder::new(input), limit)
+            }
             Compression::Snappy => decompress_snappy(input, limit),
-            Compression::Lz4 => read_bounded(self, lz4_flex::frame::FrameDecoder::new(input), limit),
+            Compression::Lz4 => {
+                read_bounded(self, lz4_flex::frame::FrameDecoder::new(input), limit)
+            }
             Compression::Zstd => {
-                let dec = zstd::stream::read::Decoder::new(input)
-                    .map_err(|e| CompressionError::Corrupt { codec: self, reason: e.to_string() })?;
+                let dec = zstd::stream::read::Decoder::new(input).map_err(|e| {
+                    CompressionError::Corrupt {
+                        codec: self,
+                        reason: e.to_string(),
+                    }
+                })?;
                 read_bounded(self, dec, limit)
             }
         }
     }
 }
 
-fn read_bounded(codec: Compression, reader: impl Read, limit: usize) -> Result<Vec<u8>, CompressionError> {
+fn read_bounded(
+    codec: Compression,
+    reader: impl Read,
+    limit: usize,
+) -> Result<Vec<u8>, CompressionError> {
     let mut out = Vec::new();
     let read = reader
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| CompressionError::Corrupt { codec, reason: e.to_string() })?;
+        .map_err(|e| CompressionError::Corrupt {
+            codec,
+            reason: e.to_string(),
+        })?;
     if read > limit {
         return Err(CompressionError::TooLarge { codec, limit });
     }
@@ -203,7 +233,10 @@ mod tests {
         for codec in Compression::ALL {
             let packed = codec.compress(&data).unwrap();
             assert!(
-                matches!(codec.decompress(&packed, 1000), Err(CompressionError::TooLarge { .. })),
+                matches!(
+                    codec.decompress(&packed, 1000),
+                    Err(CompressionError::TooLarge { .. })
+                ),
                 "{codec:?}"
             );
         }

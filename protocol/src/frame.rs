@@ -22,7 +22,10 @@ pub struct FrameDecoder {
 
 impl FrameDecoder {
     pub fn new(max_frame: usize) -> Self {
-        Self { buf: BytesMut::with_capacity(64 * 1024), max_frame }
+        Self {
+            buf: BytesMut::with_capacity(64 * 1024),
+            max_frame,
+        }
     }
 
     /// The buffer to read socket bytes into.
@@ -48,7 +51,10 @@ impl FrameDecoder {
         }
         let size = declared as usize;
         if size > self.max_frame {
-            return Err(FrameError::TooLarge { declared: i64::from(declared), limit: self.max_frame });
+            return Err(FrameError::TooLarge {
+                declared: i64::from(declared),
+                limit: self.max_frame,
+            });
         }
         if self.buf.len() < 4 + size {
             self.buf.reserve(4 + size - self.buf.len());
@@ -68,7 +74,8 @@ mod tests {
         let mut d = FrameDecoder::new(1024);
         d.buffer_mut().extend_from_slice(&[0, 0, 0, 3, b'a']);
         assert_eq!(d.next_frame(), Ok(None));
-        d.buffer_mut().extend_from_slice(&[b'b', b'c', 0, 0, 0, 1, b'x']);
+        d.buffer_mut()
+            .extend_from_slice(&[b'b', b'c', 0, 0, 0, 1, b'x']);
         assert_eq!(d.next_frame(), Ok(Some(Bytes::from_static(b"abc"))));
         assert_eq!(d.next_frame(), Ok(Some(Bytes::from_static(b"x"))));
         assert_eq!(d.next_frame(), Ok(None));
@@ -77,7 +84,8 @@ mod tests {
     #[test]
     fn rejects_oversized_and_negative() {
         let mut d = FrameDecoder::new(1024);
-        d.buffer_mut().extend_from_slice(&0x7fff_ffffi32.to_be_bytes());
+        d.buffer_mut()
+            .extend_from_slice(&0x7fff_ffffi32.to_be_bytes());
         assert!(matches!(d.next_frame(), Err(FrameError::TooLarge { .. })));
         let mut d = FrameDecoder::new(1024);
         d.buffer_mut().extend_from_slice(&(-5i32).to_be_bytes());

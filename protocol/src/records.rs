@@ -109,7 +109,10 @@ impl BatchHeader {
             }
         }
         if buf.len() < BATCH_HEADER_LEN {
-            return Err(RecordError::Truncated { have: buf.len(), need: BATCH_HEADER_LEN });
+            return Err(RecordError::Truncated {
+                have: buf.len(),
+                need: BATCH_HEADER_LEN,
+            });
         }
         let batch_length = be_i32(buf, 8);
         if (batch_length as i64) < (BATCH_HEADER_LEN - LOG_OVERHEAD) as i64 {
@@ -177,18 +180,27 @@ impl BatchHeader {
 /// folds with carry-less multiplication (PCLMULQDQ / VPCLMULQDQ) and measured
 /// about twice the `crc32c` crate's SSE4.2 loop on this project's machines.
 pub fn compute_crc(batch: &[u8]) -> u32 {
-    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &batch[CRC_START.min(batch.len())..]) as u32
+    crc_fast::checksum(
+        crc_fast::CrcAlgorithm::Crc32Iscsi,
+        &batch[CRC_START.min(batch.len())..],
+    ) as u32
 }
 
 /// Checks one whole batch: header, exact length and CRC-32C.
 pub fn verify_batch(batch: &[u8]) -> Result<BatchHeader, RecordError> {
     let header = BatchHeader::parse(batch)?;
     if batch.len() != header.total_len() {
-        return Err(RecordError::Truncated { have: batch.len(), need: header.total_len() });
+        return Err(RecordError::Truncated {
+            have: batch.len(),
+            need: header.total_len(),
+        });
     }
     let computed = compute_crc(batch);
     if computed != header.crc {
-        return Err(RecordError::CrcMismatch { stored: header.crc, computed });
+        return Err(RecordError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
     }
     Ok(header)
 }
@@ -196,7 +208,9 @@ pub fn verify_batch(batch: &[u8]) -> Result<BatchHeader, RecordError> {
 /// Splits a produce request's record set into its batches: one or more whole v2
 /// batches with plausible headers and nothing left over. The CRC is not checked
 /// (see [`validate_record_set`]), so callers that validate later pay for it once.
-pub fn parse_record_set(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, RecordError> {
+pub fn parse_record_set(
+    buf: &[u8],
+) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, RecordError> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < buf.len() {
@@ -204,7 +218,10 @@ pub fn parse_record_set(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<
         let header = BatchHeader::parse(rest)?;
         let len = header.total_len();
         if rest.len() < len {
-            return Err(RecordError::Truncated { have: rest.len(), need: len });
+            return Err(RecordError::Truncated {
+                have: rest.len(),
+                need: len,
+            });
         }
         out.push((header, pos..pos + len));
         pos += len;
@@ -214,7 +231,9 @@ pub fn parse_record_set(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<
 
 /// Validates a produce request's record set: one or more whole batches, each with a
 /// good CRC and nothing left over. Returns each batch's header and byte range.
-pub fn validate_record_set(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, RecordError> {
+pub fn validate_record_set(
+    buf: &[u8],
+) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, RecordError> {
     let batches = parse_record_set(buf)?;
     for (_, range) in &batches {
         verify_batch(&buf[range.clone()])?;
@@ -299,7 +318,10 @@ pub struct RecordHeader {
 pub fn decode_records(batch: &Bytes, max_uncompressed: usize) -> Result<Vec<Record>, RecordError> {
     let header = BatchHeader::parse(batch)?;
     if batch.len() < header.total_len() {
-        return Err(RecordError::Truncated { have: batch.len(), need: header.total_len() });
+        return Err(RecordError::Truncated {
+            have: batch.len(),
+            need: header.total_len(),
+        });
     }
     let body = batch.slice(BATCH_HEADER_LEN..header.total_len());
     let body = match header.compression()? {
@@ -320,7 +342,9 @@ pub fn decode_records(batch: &Bytes, max_uncompressed: usize) -> Result<Vec<Reco
     for _ in 0..count {
         let len = read_varint(&mut rest)?;
         if len < 0 || len as usize > rest.len() {
-            return Err(RecordError::Corrupt(format!("record length {len} exceeds the batch")));
+            return Err(RecordError::Corrupt(format!(
+                "record length {len} exceeds the batch"
+            )));
         }
         let start = body.len() - rest.len();
         let mut rec: &[u8] = &rest[..len as usize];
@@ -332,7 +356,9 @@ pub fn decode_records(batch: &Bytes, max_uncompressed: usize) -> Result<Vec<Reco
             }
             let n = n as usize;
             if n > rec.len() {
-                return Err(RecordError::Corrupt("record field exceeds the record".into()));
+                return Err(RecordError::Corrupt(
+                    "record field exceeds the record".into(),
+                ));
             }
             let at = start + (len as usize - rec.len());
             *rec = &rec[n..];
@@ -348,11 +374,14 @@ pub fn decode_records(batch: &Bytes, max_uncompressed: usize) -> Result<Vec<Reco
         let value = field(&mut rec)?;
         let header_count = read_varint(&mut rec)?;
         if header_count < 0 || header_count as usize > rec.len() {
-            return Err(RecordError::Corrupt(format!("record declares {header_count} headers")));
+            return Err(RecordError::Corrupt(format!(
+                "record declares {header_count} headers"
+            )));
         }
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
-            let key = field(&mut rec)?.ok_or_else(|| RecordError::Corrupt("null header key".into()))?;
+            let key =
+                field(&mut rec)?.ok_or_else(|| RecordError::Corrupt("null header key".into()))?;
             let value = field(&mut rec)?;
             headers.push(RecordHeader { key, value });
         }
@@ -429,12 +458,20 @@ impl BatchBuilder {
     }
 
     pub fn transactional(mut self, yes: bool) -> Self {
-        self.attributes_extra = if yes { self.attributes_extra | ATTR_TRANSACTIONAL } else { self.attributes_extra & !ATTR_TRANSACTIONAL };
+        self.attributes_extra = if yes {
+            self.attributes_extra | ATTR_TRANSACTIONAL
+        } else {
+            self.attributes_extra & !ATTR_TRANSACTIONAL
+        };
         self
     }
 
     pub fn control(mut self, yes: bool) -> Self {
-        self.attributes_extra = if yes { self.attributes_extra | ATTR_CONTROL } else { self.attributes_extra & !ATTR_CONTROL };
+        self.attributes_extra = if yes {
+            self.attributes_extra | ATTR_CONTROL
+        } else {
+            self.attributes_extra & !ATTR_CONTROL
+        };
         self
     }
 
@@ -452,7 +489,13 @@ impl BatchBuilder {
     }
 
     /// Adds a record at the next offset delta.
-    pub fn push(&mut self, timestamp: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&[u8], Option<&[u8]>)]) {
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+    ) {
         let delta = self.next_delta;
         self.push_at(delta, timestamp, key, value, headers);
     }
@@ -468,7 +511,8 @@ impl BatchBuilder {
     ) {
         let base_ts = *self.base_timestamp.get_or_insert(timestamp);
         self.max_timestamp = self.max_timestamp.max(timestamp);
-        let mut body = Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
+        let mut body =
+            Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
         body.push(0); // attributes
         write_varlong(&mut body, timestamp - base_ts);
         write_varint(&mut body, offset_delta);
@@ -500,14 +544,18 @@ impl BatchBuilder {
         };
         let mut out = Vec::with_capacity(BATCH_HEADER_LEN + body.len());
         let batch_length = (BATCH_HEADER_LEN - LOG_OVERHEAD + body.len()) as i32;
-        let last_offset_delta = self.last_offset_delta.unwrap_or((self.next_delta - 1).max(0));
+        let last_offset_delta = self
+            .last_offset_delta
+            .unwrap_or((self.next_delta - 1).max(0));
         let base_ts = self.base_timestamp.unwrap_or(-1);
         out.extend_from_slice(&self.base_offset.to_be_bytes());
         out.extend_from_slice(&batch_length.to_be_bytes());
         out.extend_from_slice(&self.partition_leader_epoch.to_be_bytes());
         out.push(2);
         out.extend_from_slice(&[0u8; 4]); // CRC, filled below
-        out.extend_from_slice(&(self.attributes_extra | i16::from(self.compression.id())).to_be_bytes());
+        out.extend_from_slice(
+            &(self.attributes_extra | i16::from(self.compression.id())).to_be_bytes(),
+        );
         out.extend_from_slice(&last_offset_delta.to_be_bytes());
         out.extend_from_slice(&base_ts.to_be_bytes());
         out.extend_from_slice(&self.max_timestamp.max(base_ts).to_be_bytes());
@@ -527,12 +575,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    type RecSpec = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(Vec<u8>, Option<Vec<u8>>)>);
+    type RecSpec = (
+        i64,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    );
 
     fn build(codec: Compression, recs: &[RecSpec]) -> Vec<u8> {
         let mut b = BatchBuilder::new(codec).base_offset(100);
         for (ts, k, v, h) in recs {
-            let hs: Vec<(&[u8], Option<&[u8]>)> = h.iter().map(|(k, v)| (k.as_slice(), v.as_deref())).collect();
+            let hs: Vec<(&[u8], Option<&[u8]>)> = h
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                .collect();
             b.push(*ts, k.as_deref(), v.as_deref(), &hs);
         }
         b.build().unwrap()
@@ -544,7 +600,10 @@ mod tests {
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
             proptest::collection::vec(
-                (proptest::collection::vec(any::<u8>(), 0..8), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8))),
+                (
+                    proptest::collection::vec(any::<u8>(), 0..8),
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+                ),
                 0..3,
             ),
         )
@@ -607,10 +666,16 @@ mod tests {
 
     #[test]
     fn crc_flip_is_detected() {
-        let mut batch = build(Compression::None, &[(1, Some(b"k".to_vec()), Some(b"v".to_vec()), vec![])]);
+        let mut batch = build(
+            Compression::None,
+            &[(1, Some(b"k".to_vec()), Some(b"v".to_vec()), vec![])],
+        );
         let last = batch.len() - 1;
         batch[last] ^= 1;
-        assert!(matches!(verify_batch(&batch), Err(RecordError::CrcMismatch { .. })));
+        assert!(matches!(
+            verify_batch(&batch),
+            Err(RecordError::CrcMismatch { .. })
+        ));
         assert!(validate_record_set(&batch).is_err());
     }
 
@@ -624,24 +689,37 @@ mod tests {
         set_log_append_time(&mut batch, 99);
         let h = verify_batch(&batch).unwrap();
         assert_eq!(h.timestamp_type(), TimestampType::LogAppendTime);
-        assert_eq!(decode_records(&Bytes::from(batch), 1 << 20).unwrap()[0].timestamp, 99);
+        assert_eq!(
+            decode_records(&Bytes::from(batch), 1 << 20).unwrap()[0].timestamp,
+            99
+        );
     }
 
     #[test]
     fn old_magic_is_named() {
         let mut batch = build(Compression::None, &[(1, None, None, vec![])]);
         batch[16] = 1;
-        assert!(matches!(BatchHeader::parse(&batch), Err(RecordError::UnsupportedMagic(1))));
+        assert!(matches!(
+            BatchHeader::parse(&batch),
+            Err(RecordError::UnsupportedMagic(1))
+        ));
     }
 
     #[test]
     fn several_batches_in_one_record_set() {
         let mut set = build(Compression::None, &[(1, None, Some(b"a".to_vec()), vec![])]);
-        set.extend(build(Compression::Gzip, &[(2, None, Some(b"b".to_vec()), vec![])]));
+        set.extend(build(
+            Compression::Gzip,
+            &[(2, None, Some(b"b".to_vec()), vec![])],
+        ));
         assert_eq!(validate_record_set(&set).unwrap().len(), 2);
         let mut partial = set.clone();
         partial.truncate(set.len() - 3);
         assert!(validate_record_set(&partial).is_err());
-        assert_eq!(batches(&partial).count(), 1, "a partial trailing batch ends iteration");
+        assert_eq!(
+            batches(&partial).count(),
+            1,
+            "a partial trailing batch ends iteration"
+        );
     }
 }

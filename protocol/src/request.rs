@@ -16,9 +16,20 @@ pub enum RequestError {
     #[error("unknown API key {api_key} (correlation id {correlation_id})")]
     UnknownApiKey { api_key: i16, correlation_id: i32 },
     #[error("unsupported version {version} of {api_key:?} (correlation id {correlation_id})")]
-    UnsupportedVersion { api_key: ApiKey, version: i16, correlation_id: i32 },
-    #[error("malformed {api_key:?} v{version} request (correlation id {correlation_id}): {reason}")]
-    Malformed { api_key: ApiKey, version: i16, correlation_id: i32, reason: String },
+    UnsupportedVersion {
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+    },
+    #[error(
+        "malformed {api_key:?} v{version} request (correlation id {correlation_id}): {reason}"
+    )]
+    Malformed {
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+        reason: String,
+    },
     #[error("malformed request header: {0}")]
     MalformedHeader(String),
 }
@@ -97,8 +108,13 @@ pub fn decode_request(
         correlation_id: prefix.correlation_id,
         reason,
     };
-    let body = RequestKind::decode(api_key, &mut frame, prefix.api_version).map_err(|e| malformed(e.to_string()))?;
-    Ok(DecodedRequest { api_key, header, body })
+    let body = RequestKind::decode(api_key, &mut frame, prefix.api_version)
+        .map_err(|e| malformed(e.to_string()))?;
+    Ok(DecodedRequest {
+        api_key,
+        header,
+        body,
+    })
 }
 
 /// Encodes a response frame, size prefix included.
@@ -110,13 +126,19 @@ pub fn encode_response(
 ) -> Result<Bytes, String> {
     // ApiVersions responses always use header v0 so that a client that asked with
     // a version the broker does not know can still read the error.
-    let header_version =
-        if api_key == ApiKey::ApiVersions { 0 } else { api_key.response_header_version(version) };
+    let header_version = if api_key == ApiKey::ApiVersions {
+        0
+    } else {
+        api_key.response_header_version(version)
+    };
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0);
-    header.encode(&mut buf, header_version).map_err(|e| e.to_string())?;
-    body.encode(&mut buf, version).map_err(|e| format!("encoding {api_key:?} v{version}: {e}"))?;
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|e| e.to_string())?;
+    body.encode(&mut buf, version)
+        .map_err(|e| format!("encoding {api_key:?} v{version}: {e}"))?;
     let len = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.freeze())
@@ -124,12 +146,16 @@ pub fn encode_response(
 
 /// Client side: encodes a request frame, size prefix included.
 pub fn encode_request(header: &RequestHeader, body: &RequestKind) -> Result<Bytes, String> {
-    let api_key = ApiKey::try_from(header.request_api_key).map_err(|_| "unknown api key".to_string())?;
+    let api_key =
+        ApiKey::try_from(header.request_api_key).map_err(|_| "unknown api key".to_string())?;
     let version = header.request_api_version;
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0);
-    header.encode(&mut buf, api_key.request_header_version(version)).map_err(|e| e.to_string())?;
-    body.encode(&mut buf, version).map_err(|e| format!("encoding {api_key:?} v{version}: {e}"))?;
+    header
+        .encode(&mut buf, api_key.request_header_version(version))
+        .map_err(|e| e.to_string())?;
+    body.encode(&mut buf, version)
+        .map_err(|e| format!("encoding {api_key:?} v{version}: {e}"))?;
     let len = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.freeze())
@@ -137,9 +163,16 @@ pub fn encode_request(header: &RequestHeader, body: &RequestKind) -> Result<Byte
 
 /// Client side: decodes a response frame (without size prefix) for a request of
 /// `api_key` at `version`. Returns the correlation id and the body.
-pub fn decode_response(mut frame: Bytes, api_key: ApiKey, version: i16) -> Result<(i32, ResponseKind), String> {
-    let header_version =
-        if api_key == ApiKey::ApiVersions { 0 } else { api_key.response_header_version(version) };
+pub fn decode_response(
+    mut frame: Bytes,
+    api_key: ApiKey,
+    version: i16,
+) -> Result<(i32, ResponseKind), String> {
+    let header_version = if api_key == ApiKey::ApiVersions {
+        0
+    } else {
+        api_key.response_header_version(version)
+    };
     if frame.remaining() < 4 {
         return Err("response too short".into());
     }
@@ -190,33 +223,67 @@ mod tests {
         use kafka_protocol::messages::*;
         let topic = || TopicName(StrBytes::from_static_str("orders"));
         let bodies: Vec<(ApiKey, RequestKind, std::ops::RangeInclusive<i16>)> = vec![
-            (ApiKey::Metadata, RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
-                metadata_request::MetadataRequestTopic::default().with_name(Some(topic())),
-            ]))), 0..=13),
-            (ApiKey::Produce, RequestKind::Produce(ProduceRequest::default().with_acks(-1).with_topic_data(vec![
-                produce_request::TopicProduceData::default().with_name(topic()).with_partition_data(vec![
-                    produce_request::PartitionProduceData::default().with_records(Some(Bytes::from_static(&[0u8; 70]))),
-                ]),
-            ])), 3..=12),
-            (ApiKey::Fetch, RequestKind::Fetch(FetchRequest::default().with_topics(vec![
+            (
+                ApiKey::Metadata,
+                RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
+                    metadata_request::MetadataRequestTopic::default().with_name(Some(topic())),
+                ]))),
+                0..=13,
+            ),
+            (
+                ApiKey::Produce,
+                RequestKind::Produce(ProduceRequest::default().with_acks(-1).with_topic_data(
+                    vec![produce_request::TopicProduceData::default()
+                            .with_name(topic())
+                            .with_partition_data(vec![
+                                produce_request::PartitionProduceData::default()
+                                    .with_records(Some(Bytes::from_static(&[0u8; 70]))),
+                            ])],
+                )),
+                3..=12,
+            ),
+            (
+                ApiKey::Fetch,
+                RequestKind::Fetch(FetchRequest::default().with_topics(vec![
                 fetch_request::FetchTopic::default().with_topic(topic()).with_partitions(vec![
                     fetch_request::FetchPartition::default().with_fetch_offset(5),
                 ]),
-            ])), 4..=12),
-            (ApiKey::CreateTopics, RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(vec![
-                create_topics_request::CreatableTopic::default().with_name(topic()).with_num_partitions(3).with_configs(vec![
-                    create_topics_request::CreatableTopicConfig::default()
-                        .with_name(StrBytes::from_static_str("retention.ms"))
-                        .with_value(Some(StrBytes::from_static_str("1000"))),
-                ]),
-            ])), 2..=7),
-            (ApiKey::JoinGroup, RequestKind::JoinGroup(JoinGroupRequest::default()
-                .with_group_id(GroupId(StrBytes::from_static_str("g")))
-                .with_protocol_type(StrBytes::from_static_str("consumer"))
-                .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default()
-                    .with_name(StrBytes::from_static_str("range"))
-                    .with_metadata(Bytes::from_static(b"meta"))])), 0..=9),
-            (ApiKey::ApiVersions, RequestKind::ApiVersions(ApiVersionsRequest::default()), 0..=4),
+            ])),
+                4..=12,
+            ),
+            (
+                ApiKey::CreateTopics,
+                RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(vec![
+                        create_topics_request::CreatableTopic::default()
+                            .with_name(topic())
+                            .with_num_partitions(3)
+                            .with_configs(vec![
+                                create_topics_request::CreatableTopicConfig::default()
+                                    .with_name(StrBytes::from_static_str("retention.ms"))
+                                    .with_value(Some(StrBytes::from_static_str("1000"))),
+                            ]),
+                    ])),
+                2..=7,
+            ),
+            (
+                ApiKey::JoinGroup,
+                RequestKind::JoinGroup(
+                    JoinGroupRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                        .with_protocol_type(StrBytes::from_static_str("consumer"))
+                        .with_protocols(vec![
+                            join_group_request::JoinGroupRequestProtocol::default()
+                                .with_name(StrBytes::from_static_str("range"))
+                                .with_metadata(Bytes::from_static(b"meta")),
+                        ]),
+                ),
+                0..=9,
+            ),
+            (
+                ApiKey::ApiVersions,
+                RequestKind::ApiVersions(ApiVersionsRequest::default()),
+                0..=4,
+            ),
         ];
         let mut frames = Vec::new();
         for (key, body, versions) in bodies {

@@ -494,11 +494,24 @@ impl Log {
     /// base offset is `max_offset` or more (the high watermark), and returns each
     /// segment's run of adjacent batches as ONE `Bytes` slice of the map, so that a
     /// fetch response can carry them without copying batch by batch.
-    pub fn read_for_fetch(&self, offset: i64, max_bytes: usize, min_one: bool, max_offset: i64) -> Result<ReadResult> {
+    pub fn read_for_fetch(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        max_offset: i64,
+    ) -> Result<ReadResult> {
         self.read_batches(offset, max_bytes, min_one, max_offset, true)
     }
 
-    fn read_batches(&self, offset: i64, max_bytes: usize, min_one: bool, max_offset: i64, coalesce: bool) -> Result<ReadResult> {
+    fn read_batches(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        max_offset: i64,
+        coalesce: bool,
+    ) -> Result<ReadResult> {
         let st = self.state.read();
         let mut out = ReadResult {
             batches: Vec::new(),

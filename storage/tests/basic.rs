@@ -62,18 +62,46 @@ fn read_for_fetch_coalesces_each_segment_and_stops_at_the_bound() {
     assert!(log.segment_count() > 2);
     let whole: Vec<u8> = log.read(3, usize::MAX, false).unwrap().batches.concat();
     let fetched = log.read_for_fetch(3, usize::MAX, false, i64::MAX).unwrap();
-    assert_eq!(fetched.batches.len(), log.segment_count(), "one slice per segment");
-    assert_eq!(fetched.batches.concat(), whole, "same bytes as batch by batch");
+    assert_eq!(
+        fetched.batches.len(),
+        log.segment_count(),
+        "one slice per segment"
+    );
+    assert_eq!(
+        fetched.batches.concat(),
+        whole,
+        "same bytes as batch by batch"
+    );
     let first = weir_protocol::records::BatchHeader::parse(&fetched.batches[0]).unwrap();
-    assert_eq!(first.base_offset, 2, "starts with the batch holding offset 3");
+    assert_eq!(
+        first.base_offset, 2,
+        "starts with the batch holding offset 3"
+    );
     // Nothing at or past max_offset (the high watermark) is served.
-    let bounded = log.read_for_fetch(0, usize::MAX, false, 9).unwrap().batches.concat();
-    let last = weir_protocol::records::batches(&bounded).map(|b| b.unwrap().0.last_offset()).max();
-    assert_eq!(last, Some(9), "the batch starting at 8 (below 9) is included, the one at 10 is not");
+    let bounded = log
+        .read_for_fetch(0, usize::MAX, false, 9)
+        .unwrap()
+        .batches
+        .concat();
+    let last = weir_protocol::records::batches(&bounded)
+        .map(|b| b.unwrap().0.last_offset())
+        .max();
+    assert_eq!(
+        last,
+        Some(9),
+        "the batch starting at 8 (below 9) is included, the one at 10 is not"
+    );
     // max_bytes still holds, with KIP-74's at-least-one.
     let one = log.read_for_fetch(0, 10, true, i64::MAX).unwrap();
-    assert_eq!(weir_protocol::records::batches(&one.batches.concat()).count(), 1);
-    assert!(log.read_for_fetch(0, 10, false, i64::MAX).unwrap().batches.is_empty());
+    assert_eq!(
+        weir_protocol::records::batches(&one.batches.concat()).count(),
+        1
+    );
+    assert!(log
+        .read_for_fetch(0, 10, false, i64::MAX)
+        .unwrap()
+        .batches
+        .is_empty());
 }
 
 #[test]

@@ -41,7 +41,6 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const OFFSETS_TOPIC_PARTITIONS: i32 = 1;
 const TICK: Duration = Duration::from_millis(100);
 
-
 /// Offsets whose durability an answer waits for.
 #[derive(Default)]
 pub struct Durable {

@@ -48,20 +48,33 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 const REFUSED_BELOW: &[(ApiKey, i16)] = &[(ApiKey::Produce, 3)];
 
 pub fn advertised(key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED.iter().find(|(k, _, _)| *k == key).map(|(_, min, max)| (*min, *max))
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, min, max)| (*min, *max))
 }
 
 /// True when a request of this version can be decoded and handled.
 pub fn handles(key: ApiKey, version: i16) -> bool {
-    let Some((min, max)) = advertised(key) else { return false };
-    let floor = REFUSED_BELOW.iter().find(|(k, _)| *k == key).map_or(min, |(_, v)| *v);
+    let Some((min, max)) = advertised(key) else {
+        return false;
+    };
+    let floor = REFUSED_BELOW
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(min, |(_, v)| *v);
     version >= floor.max(min) && version <= max
 }
 
 pub fn response(error: Option<ResponseError>) -> ApiVersionsResponse {
     let api_keys = SUPPORTED
         .iter()
-        .map(|(key, min, max)| ApiVersion::default().with_api_key(*key as i16).with_min_version(*min).with_max_version(*max))
+        .map(|(key, min, max)| {
+            ApiVersion::default()
+                .with_api_key(*key as i16)
+                .with_min_version(*min)
+                .with_max_version(*max)
+        })
         .collect();
     // Tagged fields keep their defaults (and are thus left out on the wire, as
     // Apache Kafka does): librdkafka 2.0.2 fails the handshake otherwise.

@@ -74,17 +74,18 @@ pub fn handle(
 }
 
 fn describe(broker: &Broker, resource: &DescribeConfigsResource) -> Result<Vec<Entry>, TopicError> {
-    let mut entries =
-        match resource.resource_type {
-            RESOURCE_TOPIC => topic_entries(broker, resource.resource_name.as_str())?,
-            RESOURCE_BROKER => broker_entries(broker, resource.resource_name.as_str())?,
-            other => return Err((
+    let mut entries = match resource.resource_type {
+        RESOURCE_TOPIC => topic_entries(broker, resource.resource_name.as_str())?,
+        RESOURCE_BROKER => broker_entries(broker, resource.resource_name.as_str())?,
+        other => {
+            return Err((
                 ResponseError::InvalidRequest,
                 format!(
                     "resource type {other} is not supported; only topics (2) and brokers (4) are"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     // A null or empty key list means every config.
     if let Some(keys) = resource
         .configuration_keys

@@ -55,14 +55,27 @@ pub fn handle(broker: Arc<Broker>, ctx: &RequestContext, req: FetchRequest) -> P
 async fn fetch(broker: Arc<Broker>, version: i16, req: FetchRequest) -> FetchResponse {
     let requested = resolve_targets(&broker, &req);
     // Sessions exist from v7 on; older requests are always sessionless.
-    let sessions = if version >= 7 { session_targets(&broker, &req, requested) } else { Ok((Mode::Sessionless, requested)) };
+    let sessions = if version >= 7 {
+        session_targets(&broker, &req, requested)
+    } else {
+        Ok((Mode::Sessionless, requested))
+    };
     let (mode, targets) = match sessions {
         Ok(x) => x,
-        Err(e) => return FetchResponse::default().with_error_code(e.code()).with_session_id(0),
+        Err(e) => {
+            return FetchResponse::default()
+                .with_error_code(e.code())
+                .with_session_id(0)
+        }
     };
-    let max_bytes = if req.max_bytes <= 0 { i32::MAX } else { req.max_bytes } as usize;
+    let max_bytes = if req.max_bytes <= 0 {
+        i32::MAX
+    } else {
+        req.max_bytes
+    } as usize;
     let min_bytes = req.min_bytes.max(0) as usize;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let reads = loop {
         let waiter = Arc::new(Notify::new());
         for t in &targets {
@@ -76,7 +89,10 @@ async fn fetch(broker: Arc<Broker>, version: i16, req: FetchRequest) -> FetchRes
         if bytes >= min_bytes.max(1) || any_error || tokio::time::Instant::now() >= deadline {
             break reads;
         }
-        if tokio::time::timeout_at(deadline, waiter.notified()).await.is_err() {
+        if tokio::time::timeout_at(deadline, waiter.notified())
+            .await
+            .is_err()
+        {
             // Timed out: one last read so that data that arrived just now is served.
             break read_all(&broker, &targets, max_bytes);
         }
@@ -94,14 +110,22 @@ async fn fetch(broker: Arc<Broker>, version: i16, req: FetchRequest) -> FetchRes
         if session_id != 0 {
             let partition_key = (read.target.topic.clone(), read.target.partition);
             if incremental && read.records.is_empty() && read.error.is_none() {
-                let unchanged = broker
-                    .fetch_sessions
-                    .with_peek(session_id, &partition_key, read.high_watermark, read.log_start);
+                let unchanged = broker.fetch_sessions.with_peek(
+                    session_id,
+                    &partition_key,
+                    read.high_watermark,
+                    read.log_start,
+                );
                 if unchanged {
                     continue;
                 }
             }
-            broker.fetch_sessions.record_sent(session_id, &partition_key, read.high_watermark, read.log_start);
+            broker.fetch_sessions.record_sent(
+                session_id,
+                &partition_key,
+                read.high_watermark,
+                read.log_start,
+            );
         }
         Metrics::add(&broker.metrics.fetched_bytes, read.records.len() as u64);
         let data = PartitionData::default()
@@ -110,7 +134,11 @@ async fn fetch(broker: Arc<Broker>, version: i16, req: FetchRequest) -> FetchRes
             .with_high_watermark(read.high_watermark)
             .with_last_stable_offset(read.high_watermark)
             .with_log_start_offset(read.log_start)
-            .with_aborted_transactions(if read_committed { Some(Vec::new()) } else { None })
+            .with_aborted_transactions(if read_committed {
+                Some(Vec::new())
+            } else {
+                None
+            })
             .with_preferred_read_replica(BrokerId(-1))
             .with_records(Some(read.records));
         if !by_topic.contains_key(&key) {
@@ -132,7 +160,9 @@ async fn fetch(broker: Arc<Broker>, version: i16, req: FetchRequest) -> FetchRes
             Some(topic)
         })
         .collect();
-    FetchResponse::default().with_session_id(session_id).with_responses(responses)
+    FetchResponse::default()
+        .with_session_id(session_id)
+        .with_responses(responses)
 }
 
 fn resolve_targets(broker: &Broker, req: &FetchRequest) -> Vec<Target> {
@@ -145,7 +175,11 @@ fn resolve_targets(broker: &Broker, req: &FetchRequest) -> Vec<Target> {
         } else {
             match broker.meta.topic_name_by_id(&topic.topic_id) {
                 Some(name) => (name, topic.topic_id, None),
-                None => (String::new(), topic.topic_id, Some(ResponseError::UnknownTopicId)),
+                None => (
+                    String::new(),
+                    topic.topic_id,
+                    Some(ResponseError::UnknownTopicId),
+                ),
             }
         };
         for p in &topic.partitions {
@@ -164,7 +198,11 @@ fn resolve_targets(broker: &Broker, req: &FetchRequest) -> Vec<Target> {
 
 /// Applies KIP-227: which partitions this fetch covers, creating, updating or
 /// closing the client's session as the (session id, epoch) pair says.
-fn session_targets(broker: &Broker, req: &FetchRequest, requested: Vec<Target>) -> Result<(Mode, Vec<Target>), ResponseError> {
+fn session_targets(
+    broker: &Broker,
+    req: &FetchRequest,
+    requested: Vec<Target>,
+) -> Result<(Mode, Vec<Target>), ResponseError> {
     let sessions = &broker.fetch_sessions;
     match (req.session_id, req.session_epoch) {
         (0, -1) => Ok((Mode::Sessionless, requested)),
@@ -191,7 +229,14 @@ fn session_targets(broker: &Broker, req: &FetchRequest, requested: Vec<Target>) 
                 })
                 .collect();
             let session_id = sessions.create(parts);
-            Ok((if session_id == 0 { Mode::Sessionless } else { Mode::Full { session_id } }, requested))
+            Ok((
+                if session_id == 0 {
+                    Mode::Sessionless
+                } else {
+                    Mode::Full { session_id }
+                },
+                requested,
+            ))
         }
         (id, epoch) => {
             let forgotten: Vec<(String, i32)> = req
@@ -204,7 +249,8 @@ fn session_targets(broker: &Broker, req: &FetchRequest, requested: Vec<Target>) 
                         broker.meta.topic_name_by_id(&f.topic_id)
                     };
                     let parts = f.partitions.clone();
-                    name.into_iter().flat_map(move |n| parts.clone().into_iter().map(move |p| (n.clone(), p)))
+                    name.into_iter()
+                        .flat_map(move |n| parts.clone().into_iter().map(move |p| (n.clone(), p)))
                 })
                 .collect();
             let mut errors = Vec::new();
@@ -217,13 +263,16 @@ fn session_targets(broker: &Broker, req: &FetchRequest, requested: Vec<Target>) 
                         errors.push(t.clone());
                         continue;
                     }
-                    let entry = session.partitions.entry((t.topic.clone(), t.partition)).or_insert(SessionPartition {
-                        topic_id: t.topic_id,
-                        fetch_offset: t.fetch_offset,
-                        max_bytes: t.max_bytes,
-                        last_high_watermark: -1,
-                        last_log_start: -1,
-                    });
+                    let entry = session
+                        .partitions
+                        .entry((t.topic.clone(), t.partition))
+                        .or_insert(SessionPartition {
+                            topic_id: t.topic_id,
+                            fetch_offset: t.fetch_offset,
+                            max_bytes: t.max_bytes,
+                            last_high_watermark: -1,
+                            last_log_start: -1,
+                        });
                     entry.fetch_offset = t.fetch_offset;
                     entry.max_bytes = t.max_bytes;
                 }

@@ -5,7 +5,9 @@ use super::RequestContext;
 use crate::metadata::{validate_topic_name, TopicMeta};
 use crate::state::Broker;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
@@ -18,8 +20,18 @@ pub fn handle(broker: &Broker, ctx: &RequestContext, req: MetadataRequest) -> Me
     let client_allows_create = version < 4 || req.allow_auto_topic_creation;
     let topics = match req.topics {
         // v0: an empty list means all topics; v1+: null means all topics.
-        None => broker.meta.topics().iter().map(|t| topic_entry(broker, t)).collect(),
-        Some(list) if list.is_empty() && version == 0 => broker.meta.topics().iter().map(|t| topic_entry(broker, t)).collect(),
+        None => broker
+            .meta
+            .topics()
+            .iter()
+            .map(|t| topic_entry(broker, t))
+            .collect(),
+        Some(list) if list.is_empty() && version == 0 => broker
+            .meta
+            .topics()
+            .iter()
+            .map(|t| topic_entry(broker, t))
+            .collect(),
         Some(list) => list
             .into_iter()
             .map(|requested| {
@@ -58,7 +70,11 @@ fn error_entry(name: &str, error: ResponseError) -> MetadataResponseTopic {
         .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED)
 }
 
-fn lookup_or_create(broker: &Broker, name: &str, client_allows_create: bool) -> MetadataResponseTopic {
+fn lookup_or_create(
+    broker: &Broker,
+    name: &str,
+    client_allows_create: bool,
+) -> MetadataResponseTopic {
     if let Some(topic) = broker.topic(name) {
         return topic_entry(broker, &topic);
     }
@@ -81,7 +97,9 @@ fn topic_entry(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
     let node = BrokerId(broker.node_id());
     let partitions = (0..topic.partitions)
         .map(|index| {
-            let epoch = broker.partition(&topic.name, index).map_or(0, |p| p.leader_epoch);
+            let epoch = broker
+                .partition(&topic.name, index)
+                .map_or(0, |p| p.leader_epoch);
             MetadataResponsePartition::default()
                 .with_partition_index(index)
                 .with_leader_id(node)

@@ -5,7 +5,7 @@
 use super::{Pending, RequestContext};
 use crate::metadata::now_ms;
 use crate::metrics::Metrics;
-use crate::partition::{Appended, AppendError};
+use crate::partition::{AppendError, Appended};
 use crate::state::Broker;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -26,7 +26,8 @@ struct PartitionOutcome {
 pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequest) -> Pending {
     let acks = req.acks;
     let now = now_ms();
-    let mut topics: Vec<(TopicName, Uuid, Vec<PartitionOutcome>)> = Vec::with_capacity(req.topic_data.len());
+    let mut topics: Vec<(TopicName, Uuid, Vec<PartitionOutcome>)> =
+        Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
         let name = if topic.topic_id.is_nil() {
             Some(topic.name.0.to_string())
@@ -80,10 +81,16 @@ fn append_one(
     now: i64,
 ) -> Result<Appended, AppendError> {
     if crate::metadata::is_internal_topic(topic) {
-        return Err((ResponseError::InvalidTopicException, format!("cannot append to internal topic {topic}")));
+        return Err((
+            ResponseError::InvalidTopicException,
+            format!("cannot append to internal topic {topic}"),
+        ));
     }
     let partition = broker.partition(topic, index).ok_or_else(|| {
-        (ResponseError::UnknownTopicOrPartition, format!("this server does not host {topic}-{index}"))
+        (
+            ResponseError::UnknownTopicOrPartition,
+            format!("this server does not host {topic}-{index}"),
+        )
     })?;
     if acks == -1 {
         let min_isr = partition.config.read().min_insync_replicas();
@@ -98,7 +105,9 @@ fn append_one(
     let records = records.ok_or((ResponseError::CorruptMessage, "null record set".to_string()))?;
     let size = records.len();
     // The frame buffer is usually ours alone, so this takes it without a copy.
-    let mut buf = records.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    let mut buf = records
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
     let appended = partition.append(&mut buf, now)?;
     if appended.wrote {
         Metrics::add(&broker.metrics.produced_bytes, size as u64);
@@ -112,7 +121,9 @@ fn append_one(
 async fn wait_durable(topics: &mut [(TopicName, Uuid, Vec<PartitionOutcome>)]) {
     for (_, _, outcomes) in topics.iter_mut() {
         for outcome in outcomes.iter_mut() {
-            let Some((log, offset)) = outcome.durable.take() else { continue };
+            let Some((log, offset)) = outcome.durable.take() else {
+                continue;
+            };
             let synced = tokio::task::spawn_blocking(move || log.wait_durable(offset)).await;
             let failure = match synced {
                 Ok(Ok(())) => None,
@@ -127,7 +138,10 @@ async fn wait_durable(topics: &mut [(TopicName, Uuid, Vec<PartitionOutcome>)]) {
     }
 }
 
-fn response(topics: Vec<(TopicName, Uuid, Vec<PartitionOutcome>)>, version: i16) -> ProduceResponse {
+fn response(
+    topics: Vec<(TopicName, Uuid, Vec<PartitionOutcome>)>,
+    version: i16,
+) -> ProduceResponse {
     let responses = topics
         .into_iter()
         .map(|(name, topic_id, outcomes)| {
@@ -145,11 +159,16 @@ fn response(topics: Vec<(TopicName, Uuid, Vec<PartitionOutcome>)>, version: i16)
                             .with_base_offset(-1)
                             .with_log_append_time_ms(-1)
                             .with_log_start_offset(-1)
-                            .with_error_message((version >= 8).then(|| StrBytes::from_string(message))),
+                            .with_error_message(
+                                (version >= 8).then(|| StrBytes::from_string(message)),
+                            ),
                     }
                 })
                 .collect();
-            TopicProduceResponse::default().with_name(name).with_topic_id(topic_id).with_partition_responses(partition_responses)
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_topic_id(topic_id)
+                .with_partition_responses(partition_responses)
         })
         .collect();
     ProduceResponse::default().with_responses(responses)
