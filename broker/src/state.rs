@@ -23,7 +23,9 @@ pub struct Broker {
     pub metrics: Metrics,
     /// Consumer groups and committed offsets.
     pub groups: crate::coordinator::GroupCoordinator,
-    partitions: RwLock<HashMap<(String, i32), Arc<Partition>>>,
+    /// Topic -> partition index -> partition. Keyed by topic first so that the
+    /// per-request lookup borrows the name instead of allocating a key.
+    partitions: RwLock<HashMap<String, HashMap<i32, Arc<Partition>>>>,
 }
 
 impl Broker {
@@ -87,7 +89,9 @@ impl Broker {
             let partition = Arc::new(Partition::new(&topic.name, index, log, effective.clone()));
             self.partitions
                 .write()
-                .insert((topic.name.clone(), index), partition);
+                .entry(topic.name.clone())
+                .or_default()
+                .insert(index, partition);
         }
         Ok(())
     }
@@ -97,10 +101,7 @@ impl Broker {
     }
 
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
-        self.partitions
-            .read()
-            .get(&(topic.to_string(), index))
-            .cloned()
+        self.partitions.read().get(topic)?.get(&index).cloned()
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicMeta> {
@@ -215,10 +216,11 @@ impl Broker {
         self.meta
             .delete_topic(name)
             .map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))?;
+        let removed = self.partitions.write().remove(name).unwrap_or_default();
+        for p in removed.values() {
+            p.wake_waiters();
+        }
         for index in 0..topic.partitions {
-            if let Some(p) = self.partitions.write().remove(&(name.to_string(), index)) {
-                p.wake_waiters();
-            }
             if let Err(e) = self.logs.remove(name, index) {
                 tracing::error!(topic = name, partition = index, error = %e, "removing a deleted topic's log");
             }

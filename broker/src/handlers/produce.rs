@@ -5,7 +5,7 @@
 use super::{Pending, RequestContext};
 use crate::metadata::now_ms;
 use crate::metrics::Metrics;
-use crate::partition::{AppendError, Appended};
+use crate::partition::{AppendError, Appended, Partition};
 use crate::state::Broker;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -38,20 +38,21 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequest) -
             .partition_data
             .into_iter()
             .map(|p| {
-                let result = if !matches!(acks, -1 | 0 | 1) {
-                    Err((ResponseError::InvalidRequiredAcks, format!("acks={acks} is not 0, 1 or -1")))
+                let (result, durable) = if !matches!(acks, -1 | 0 | 1) {
+                    let message = format!("acks={acks} is not 0, 1 or -1");
+                    (Err((ResponseError::InvalidRequiredAcks, message)), None)
                 } else {
                     match &name {
-                        Some(name) => append_one(broker, name, p.index, p.records, acks, now),
-                        None => Err((ResponseError::UnknownTopicId, "unknown topic id".to_string())),
+                        Some(name) => match append_one(broker, name, p.index, p.records, acks, now) {
+                            Ok((a, partition)) => {
+                                let must_sync = acks == -1 || partition.config.read().flush_every_append();
+                                let durable = (a.wrote && must_sync).then(|| (partition.log.clone(), a.last_offset));
+                                (Ok(a), durable)
+                            }
+                            Err(e) => (Err(e), None),
+                        },
+                        None => (Err((ResponseError::UnknownTopicId, "unknown topic id".to_string())), None),
                     }
-                };
-                let durable = match (&result, &name) {
-                    (Ok(a), Some(name)) if a.wrote => broker.partition(name, p.index).and_then(|part| {
-                        let must_sync = acks == -1 || part.config.read().flush_every_append();
-                        must_sync.then(|| (part.log.clone(), a.last_offset))
-                    }),
-                    _ => None,
                 };
                 if let Err((code, message)) = &result {
                     Metrics::inc(&broker.metrics.produce_errors);
@@ -79,7 +80,7 @@ fn append_one(
     records: Option<Bytes>,
     acks: i16,
     now: i64,
-) -> Result<Appended, AppendError> {
+) -> Result<(Appended, Arc<Partition>), AppendError> {
     if crate::metadata::is_internal_topic(topic) {
         return Err((
             ResponseError::InvalidTopicException,
@@ -113,7 +114,7 @@ fn append_one(
         Metrics::add(&broker.metrics.produced_bytes, size as u64);
         Metrics::inc(&broker.metrics.produced_batches);
     }
-    Ok(appended)
+    Ok((appended, partition))
 }
 
 /// Waits for every partition that needs it to be fsync'd; the storage engine
