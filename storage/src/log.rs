@@ -199,7 +199,7 @@ impl Log {
         let mut batches = validate(record_set)?;
         let config = self.config();
         let now = now_ms();
-        let mut st = self.state.write();
+        let st = self.state.write();
         if st.closed {
             return Err(self.closed_err());
         }
@@ -214,29 +214,15 @@ impl Log {
             next = h.last_offset() + 1;
         }
         let last_offset = next - 1;
-        self.append_locked(
-            &mut st,
+        self.write_appended(
+            st,
             record_set,
             &batches,
             base_offset,
             last_offset,
             &config,
             now,
-        )?;
-        let log_start_offset = st.log_start;
-        drop(st);
-        self.after_append(last_offset, &config, now)?;
-        let max_timestamp = batches
-            .iter()
-            .map(|(h, _)| h.max_timestamp)
-            .max()
-            .unwrap_or(-1);
-        Ok(AppendInfo {
-            base_offset,
-            last_offset,
-            max_timestamp,
-            log_start_offset,
-        })
+        )
     }
 
     /// Appends batches that already carry their offsets (replication). The first must
@@ -245,7 +231,7 @@ impl Log {
         let batches = validate(record_set)?;
         let config = self.config();
         let now = now_ms();
-        let mut st = self.state.write();
+        let st = self.state.write();
         if st.closed {
             return Err(self.closed_err());
         }
@@ -263,18 +249,42 @@ impl Log {
         let (first, _) = &batches[0];
         let base_offset = first.base_offset;
         let last_offset = expected - 1;
-        self.append_locked(
-            &mut st,
+        self.write_appended(
+            st,
             record_set,
             &batches,
             base_offset,
             last_offset,
             &config,
             now,
+        )
+    }
+
+    /// Writes validated batches holding `base_offset..=last_offset` under the write
+    /// lock, then runs the post-append work (flush policy, roll) without it.
+    #[allow(clippy::too_many_arguments)]
+    fn write_appended(
+        &self,
+        mut st: parking_lot::RwLockWriteGuard<'_, State>,
+        record_set: &[u8],
+        batches: &[(BatchHeader, Range<usize>)],
+        base_offset: i64,
+        last_offset: i64,
+        config: &LogConfig,
+        now: i64,
+    ) -> Result<AppendInfo> {
+        self.append_locked(
+            &mut st,
+            record_set,
+            batches,
+            base_offset,
+            last_offset,
+            config,
+            now,
         )?;
         let log_start_offset = st.log_start;
         drop(st);
-        self.after_append(last_offset, &config, now)?;
+        self.after_append(last_offset, config, now)?;
         let max_timestamp = batches
             .iter()
             .map(|(h, _)| h.max_timestamp)
