@@ -13,37 +13,66 @@ use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 use std::collections::{BTreeMap, HashMap};
 
+/// Serialises every change of topic configs (AlterConfigs and the read-modify-write
+/// of IncrementalAlterConfigs), so neither overwrites the other.
+pub(super) static CONFIG_WRITES: parking_lot::Mutex<()> = parking_lot::const_mutex(());
+
+/// Runs `alter` for each resource of an (Incremental)AlterConfigs request, refusing
+/// resources named more than once, and gives each its (error code, message).
+pub(super) fn per_resource<R>(
+    api: &str,
+    resources: &[R],
+    key: impl Fn(&R) -> (i8, &str),
+    mut alter: impl FnMut(&R) -> Result<(), TopicError>,
+) -> Vec<(i16, Option<StrBytes>)> {
+    let mut counts: HashMap<(i8, &str), usize> = HashMap::new();
+    for r in resources {
+        *counts.entry(key(r)).or_default() += 1;
+    }
+    resources
+        .iter()
+        .map(|r| {
+            let (kind, name) = key(r);
+            let outcome = if counts.get(&(kind, name)).copied().unwrap_or(0) > 1 {
+                Err((
+                    ResponseError::InvalidRequest,
+                    format!("resource '{name}' appears more than once in the request"),
+                ))
+            } else {
+                alter(r)
+            };
+            match outcome {
+                Ok(()) => (0, None),
+                Err((code, message)) => {
+                    tracing::debug!(resource = name, ?code, %message, "{api} refused");
+                    (code.code(), Some(StrBytes::from_string(message)))
+                }
+            }
+        })
+        .collect()
+}
+
 pub fn handle(
     broker: &Broker,
     _ctx: &RequestContext,
     req: AlterConfigsRequest,
 ) -> AlterConfigsResponse {
-    let mut counts: HashMap<(i8, String), usize> = HashMap::new();
-    for r in &req.resources {
-        *counts
-            .entry((r.resource_type, r.resource_name.to_string()))
-            .or_default() += 1;
-    }
+    let outcomes = per_resource(
+        "AlterConfigs",
+        &req.resources,
+        |r| (r.resource_type, r.resource_name.as_str()),
+        |r| alter(broker, r, req.validate_only),
+    );
     let responses = req
         .resources
         .iter()
-        .map(|resource| {
-            let key = (resource.resource_type, resource.resource_name.to_string());
-            let outcome = if counts.get(&key).copied().unwrap_or(0) > 1 {
-                Err((ResponseError::InvalidRequest, format!("resource '{}' appears more than once in the request", key.1)))
-            } else {
-                alter(broker, resource, req.validate_only)
-            };
-            let response = AlterConfigsResourceResponse::default()
+        .zip(outcomes)
+        .map(|(resource, (code, message))| {
+            AlterConfigsResourceResponse::default()
                 .with_resource_type(resource.resource_type)
-                .with_resource_name(resource.resource_name.clone());
-            match outcome {
-                Ok(()) => response.with_error_message(None),
-                Err((code, message)) => {
-                    tracing::debug!(resource = %resource.resource_name, ?code, %message, "AlterConfigs refused");
-                    response.with_error_code(code.code()).with_error_message(Some(StrBytes::from_string(message)))
-                }
-            }
+                .with_resource_name(resource.resource_name.clone())
+                .with_error_code(code)
+                .with_error_message(message)
         })
         .collect();
     AlterConfigsResponse::default().with_responses(responses)
@@ -66,6 +95,7 @@ fn alter(
                         .map(|v| (c.name.to_string(), v.to_string()))
                 })
                 .collect();
+            let _guard = CONFIG_WRITES.lock();
             broker.set_topic_configs(resource.resource_name.as_str(), configs, validate_only)
         }
         RESOURCE_BROKER => Err(read_only_broker_configs()),

@@ -3,7 +3,7 @@
 //! apply to list configs (cleanup.policy) only. `validate_only` checks and
 //! changes nothing.
 
-use super::alter_configs::read_only_broker_configs;
+use super::alter_configs::{per_resource, read_only_broker_configs, CONFIG_WRITES};
 use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
 use super::RequestContext;
 use crate::state::{Broker, TopicError};
@@ -12,8 +12,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
-use kafka_protocol::protocol::StrBytes;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
@@ -23,40 +22,27 @@ const OP_SUBTRACT: i8 = 3;
 /// Topic configs whose values are comma-separated lists.
 const LIST_CONFIGS: &[&str] = &["cleanup.policy"];
 
-/// Serialises the read-modify-write of a topic's configs.
-static ALTER: parking_lot::Mutex<()> = parking_lot::const_mutex(());
-
 pub fn handle(
     broker: &Broker,
     _ctx: &RequestContext,
     req: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
-    let mut counts: HashMap<(i8, String), usize> = HashMap::new();
-    for r in &req.resources {
-        *counts
-            .entry((r.resource_type, r.resource_name.to_string()))
-            .or_default() += 1;
-    }
+    let outcomes = per_resource(
+        "IncrementalAlterConfigs",
+        &req.resources,
+        |r| (r.resource_type, r.resource_name.as_str()),
+        |r| alter(broker, r, req.validate_only),
+    );
     let responses = req
         .resources
         .iter()
-        .map(|resource| {
-            let key = (resource.resource_type, resource.resource_name.to_string());
-            let outcome = if counts.get(&key).copied().unwrap_or(0) > 1 {
-                Err((ResponseError::InvalidRequest, format!("resource '{}' appears more than once in the request", key.1)))
-            } else {
-                alter(broker, resource, req.validate_only)
-            };
-            let response = AlterConfigsResourceResponse::default()
+        .zip(outcomes)
+        .map(|(resource, (code, message))| {
+            AlterConfigsResourceResponse::default()
                 .with_resource_type(resource.resource_type)
-                .with_resource_name(resource.resource_name.clone());
-            match outcome {
-                Ok(()) => response.with_error_message(None),
-                Err((code, message)) => {
-                    tracing::debug!(resource = %resource.resource_name, ?code, %message, "IncrementalAlterConfigs refused");
-                    response.with_error_code(code.code()).with_error_message(Some(StrBytes::from_string(message)))
-                }
-            }
+                .with_resource_name(resource.resource_name.clone())
+                .with_error_code(code)
+                .with_error_message(message)
         })
         .collect();
     IncrementalAlterConfigsResponse::default().with_responses(responses)
@@ -88,7 +74,7 @@ fn alter(
             ));
         }
     }
-    let _guard = ALTER.lock();
+    let _guard = CONFIG_WRITES.lock();
     let Some(topic) = broker.topic(name) else {
         return Err((
             ResponseError::UnknownTopicOrPartition,
@@ -158,6 +144,7 @@ mod tests {
     use crate::handlers::admin_test_support::{advertised_versions, assert_encodes, broker, ctx};
     use kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig;
     use kafka_protocol::messages::{ApiKey, ResponseKind};
+    use kafka_protocol::protocol::StrBytes;
     use std::collections::BTreeMap;
 
     fn resource(kind: i8, name: &str, ops: &[(&str, i8, Option<&str>)]) -> AlterConfigsResource {
