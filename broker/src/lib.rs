@@ -15,6 +15,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod partition;
 pub mod producer_state;
+pub mod replication;
 pub mod server;
 pub mod state;
 pub mod telemetry;

@@ -1,0 +1,255 @@
+//! One Raft group (a partition, or the metadata log) on this node: raft-rs's
+//! `RawNode` over the partition log, and the Ready handling that persists
+//! entries, hands out messages and reports what became committed.
+//!
+//! This type does no I/O besides the log's files and never blocks on the
+//! network: the caller moves messages (a TCP transport in the broker, a seeded
+//! scheduler in the simulation test), so the same code runs in both.
+
+use super::raft_log::{EntryMeta, RaftLog};
+use anyhow::{bail, Context};
+use raft::prelude::*;
+use raft::{Config, RawNode, StateRole};
+
+/// Raft timing, in ticks (the broker ticks every `TICK_MS`).
+pub const TICK_MS: u64 = 100;
+pub const ELECTION_TICKS: usize = 10;
+pub const HEARTBEAT_TICKS: usize = 2;
+
+/// A proposal's place in the log; it is acknowledged once committed with this term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    pub index: u64,
+    pub term: u64,
+}
+
+/// What became of a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed by a majority at these offsets.
+    Committed(EntryMeta),
+    /// Replaced by another leader's entry: it will never commit.
+    Lost,
+    /// Not decided yet.
+    Pending,
+}
+
+/// What one pass over a Ready produced.
+#[derive(Default)]
+pub struct ReadyOutput {
+    pub messages: Vec<Message>,
+    /// Entries this node persisted, with the offsets they were given.
+    pub persisted: Vec<(Entry, EntryMeta)>,
+    /// Committed entries to apply, in order.
+    pub committed: Vec<Entry>,
+    /// The log was truncated (a divergent tail dropped): derived state such as
+    /// producer sequences must be rebuilt.
+    pub truncated: bool,
+}
+
+pub struct ReplicaGroup {
+    node: RawNode<RaftLog>,
+    /// fsync every Ready's entries before they count as persisted (`flush.messages=1`).
+    pub sync_every_ready: bool,
+}
+
+pub fn raft_config(id: u64, applied: u64) -> Config {
+    Config {
+        id,
+        election_tick: ELECTION_TICKS,
+        heartbeat_tick: HEARTBEAT_TICKS,
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        max_committed_size_per_ready: 16 << 20,
+        // A partitioned leader notices it lost its majority and steps down, so it
+        // stops taking writes it cannot commit.
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    }
+}
+
+impl ReplicaGroup {
+    pub fn new(id: u64, log: RaftLog, logger: &slog::Logger) -> anyhow::Result<ReplicaGroup> {
+        let applied = log.commit();
+        let config = raft_config(id, applied);
+        config.validate().context("raft configuration")?;
+        let node = RawNode::new(&config, log, logger).context("starting a raft group")?;
+        Ok(ReplicaGroup {
+            node,
+            sync_every_ready: false,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.node.raft.id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    pub fn leader_id(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    pub fn log(&self) -> &RaftLog {
+        self.node.store()
+    }
+
+    /// The Kafka offset below which records are committed.
+    pub fn high_watermark(&self) -> i64 {
+        // Only entries this node has persisted count: committed may be ahead of
+        // what a lagging follower wrote.
+        let idx = self.commit_index().min(self.log().last_index());
+        self.log().offset_after(idx)
+    }
+
+    /// Voters that this leader has heard from within an election timeout,
+    /// itself included (Kafka's in-sync replicas, for `min.insync.replicas`).
+    pub fn live_voters(&self) -> usize {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            return 0;
+        }
+        let mut live = 0;
+        for (id, pr) in raft.prs().iter() {
+            if *id == raft.id || pr.recent_active {
+                live += 1;
+            }
+        }
+        live
+    }
+
+    pub fn voters(&self) -> Vec<u64> {
+        self.node.raft.prs().conf().voters().ids().iter().collect()
+    }
+
+    pub fn tick(&mut self) -> bool {
+        self.node.tick()
+    }
+
+    pub fn campaign(&mut self) -> anyhow::Result<()> {
+        self.node.campaign().context("campaign")
+    }
+
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
+
+    pub fn step(&mut self, msg: Message) -> anyhow::Result<()> {
+        match self.node.step(msg) {
+            Ok(()) => Ok(()),
+            // A message from a removed peer, or a stale response: not an error of ours.
+            Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
+            Err(e) => Err(e).context("raft step"),
+        }
+    }
+
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.node.report_unreachable(peer);
+    }
+
+    /// Proposes records; only the leader accepts. The ticket resolves through
+    /// [`ReplicaGroup::outcome`].
+    pub fn propose(&mut self, data: Vec<u8>) -> anyhow::Result<Ticket> {
+        if !self.is_leader() {
+            bail!("not the leader");
+        }
+        let before = self.node.raft.raft_log.last_index();
+        self.node
+            .propose(Vec::new(), data)
+            .context("raft proposal dropped")?;
+        let index = self.node.raft.raft_log.last_index();
+        if index != before + 1 {
+            bail!("raft proposal dropped");
+        }
+        Ok(Ticket {
+            index,
+            term: self.node.raft.term,
+        })
+    }
+
+    pub fn outcome(&self, ticket: Ticket) -> Outcome {
+        let log = self.log();
+        match log.meta(ticket.index) {
+            Some(meta) if meta.term != ticket.term => Outcome::Lost,
+            Some(meta) if self.commit_index() >= ticket.index => Outcome::Committed(meta),
+            Some(_) => Outcome::Pending,
+            // Not persisted yet here (the leader writes after proposing), or
+            // truncated away when this node lost leadership.
+            None if self.is_leader() && self.term() == ticket.term => Outcome::Pending,
+            None if self.node.raft.raft_log.last_index() >= ticket.index
+                && self.node.raft.raft_log.term(ticket.index).ok() == Some(ticket.term) =>
+            {
+                Outcome::Pending
+            }
+            None => Outcome::Lost,
+        }
+    }
+
+    pub fn has_ready(&self) -> bool {
+        self.node.has_ready()
+    }
+
+    /// Handles one Ready: sends nothing itself, persists, and returns messages and
+    /// committed entries for the caller.
+    pub fn process_ready(&mut self) -> anyhow::Result<ReadyOutput> {
+        let mut out = ReadyOutput::default();
+        if !self.node.has_ready() {
+            return Ok(out);
+        }
+        let mut rd = self.node.ready();
+        // A leader's appends go out before it persists (Raft allows it: the
+        // leader counts itself only once persisted).
+        out.messages.extend(rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            bail!("raft snapshots are not supported yet");
+        }
+        out.committed.extend(rd.take_committed_entries());
+        if !rd.entries().is_empty() {
+            let before_last = self.log().last_index();
+            let first = rd.entries()[0].index;
+            out.truncated = first <= before_last;
+            let entries = rd.take_entries();
+            self.node
+                .mut_store()
+                .append(&entries)
+                .context("persisting raft entries")?;
+            if self.sync_every_ready {
+                self.log().sync()?;
+            }
+            for e in entries {
+                if let Some(meta) = self.log().meta(e.index) {
+                    out.persisted.push((e, meta));
+                }
+            }
+        }
+        if let Some(hs) = rd.hs() {
+            self.node.mut_store().set_hard_state(hs)?;
+        }
+        out.messages.extend(rd.take_persisted_messages());
+        let mut light = self.node.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit);
+        }
+        out.messages.extend(light.take_messages());
+        out.committed.extend(light.take_committed_entries());
+        self.node.advance_apply();
+        Ok(out)
+    }
+
+    /// Writes the commit index (clean shutdown).
+    pub fn persist_state(&self) -> anyhow::Result<()> {
+        self.log().persist_state()
+    }
+}

@@ -1,0 +1,523 @@
+//! The partition log as a Raft log (Redpanda's design): Raft entries are not
+//! stored a second time. Entry `i`'s data IS the record set written to the
+//! partition log, and a small sidecar file maps each Raft index to its term and
+//! the Kafka offsets its records occupy.
+//!
+//! Why a sidecar: Raft indexes are dense (one per entry) while an entry holds a
+//! whole produce request (many records, many offsets), and Raft also writes
+//! entries without records (the no-op a new leader appends). The sidecar holds
+//! 32 bytes per entry (`index, term, base offset, end offset`), so the data is
+//! written once and the mapping costs one small `write()` per Ready.
+//!
+//! Offsets are assigned when an entry is persisted, from the end of the previous
+//! entry, and the term is stamped into each batch's partition leader epoch. The
+//! Log Matching property makes both identical on every replica: the data on disk
+//! is byte-identical for the same committed prefix.
+//!
+//! Recovery: the log recovers first (a torn tail is cut). Sidecar records whose
+//! offsets reach past the recovered log end are dropped, and log data after the
+//! last sidecar record (its record was never written, so the entry was never
+//! reported persisted) is truncated. Term and vote are fsync'd before any message
+//! that depends on them leaves (Raft's rule); the commit index is persisted lazily
+//! (Raft recovers it from the leader).
+
+use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
+use raft::prelude::*;
+use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use weir_protocol::records;
+use weir_storage::Log;
+
+const ENTRIES_FILE: &str = "raft.entries";
+const STATE_FILE: &str = "raft.state";
+const RECORD_LEN: usize = 32;
+const MAX_ENTRIES_PER_READ: u64 = 1024;
+
+/// Where one Raft entry's records sit in the partition log. `base == end` for an
+/// entry without records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
+    pub term: u64,
+    pub base: i64,
+    pub end: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct PersistedState {
+    term: u64,
+    vote: u64,
+    commit: u64,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    /// The entry before the first one in the sidecar (a "snapshot" of the prefix
+    /// that retention or an adopted single-node log already holds).
+    snapshot_index: u64,
+    snapshot_term: u64,
+    /// The Kafka offset at which entry `snapshot_index + 1` starts.
+    base_offset: i64,
+}
+
+pub struct RaftLog {
+    log: Arc<Log>,
+    dir: PathBuf,
+    entries_file: File,
+    state: PersistedState,
+    /// `metas[k]` describes entry `state.snapshot_index + 1 + k`.
+    metas: Vec<EntryMeta>,
+}
+
+impl RaftLog {
+    /// Opens (or creates, with `voters` as the initial configuration) the Raft
+    /// state of the partition whose log is `log`.
+    pub fn open(log: Arc<Log>, voters: &[u64]) -> anyhow::Result<RaftLog> {
+        let dir = log.dir().to_path_buf();
+        let state_path = dir.join(STATE_FILE);
+        let state = match std::fs::read(&state_path) {
+            Ok(bytes) => serde_json::from_slice::<PersistedState>(&bytes)
+                .with_context(|| format!("parsing {}", state_path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A new group, or a single-node log being adopted: what is already
+                // in the log becomes the prefix before the first entry.
+                let state = PersistedState {
+                    term: 0,
+                    vote: 0,
+                    commit: 0,
+                    voters: voters.to_vec(),
+                    learners: Vec::new(),
+                    snapshot_index: 0,
+                    snapshot_term: 0,
+                    base_offset: log.log_end_offset(),
+                };
+                write_state(&state_path, &state)?;
+                // A stale sidecar without a state file belongs to nothing.
+                let _ = std::fs::remove_file(dir.join(ENTRIES_FILE));
+                state
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", state_path.display())),
+        };
+        let entries_path = dir.join(ENTRIES_FILE);
+        let mut entries_file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&entries_path)
+            .with_context(|| format!("opening {}", entries_path.display()))?;
+        let mut raw = Vec::new();
+        entries_file
+            .read_to_end(&mut raw)
+            .with_context(|| format!("reading {}", entries_path.display()))?;
+        let mut metas = Vec::with_capacity(raw.len() / RECORD_LEN);
+        let mut expected_index = state.snapshot_index + 1;
+        let mut expected_base = state.base_offset;
+        let log_end = log.log_end_offset();
+        for rec in raw.chunks_exact(RECORD_LEN) {
+            let index = u64::from_le_bytes(rec[0..8].try_into()?);
+            let term = u64::from_le_bytes(rec[8..16].try_into()?);
+            let base = i64::from_le_bytes(rec[16..24].try_into()?);
+            let end = i64::from_le_bytes(rec[24..32].try_into()?);
+            // Anything out of sequence is a torn or stale tail: keep the prefix.
+            if index != expected_index || base != expected_base || end < base || end > log_end {
+                break;
+            }
+            metas.push(EntryMeta { term, base, end });
+            expected_index += 1;
+            expected_base = end;
+        }
+        let mut raft_log = RaftLog {
+            log,
+            dir,
+            entries_file,
+            state,
+            metas,
+        };
+        let valid_len = (raft_log.metas.len() * RECORD_LEN) as u64;
+        if raw.len() as u64 != valid_len {
+            tracing::warn!(
+                dir = %raft_log.dir.display(),
+                kept = raft_log.metas.len(),
+                bytes = raw.len(),
+                "raft sidecar had a torn or stale tail; truncating it"
+            );
+            raft_log.entries_file.set_len(valid_len)?;
+        }
+        let end = raft_log.end_offset();
+        if raft_log.log.log_end_offset() > end {
+            tracing::warn!(
+                dir = %raft_log.dir.display(),
+                from = raft_log.log.log_end_offset(),
+                to = end,
+                "truncating log data no raft entry accounts for"
+            );
+            raft_log.log.truncate_to(end)?;
+        }
+        let last = raft_log.last_index();
+        if raft_log.state.commit > last {
+            // Only possible if the OS lost written data (power loss without fsync).
+            tracing::error!(
+                dir = %raft_log.dir.display(),
+                commit = raft_log.state.commit,
+                last,
+                "commit index beyond the recovered log; lowering it"
+            );
+            raft_log.state.commit = last;
+        }
+        Ok(raft_log)
+    }
+
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.state.snapshot_index + self.metas.len() as u64
+    }
+
+    pub fn first_index(&self) -> u64 {
+        self.state.snapshot_index + 1
+    }
+
+    /// The Kafka offset after the last entry.
+    pub fn end_offset(&self) -> i64 {
+        self.metas.last().map_or(self.state.base_offset, |m| m.end)
+    }
+
+    /// The Kafka offset after entry `index` (the high watermark when it is the
+    /// commit index).
+    pub fn offset_after(&self, index: u64) -> i64 {
+        if index <= self.state.snapshot_index {
+            return self.state.base_offset;
+        }
+        let k = (index - self.state.snapshot_index - 1) as usize;
+        match self.metas.get(k) {
+            Some(m) => m.end,
+            None => self.end_offset(),
+        }
+    }
+
+    pub fn meta(&self, index: u64) -> Option<EntryMeta> {
+        if index <= self.state.snapshot_index {
+            return None;
+        }
+        self.metas
+            .get((index - self.state.snapshot_index - 1) as usize)
+            .copied()
+    }
+
+    pub fn commit(&self) -> u64 {
+        self.state.commit
+    }
+
+    pub fn term(&self) -> u64 {
+        self.state.term
+    }
+
+    pub fn voters(&self) -> &[u64] {
+        &self.state.voters
+    }
+
+    /// Persists entries from a Ready. Entries at or below the last index replace
+    /// the conflicting tail (the log and the sidecar are truncated first). All
+    /// records of the Ready are written with one `append`.
+    pub fn append(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if first.index > self.last_index() + 1 || first.index <= self.state.snapshot_index {
+            bail!(
+                "raft entries start at {} but the log holds {}..={}",
+                first.index,
+                self.first_index(),
+                self.last_index()
+            );
+        }
+        if first.index <= self.last_index() {
+            self.truncate_after(first.index - 1)?;
+        }
+        // Entries of one Ready usually share a term; batches are stamped per term.
+        let mut start = 0;
+        while start < entries.len() {
+            let term = entries[start].term;
+            let mut stop = start;
+            while stop < entries.len() && entries[stop].term == term {
+                stop += 1;
+            }
+            self.append_same_term(&entries[start..stop], term)?;
+            start = stop;
+        }
+        Ok(())
+    }
+
+    fn append_same_term(&mut self, entries: &[Entry], term: u64) -> anyhow::Result<()> {
+        let size: usize = entries.iter().map(|e| e.data.len()).sum();
+        let mut buf = BytesMut::with_capacity(size);
+        // Records per entry, to derive each entry's offsets from the one append.
+        let mut counts = Vec::with_capacity(entries.len());
+        for e in entries {
+            if e.get_entry_type() != EntryType::EntryNormal {
+                bail!("configuration change entries are not supported yet");
+            }
+            let mut records = 0i64;
+            for batch in records::batches(&e.data) {
+                let (header, _) = batch.context("a raft entry holds a malformed record batch")?;
+                records += i64::from(header.last_offset_delta) + 1;
+            }
+            counts.push(records);
+            buf.extend_from_slice(&e.data);
+        }
+        let mut next = self.end_offset();
+        if size > 0 {
+            let epoch = i32::try_from(term).context("raft term beyond the leader epoch range")?;
+            let info = self
+                .log
+                .append(&mut buf, epoch)
+                .context("appending raft entries to the partition log")?;
+            if info.base_offset != next {
+                bail!(
+                    "partition log end {} differs from the raft log end {next}",
+                    info.base_offset
+                );
+            }
+        }
+        let mut out = Vec::with_capacity(entries.len() * RECORD_LEN);
+        for (e, n) in entries.iter().zip(counts) {
+            let meta = EntryMeta {
+                term,
+                base: next,
+                end: next + n,
+            };
+            next = meta.end;
+            out.extend_from_slice(&e.index.to_le_bytes());
+            out.extend_from_slice(&meta.term.to_le_bytes());
+            out.extend_from_slice(&meta.base.to_le_bytes());
+            out.extend_from_slice(&meta.end.to_le_bytes());
+            self.metas.push(meta);
+        }
+        self.entries_file
+            .write_all(&out)
+            .context("writing the raft sidecar")?;
+        Ok(())
+    }
+
+    /// Drops every entry after `index`, and their records.
+    fn truncate_after(&mut self, index: u64) -> anyhow::Result<()> {
+        let keep = (index - self.state.snapshot_index) as usize;
+        if keep >= self.metas.len() {
+            return Ok(());
+        }
+        let end = self.offset_after(index);
+        tracing::info!(
+            dir = %self.dir.display(),
+            index,
+            offset = end,
+            "truncating a divergent raft tail"
+        );
+        self.metas.truncate(keep);
+        self.entries_file
+            .set_len((keep * RECORD_LEN) as u64)
+            .context("truncating the raft sidecar")?;
+        self.log
+            .truncate_to(end)
+            .context("truncating the partition log")?;
+        Ok(())
+    }
+
+    /// fsyncs the log and the sidecar (under `flush.messages=1` or on request).
+    pub fn sync(&self) -> anyhow::Result<()> {
+        self.log.flush().context("fsync of the partition log")?;
+        self.entries_file
+            .sync_data()
+            .context("fsync of the raft sidecar")?;
+        Ok(())
+    }
+
+    /// Records a HardState from a Ready. Term and vote are fsync'd at once; a
+    /// change of the commit index alone is written lazily.
+    pub fn set_hard_state(&mut self, hs: &HardState) -> anyhow::Result<()> {
+        let durable_change = hs.term != self.state.term || hs.vote != self.state.vote;
+        self.state.term = hs.term;
+        self.state.vote = hs.vote;
+        self.state.commit = hs.commit;
+        if durable_change {
+            write_state(&self.dir.join(STATE_FILE), &self.state)?;
+        }
+        Ok(())
+    }
+
+    pub fn set_commit(&mut self, commit: u64) {
+        self.state.commit = commit;
+    }
+
+    /// Writes the commit index (clean shutdown, or periodically).
+    pub fn persist_state(&self) -> anyhow::Result<()> {
+        write_state(&self.dir.join(STATE_FILE), &self.state)
+    }
+
+    /// The batches of offsets `[base, end)`, zero-copy slices of the segment maps,
+    /// each with its base offset.
+    fn batches_between(&self, base: i64, end: i64) -> Result<Vec<(i64, Bytes)>, RaftStorageError> {
+        let mut out = Vec::new();
+        let mut next = base;
+        while next < end {
+            let read = self
+                .log
+                .read_for_fetch(next, 64 << 20, true, end)
+                .map_err(|e| storage_unavailable(&self.dir, e))?;
+            if read.batches.is_empty() {
+                return Err(storage_unavailable(
+                    &self.dir,
+                    format!("records {next}..{end} missing"),
+                ));
+            }
+            for chunk in read.batches {
+                for batch in records::batches(&chunk) {
+                    let (header, range) = batch.map_err(|e| storage_unavailable(&self.dir, e))?;
+                    if header.base_offset >= end {
+                        break;
+                    }
+                    next = header.last_offset() + 1;
+                    out.push((header.base_offset, chunk.slice_ref(range)));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Joins an entry's batches (usually one slice already).
+fn join(parts: &[Bytes]) -> Bytes {
+    match parts {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        many => {
+            let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+            for p in many {
+                joined.extend_from_slice(p);
+            }
+            joined.freeze()
+        }
+    }
+}
+
+fn storage_unavailable(dir: &Path, e: impl std::fmt::Display) -> RaftStorageError {
+    tracing::error!(dir = %dir.display(), error = %e, "reading raft entries");
+    RaftStorageError::Other(Box::new(std::io::Error::other(format!(
+        "{}: {e}",
+        dir.display()
+    ))))
+}
+
+impl raft::Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let mut hs = HardState::default();
+        hs.term = self.state.term;
+        hs.vote = self.state.vote;
+        hs.commit = self.state.commit;
+        let cs = ConfState::from((self.state.voters.clone(), self.state.learners.clone()));
+        Ok(RaftState::new(hs, cs))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.state.snapshot_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > self.last_index() + 1 {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        // Byte sizes are known only after reading, so a call returns at most
+        // MAX_ENTRIES_PER_READ entries (raft-rs accepts fewer than asked for).
+        let mut metas = Vec::new();
+        for index in low..high.min(low + MAX_ENTRIES_PER_READ) {
+            let Some(meta) = self.meta(index) else {
+                return Err(raft::Error::Store(RaftStorageError::Unavailable));
+            };
+            metas.push((index, meta));
+        }
+        let (Some((_, first)), Some((_, last))) = (metas.first(), metas.last()) else {
+            return Ok(Vec::new());
+        };
+        let batches = self.batches_between(first.base, last.end)?;
+        let mut out = Vec::with_capacity(metas.len());
+        let mut size = 0u64;
+        let mut it = batches.into_iter().peekable();
+        for (index, meta) in metas {
+            let mut parts = Vec::new();
+            while let Some((base, _)) = it.peek() {
+                if *base >= meta.end {
+                    break;
+                }
+                if let Some((_, b)) = it.next() {
+                    parts.push(b);
+                }
+            }
+            let mut e = Entry::default();
+            e.index = index;
+            e.term = meta.term;
+            e.set_entry_type(EntryType::EntryNormal);
+            e.data = join(&parts);
+            size += e.data.len() as u64;
+            // At least one entry, as raft-rs requires.
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.state.snapshot_index {
+            return Ok(self.state.snapshot_term);
+        }
+        if idx < self.state.snapshot_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        match self.meta(idx) {
+            Some(m) => Ok(m.term),
+            None => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Entries are only dropped by retention; shipping a partition's data as a
+        // snapshot to a replica that fell behind the log start is not built yet.
+        Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+fn write_state(path: &Path, state: &PersistedState) -> anyhow::Result<()> {
+    let tmp = path.with_extension("state.tmp");
+    let bytes = serde_json::to_vec(state)?;
+    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
