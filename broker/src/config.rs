@@ -32,6 +32,13 @@ pub struct ServeArgs {
     /// Address of the HTTP listener (/health, /metrics, APIs).
     #[arg(long, env = "WEIR_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// Cluster mode: address the Raft (node-to-node) listener binds.
+    #[arg(long, env = "WEIR_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+    /// Cluster mode: every voter's id and Raft address, this node included:
+    /// `1=10.0.0.1:9193,2=10.0.0.2:9193,3=10.0.0.3:9193`.
+    #[arg(long, env = "WEIR_PEERS", value_name = "ID=HOST:PORT,...")]
+    pub peers: Option<String>,
     /// A Kafka-named broker setting, e.g. `--set auto.create.topics.enable=false` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -74,6 +81,9 @@ struct FileConfig {
     kafka_listen: Option<SocketAddr>,
     advertised_kafka: Option<String>,
     http_listen: Option<SocketAddr>,
+    raft_listen: Option<SocketAddr>,
+    /// `peers = { 1 = "127.0.0.1:9193", 2 = ... }` or the flag's string form.
+    peers: Option<toml::Value>,
     #[serde(default)]
     kafka: BTreeMap<String, toml::Value>,
     #[serde(default)]
@@ -92,6 +102,39 @@ pub struct BrokerConfig {
     pub kafka: BTreeMap<String, String>,
     /// The `[ingest]` table: file collectors and per-topic ingest pipelines.
     pub ingest: weir_ingest::IngestConfig,
+    /// Cluster mode (peers given): this node's Raft listener and every voter.
+    pub raft_listen: Option<SocketAddr>,
+    pub peers: BTreeMap<u64, SocketAddr>,
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, SocketAddr>> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("peer {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("peer id in {part:?}"))?;
+        if id == 0 {
+            bail!("peer ids start at 1 (got 0 in {part:?})");
+        }
+        let addr = resolve(addr.trim()).with_context(|| format!("peer address in {part:?}"))?;
+        if peers.insert(id, addr).is_some() {
+            bail!("peer {id} is listed twice");
+        }
+    }
+    Ok(peers)
+}
+
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .with_context(|| format!("resolving {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))
 }
 
 impl BrokerConfig {
@@ -137,8 +180,32 @@ impl BrokerConfig {
         let advertised_port: i32 = port
             .parse()
             .with_context(|| format!("advertised port in {advertised:?}"))?;
+        let peers = match (&args.peers, &file.peers) {
+            (Some(text), _) => parse_peers(text)?,
+            (None, Some(toml::Value::String(text))) => parse_peers(text)?,
+            (None, Some(toml::Value::Table(t))) => {
+                let text: Vec<String> = t
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect();
+                parse_peers(&text.join(","))?
+            }
+            (None, Some(other)) => bail!("peers must be a string or a table, got {other}"),
+            (None, None) => BTreeMap::new(),
+        };
+        let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+        let raft_listen = args.raft_listen.or(file.raft_listen);
+        if !peers.is_empty() {
+            let Some(me) = peers.get(&(node_id as u64)) else {
+                bail!("node id {node_id} is not among the peers");
+            };
+            if raft_listen.is_none() {
+                tracing::info!(raft = %me, "raft listener defaults to this node's peer address");
+            }
+        }
+        let raft_listen = raft_listen.or_else(|| peers.get(&(node_id as u64)).copied());
         let config = BrokerConfig {
-            node_id: args.node_id.or(file.node_id).unwrap_or(1),
+            node_id,
             data_dir: args
                 .data_dir
                 .clone()
@@ -156,6 +223,8 @@ impl BrokerConfig {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             kafka,
             ingest: file.ingest,
+            raft_listen,
+            peers,
         };
         // Parse every numeric setting once now so that a typo fails at start, not later.
         for (key, value, _) in KAFKA_DEFAULTS {

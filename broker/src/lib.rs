@@ -4,6 +4,7 @@
 pub mod cep;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod coordinator;

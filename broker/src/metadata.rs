@@ -25,6 +25,9 @@ enum MetaRecord {
         partitions: i32,
         replication_factor: i16,
         configs: BTreeMap<String, String>,
+        /// Node ids per partition (cluster mode); empty on a single node.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replicas: Vec<Vec<i32>>,
     },
     TopicDeleted {
         name: String,
@@ -32,6 +35,9 @@ enum MetaRecord {
     PartitionsCreated {
         name: String,
         total: i32,
+        /// Node ids of each new partition (cluster mode).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replicas: Vec<Vec<i32>>,
     },
     TopicConfigsReplaced {
         name: String,
@@ -51,6 +57,8 @@ pub struct TopicMeta {
     pub replication_factor: i16,
     /// Only the configs set on the topic; defaults come from the broker.
     pub configs: BTreeMap<String, String>,
+    /// Node ids holding each partition (cluster mode); empty on a single node.
+    pub replicas: Vec<Vec<i32>>,
 }
 
 #[derive(Debug, Default)]
@@ -64,14 +72,23 @@ struct MetaState {
 impl MetaState {
     fn apply(&mut self, record: MetaRecord) {
         match record {
-            MetaRecord::ClusterId { id } => self.cluster_id = id,
+            MetaRecord::ClusterId { id } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = id
+                }
+            }
             MetaRecord::TopicCreated {
                 name,
                 id,
                 partitions,
                 replication_factor,
                 configs,
+                replicas,
             } => {
+                // Two nodes racing to create one topic: the first record wins.
+                if self.topics.contains_key(&name) {
+                    return;
+                }
                 self.ids.insert(id, name.clone());
                 self.topics.insert(
                     name.clone(),
@@ -81,6 +98,7 @@ impl MetaState {
                         partitions,
                         replication_factor,
                         configs,
+                        replicas,
                     },
                 );
             }
@@ -89,9 +107,18 @@ impl MetaState {
                     self.ids.remove(&t.id);
                 }
             }
-            MetaRecord::PartitionsCreated { name, total } => {
+            MetaRecord::PartitionsCreated {
+                name,
+                total,
+                replicas,
+            } => {
                 if let Some(t) = self.topics.get_mut(&name) {
-                    t.partitions = total;
+                    if total > t.partitions {
+                        if !t.replicas.is_empty() || !replicas.is_empty() {
+                            t.replicas.extend(replicas);
+                        }
+                        t.partitions = total;
+                    }
                 }
             }
             MetaRecord::TopicConfigsReplaced { name, configs } => {
@@ -126,12 +153,25 @@ pub fn is_internal_topic(name: &str) -> bool {
     )
 }
 
+/// Hands a metadata batch to the metadata Raft group (cluster mode).
+pub type Proposer = Arc<dyn Fn(Vec<u8>) -> anyhow::Result<()> + Send + Sync>;
+/// Told the name of each topic whose metadata changed, on every node.
+pub type Listener = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How long a metadata change waits to be committed and applied.
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 pub struct MetadataStore {
     log: Arc<Log>,
     state: RwLock<MetaState>,
     /// Serialises writers so that validation and append see the same state.
     write: Mutex<()>,
     next_producer_id: Mutex<i64>,
+    /// Cluster mode: changes go through Raft and are applied when committed.
+    proposer: RwLock<Option<Proposer>>,
+    listener: RwLock<Option<Listener>>,
+    /// Changes proposed here, by request id, waiting to be applied.
+    waiting: Mutex<HashMap<Uuid, std::sync::mpsc::Sender<()>>>,
 }
 
 impl MetadataStore {
@@ -145,10 +185,25 @@ impl MetadataStore {
     }
 
     pub fn open(log: Arc<Log>) -> anyhow::Result<Self> {
+        let store = Self::open_until(log, i64::MAX)?;
+        if store.state.read().cluster_id.is_empty() {
+            let id = base64_url(Uuid::new_v4().as_bytes());
+            store.commit(MetaRecord::ClusterId { id })?;
+        }
+        Ok(store)
+    }
+
+    /// Cluster mode: replays the committed prefix (offsets below `committed_end`);
+    /// later records arrive through [`MetadataStore::apply_entry`].
+    pub fn open_replicated(log: Arc<Log>, committed_end: i64) -> anyhow::Result<Self> {
+        Self::open_until(log, committed_end)
+    }
+
+    fn open_until(log: Arc<Log>, end: i64) -> anyhow::Result<Self> {
         log.update_config(Self::log_config());
         let mut state = MetaState::default();
         let mut offset = log.log_start_offset();
-        while offset < log.log_end_offset() {
+        while offset < log.log_end_offset().min(end) {
             let read = log
                 .read(offset, 1 << 20, true)
                 .context("reading metadata log")?;
@@ -159,6 +214,9 @@ impl MetadataStore {
                 let records =
                     decode_records(&batch, 64 << 20).context("decoding metadata log batch")?;
                 for record in records {
+                    if record.offset >= end {
+                        break;
+                    }
                     offset = record.offset + 1;
                     let Some(value) = record.value else { continue };
                     let parsed: MetaRecord = serde_json::from_slice(&value)
@@ -168,20 +226,107 @@ impl MetadataStore {
             }
         }
         let next_producer_id = state.producer_id_end;
-        let store = MetadataStore {
+        Ok(MetadataStore {
             log,
             state: RwLock::new(state),
             write: Mutex::new(()),
             next_producer_id: Mutex::new(next_producer_id),
-        };
-        if store.state.read().cluster_id.is_empty() {
-            let id = base64_url(Uuid::new_v4().as_bytes());
-            store.commit(MetaRecord::ClusterId { id })?;
+            proposer: RwLock::new(None),
+            listener: RwLock::new(None),
+            waiting: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn set_proposer(&self, proposer: Proposer) {
+        *self.proposer.write() = Some(proposer);
+    }
+
+    pub fn set_listener(&self, listener: Listener) {
+        *self.listener.write() = Some(listener);
+    }
+
+    /// Applies a committed metadata entry (every node, in log order).
+    pub fn apply_entry(&self, data: &bytes::Bytes) {
+        for batch in weir_protocol::records::batches(data) {
+            let Ok((_, raw)) = batch else {
+                tracing::error!("malformed metadata batch in a committed entry");
+                return;
+            };
+            let batch = data.slice_ref(raw);
+            let records = match decode_records(&batch, 64 << 20) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "undecodable metadata batch");
+                    continue;
+                }
+            };
+            for record in records {
+                let Some(value) = record.value else { continue };
+                let parsed: MetaRecord = match serde_json::from_slice(&value) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "unreadable metadata record");
+                        continue;
+                    }
+                };
+                let topic = match &parsed {
+                    MetaRecord::TopicCreated { name, .. }
+                    | MetaRecord::TopicDeleted { name }
+                    | MetaRecord::PartitionsCreated { name, .. }
+                    | MetaRecord::TopicConfigsReplaced { name, .. } => Some(name.clone()),
+                    _ => None,
+                };
+                self.state.write().apply(parsed);
+                if let Some(topic) = topic {
+                    let listener = self.listener.read().clone();
+                    if let Some(l) = listener {
+                        l(&topic);
+                    }
+                }
+                if let Some(key) = record.key {
+                    if let Ok(id) = Uuid::from_slice(&key) {
+                        if let Some(tx) = self.waiting.lock().remove(&id) {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+            }
         }
-        Ok(store)
+    }
+
+    /// Builds the metadata batch for `record`, keyed by a request id in cluster mode.
+    fn batch_for(record: &MetaRecord, key: Option<&[u8]>) -> anyhow::Result<Vec<u8>> {
+        let value = serde_json::to_vec(record).context("encoding metadata record")?;
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(now_ms(), key, Some(&value), &[]);
+        builder.build().context("building metadata batch")
+    }
+
+    /// Cluster mode: proposes and waits until this node applied the record.
+    fn commit_replicated(&self, proposer: Proposer, record: MetaRecord) -> anyhow::Result<()> {
+        let id = Uuid::new_v4();
+        let batch = Self::batch_for(&record, Some(id.as_bytes()))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.waiting.lock().insert(id, tx);
+        let result = proposer(batch).and_then(|()| {
+            let wait = || rx.recv_timeout(COMMIT_TIMEOUT);
+            let got = match tokio::runtime::Handle::try_current() {
+                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(wait)
+                }
+                _ => wait(),
+            };
+            got.map_err(|_| anyhow::anyhow!("the metadata change was not committed within {COMMIT_TIMEOUT:?} (no controller quorum?)"))
+        });
+        self.waiting.lock().remove(&id);
+        result
     }
 
     fn commit(&self, record: MetaRecord) -> anyhow::Result<()> {
+        let proposer = self.proposer.read().clone();
+        if let Some(proposer) = proposer {
+            return self.commit_replicated(proposer, record);
+        }
         let value = serde_json::to_vec(&record).context("encoding metadata record")?;
         let mut builder = BatchBuilder::new(Compression::None);
         builder.push(now_ms(), None, Some(&value), &[]);
@@ -219,6 +364,7 @@ impl MetadataStore {
         partitions: i32,
         replication_factor: i16,
         configs: BTreeMap<String, String>,
+        replicas: Vec<Vec<i32>>,
     ) -> anyhow::Result<TopicMeta> {
         let _guard = self.write.lock();
         if self.state.read().topics.contains_key(name) {
@@ -231,14 +377,24 @@ impl MetadataStore {
             partitions,
             replication_factor,
             configs: configs.clone(),
+            replicas: replicas.clone(),
         })?;
-        Ok(TopicMeta {
-            name: name.to_string(),
-            id,
-            partitions,
-            replication_factor,
-            configs,
-        })
+        // In cluster mode another node's record may have won the race.
+        match self.topic(name) {
+            Some(t) if t.id == id => Ok(t),
+            Some(_) => bail!("topic {name} already exists"),
+            None => bail!("topic {name} was deleted while being created"),
+        }
+    }
+
+    /// Cluster mode: records the cluster id if none is set yet (the first
+    /// controller leader does this).
+    pub fn ensure_cluster_id(&self) -> anyhow::Result<()> {
+        if !self.cluster_id().is_empty() {
+            return Ok(());
+        }
+        let id = base64_url(Uuid::new_v4().as_bytes());
+        self.commit(MetaRecord::ClusterId { id })
     }
 
     pub fn delete_topic(&self, name: &str) -> anyhow::Result<()> {
@@ -248,11 +404,17 @@ impl MetadataStore {
         })
     }
 
-    pub fn set_partition_count(&self, name: &str, total: i32) -> anyhow::Result<()> {
+    pub fn set_partition_count(
+        &self,
+        name: &str,
+        total: i32,
+        replicas: Vec<Vec<i32>>,
+    ) -> anyhow::Result<()> {
         let _guard = self.write.lock();
         self.commit(MetaRecord::PartitionsCreated {
             name: name.to_string(),
             total,
+            replicas,
         })
     }
 
@@ -361,10 +523,13 @@ mod tests {
                     3,
                     1,
                     BTreeMap::from([("retention.ms".into(), "5".into())]),
+                    Vec::new(),
                 )
                 .unwrap();
-            store.create_topic("b", 1, 1, BTreeMap::new()).unwrap();
-            store.set_partition_count("a", 5).unwrap();
+            store
+                .create_topic("b", 1, 1, BTreeMap::new(), Vec::new())
+                .unwrap();
+            store.set_partition_count("a", 5, Vec::new()).unwrap();
             store.delete_topic("b").unwrap();
             let pid = store.allocate_producer_id().unwrap();
             store.close().unwrap();

@@ -2,9 +2,12 @@
 //! the fetch requests waiting for new data.
 
 use crate::producer_state::{ProducerStates, SeqCheck};
+use crate::replication::node::{GroupHandle, RaftNode, StateMachine};
+use crate::replication::{EntryMeta, Outcome, RaftLog, Ticket};
 use crate::topic_config::EffectiveConfig;
 use kafka_protocol::error::ResponseError;
 use parking_lot::{Mutex, RwLock};
+use raft::prelude::Entry;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use weir_protocol::records::{self, BatchHeader};
@@ -15,12 +18,68 @@ pub struct Partition {
     pub index: i32,
     pub log: Arc<Log>,
     pub config: RwLock<EffectiveConfig>,
-    /// The leader epoch stamped into appended batches (Raft term once replicated).
+    /// The leader epoch stamped into appended batches on a single node (a
+    /// replicated partition uses the Raft term).
     pub leader_epoch: i32,
+    /// Set when the partition is a Raft group (cluster mode).
+    pub replica: Option<Arc<GroupHandle<PartitionMachine>>>,
+    /// The nodes holding a replica (this node alone on a single node).
+    pub replicas: Vec<i32>,
     /// Held across the idempotence check and the append so that both see the same
-    /// state, and batches of one producer are appended in sequence order.
+    /// state, and batches of one producer are appended in sequence order. A
+    /// replicated partition keeps it inside its Raft group instead.
     producers: Mutex<ProducerStates>,
-    waiters: Mutex<Vec<Arc<Notify>>>,
+    waiters: Arc<Mutex<Vec<Arc<Notify>>>>,
+}
+
+/// A replicated partition's state derived from its log: idempotent producers'
+/// sequences, updated as entries are written on every replica (so a new leader
+/// has them), rebuilt when a divergent tail is truncated.
+pub struct PartitionMachine {
+    producers: ProducerStates,
+}
+
+impl StateMachine for PartitionMachine {
+    fn persisted(&mut self, entries: &[(Entry, EntryMeta)], truncated: bool, log: &RaftLog) {
+        if truncated {
+            self.producers = producer_states_from(log.log());
+            return;
+        }
+        for (entry, meta) in entries {
+            // The entry holds the batches as proposed; offsets come from `meta`.
+            let mut next = meta.base;
+            for batch in records::batches(&entry.data) {
+                let Ok((header, _)) = batch else { break };
+                self.producers.record(&header, next);
+                next += i64::from(header.last_offset_delta) + 1;
+            }
+        }
+    }
+
+    fn committed(&mut self, _entries: &[Entry]) {}
+}
+
+/// Replays batch headers so idempotent producers keep their sequence state
+/// across restarts. A future snapshot file will make this O(1).
+fn producer_states_from(log: &Log) -> ProducerStates {
+    let mut states = ProducerStates::default();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let Ok(read) = log.read(offset, 4 << 20, true) else {
+            break;
+        };
+        if read.batches.is_empty() {
+            break;
+        }
+        for chunk in &read.batches {
+            for batch in records::batches(chunk) {
+                let Ok((header, _)) = batch else { break };
+                states.record(&header, header.base_offset);
+                offset = header.last_offset() + 1;
+            }
+        }
+    }
+    states
 }
 
 /// What an append produced, for the produce response.
@@ -32,58 +91,137 @@ pub struct Appended {
     pub log_start_offset: i64,
     /// False when the batch was a retried duplicate and nothing was written.
     pub wrote: bool,
+    /// Replicated: the Raft entry to wait for before acks=all is answered.
+    pub commit: Option<Ticket>,
 }
 
 pub type AppendError = (ResponseError, String);
 
 impl Partition {
     pub fn new(topic: &str, index: i32, log: Arc<Log>, config: EffectiveConfig) -> Self {
-        let partition = Partition {
+        let producers = producer_states_from(&log);
+        Partition {
             topic: topic.to_string(),
             index,
             log,
             config: RwLock::new(config),
             leader_epoch: 0,
-            producers: Mutex::new(ProducerStates::default()),
-            waiters: Mutex::new(Vec::new()),
-        };
-        partition.rebuild_producer_state();
-        partition
-    }
-
-    /// Replays batch headers so idempotent producers keep their sequence state
-    /// across restarts. A future snapshot file will make this O(1).
-    fn rebuild_producer_state(&self) {
-        let mut states = self.producers.lock();
-        let mut offset = self.log.log_start_offset();
-        while offset < self.log.log_end_offset() {
-            let Ok(read) = self.log.read(offset, 4 << 20, true) else {
-                break;
-            };
-            if read.batches.is_empty() {
-                break;
-            }
-            for chunk in &read.batches {
-                for batch in records::batches(chunk) {
-                    let Ok((header, _)) = batch else { break };
-                    states.record(&header, header.base_offset);
-                    offset = header.last_offset() + 1;
-                }
-            }
+            replica: None,
+            replicas: Vec::new(),
+            producers: Mutex::new(producers),
+            waiters: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
-    /// The offset below which records are committed and visible to consumers. On a
-    /// single node an appended record is committed; replication will make this the
-    /// Raft commit index.
+    /// A partition replicated by a Raft group of `replicas` (node ids).
+    pub fn new_replicated(
+        topic: &str,
+        index: i32,
+        log: Arc<Log>,
+        config: EffectiveConfig,
+        node: &RaftNode,
+        replicas: &[i32],
+    ) -> anyhow::Result<Self> {
+        let voters: Vec<u64> = replicas.iter().map(|&r| r as u64).collect();
+        let raft_log = RaftLog::open(log.clone(), &voters)?;
+        let producers = producer_states_from(&log);
+        let waiters: Arc<Mutex<Vec<Arc<Notify>>>> = Arc::new(Mutex::new(Vec::new()));
+        let wake = waiters.clone();
+        let handle = node.open_group(
+            (Arc::from(topic), index),
+            raft_log,
+            PartitionMachine { producers },
+            config.flush_every_append(),
+            false,
+            Box::new(move || {
+                for w in std::mem::take(&mut *wake.lock()) {
+                    w.notify_one();
+                }
+            }),
+        )?;
+        Ok(Partition {
+            topic: topic.to_string(),
+            index,
+            log,
+            config: RwLock::new(config),
+            leader_epoch: 0,
+            replica: Some(handle),
+            replicas: replicas.to_vec(),
+            producers: Mutex::new(ProducerStates::default()),
+            waiters,
+        })
+    }
+
+    /// The offset below which records are committed and visible to consumers: the
+    /// log end on a single node, the Raft commit index's offset when replicated.
     pub fn high_watermark(&self) -> i64 {
-        self.log.log_end_offset()
+        match &self.replica {
+            Some(r) => r.high_watermark(),
+            None => self.log.log_end_offset(),
+        }
+    }
+
+    /// Whether this node serves produce and fetch for the partition.
+    pub fn is_leader(&self) -> bool {
+        self.replica.as_ref().is_none_or(|r| r.is_leader())
+    }
+
+    /// The node id of the leader (-1 if none is known).
+    pub fn leader_id(&self, me: i32) -> i32 {
+        match &self.replica {
+            None => me,
+            Some(r) => match r.leader() {
+                0 => -1,
+                id => id as i32,
+            },
+        }
+    }
+
+    pub fn current_leader_epoch(&self) -> i32 {
+        match &self.replica {
+            None => self.leader_epoch,
+            Some(r) => r.term() as i32,
+        }
+    }
+
+    /// Waits until a replicated append is committed by a majority.
+    pub async fn wait_committed(
+        &self,
+        ticket: Ticket,
+        timeout: std::time::Duration,
+    ) -> Result<(), AppendError> {
+        let Some(handle) = &self.replica else {
+            return Ok(());
+        };
+        let rx = handle.watch(ticket);
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Outcome::Committed(_))) => Ok(()),
+            Ok(Ok(Outcome::Lost)) | Ok(Err(_)) | Ok(Ok(Outcome::Pending)) => Err((
+                ResponseError::NotLeaderOrFollower,
+                "leadership changed before the records were committed".into(),
+            )),
+            Err(_) => Err((
+                ResponseError::RequestTimedOut,
+                "records not committed by a majority within the request timeout".into(),
+            )),
+        }
     }
 
     /// Validates and appends a produce request's record set for this partition.
     /// Headers are checked here; the storage engine checks each CRC once as it
     /// appends, and appends nothing if any batch is bad.
     pub fn append(&self, record_set: &mut [u8], now_ms: i64) -> Result<Appended, AppendError> {
+        self.append_with_acks(record_set, now_ms, false)
+    }
+
+    /// `acks_all`: refuse with NOT_ENOUGH_REPLICAS when fewer replicas than
+    /// `min.insync.replicas` are live (replicated partitions).
+    pub fn append_with_acks(
+        &self,
+        record_set: &mut [u8],
+        now_ms: i64,
+        acks_all: bool,
+    ) -> Result<Appended, AppendError> {
         let batches = records::parse_record_set(record_set).map_err(record_error)?;
         if batches.is_empty() {
             return Err((
@@ -118,6 +256,16 @@ impl Partition {
                 records::set_log_append_time(&mut record_set[range.clone()], now_ms);
             }
         }
+        if let Some(handle) = &self.replica {
+            return self.append_replicated(
+                handle,
+                record_set,
+                &batches,
+                acks_all,
+                log_append_time,
+                now_ms,
+            );
+        }
         let mut producers = self.producers.lock();
         let idempotent: Vec<&BatchHeader> = batches
             .iter()
@@ -139,6 +287,7 @@ impl Partition {
                     log_append_time: -1,
                     log_start_offset: self.log.log_start_offset(),
                     wrote: false,
+                    commit: None,
                 });
             }
         }
@@ -160,7 +309,102 @@ impl Partition {
             log_append_time: if log_append_time { now_ms } else { -1 },
             log_start_offset: info.log_start_offset,
             wrote: true,
+            commit: None,
         })
+    }
+
+    fn append_replicated(
+        &self,
+        handle: &GroupHandle<PartitionMachine>,
+        record_set: &[u8],
+        batches: &[(BatchHeader, std::ops::Range<usize>)],
+        acks_all: bool,
+        log_append_time: bool,
+        now_ms: i64,
+    ) -> Result<Appended, AppendError> {
+        let min_isr = i64::from(self.config.read().min_insync_replicas());
+        let idempotent: Vec<&BatchHeader> = batches
+            .iter()
+            .map(|(h, _)| h)
+            .filter(|h| h.has_producer_id())
+            .collect();
+        if !idempotent.is_empty() && batches.len() != 1 {
+            return Err((
+                ResponseError::InvalidRecord,
+                "an idempotent produce must carry one batch per partition".into(),
+            ));
+        }
+        // The storage engine checks CRCs as it appends, which on a replica is
+        // after the entry is in the Raft log: check them before proposing.
+        if !log_append_time {
+            records::validate_record_set(record_set).map_err(record_error)?;
+        }
+        enum Step {
+            Duplicate(i64),
+            Proposed(Ticket),
+        }
+        let step = handle
+            .with(|group, sm| -> Result<Step, AppendError> {
+                if !group.is_leader() {
+                    return Err((
+                        ResponseError::NotLeaderOrFollower,
+                        format!(
+                            "this node is not the leader of {}-{}",
+                            self.topic, self.index
+                        ),
+                    ));
+                }
+                if acks_all {
+                    let live = group.live_voters() as i64;
+                    if live < min_isr {
+                        return Err((
+                            ResponseError::NotEnoughReplicas,
+                            format!(
+                                "min.insync.replicas={min_isr} but only {live} replica(s) are live"
+                            ),
+                        ));
+                    }
+                }
+                if let Some(h) = idempotent.first() {
+                    if let SeqCheck::Duplicate { base_offset } = sm.producers.check(h)? {
+                        return Ok(Step::Duplicate(base_offset));
+                    }
+                }
+                let ticket = group
+                    .propose(record_set.to_vec())
+                    .map_err(|e| (ResponseError::NotLeaderOrFollower, format!("{e:#}")))?;
+                Ok(Step::Proposed(ticket))
+            })
+            .map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))??;
+        match step {
+            Step::Duplicate(base_offset) => Ok(Appended {
+                base_offset,
+                last_offset: base_offset + i64::from(batches[0].0.last_offset_delta),
+                log_append_time: -1,
+                log_start_offset: self.log.log_start_offset(),
+                wrote: false,
+                commit: None,
+            }),
+            Step::Proposed(ticket) => {
+                // The leader wrote the entry in the Ready that followed the proposal.
+                let meta = handle
+                    .with(|group, _| group.log().meta(ticket.index))
+                    .map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))?
+                    .filter(|m| m.term == ticket.term)
+                    .ok_or((
+                        ResponseError::NotLeaderOrFollower,
+                        "leadership changed while appending".to_string(),
+                    ))?;
+                Ok(Appended {
+                    base_offset: meta.base,
+                    last_offset: meta.end - 1,
+                    log_append_time: if log_append_time { now_ms } else { -1 },
+                    log_start_offset: self.log.log_start_offset(),
+                    wrote: true,
+                    commit: Some(ticket),
+                })
+            }
+        }
     }
 
     /// Registers a fetch waiting for data; it is woken by the next append.

@@ -10,7 +10,29 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = BrokerConfig::load(&args)?;
     let kafka_listen = config.kafka_listen;
     let http_listen = config.http_listen;
-    let broker = tokio::task::block_in_place(|| Broker::open(config))?;
+    let raft = match config.raft_listen {
+        Some(listen) if !config.peers.is_empty() => {
+            let me = crate::replication::transport::PeerInfo {
+                node_id: config.node_id as u64,
+                kafka_host: config.advertised_host.clone(),
+                kafka_port: config.advertised_port,
+            };
+            let peers = config.peers.iter().map(|(k, v)| (*k, *v)).collect();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let transport =
+                crate::replication::transport::Transport::start(me, listen, &peers, tx).await?;
+            let node = crate::replication::node::RaftNode::new(config.node_id as u64, transport);
+            tracing::info!(node_id = config.node_id, raft = %listen, voters = config.peers.len(), "cluster mode");
+            Some((node, rx))
+        }
+        _ => None,
+    };
+    let broker = tokio::task::block_in_place(|| {
+        Broker::open_with(config, raft.as_ref().map(|(n, _)| n.clone()))
+    })?;
+    if let Some((node, inbox)) = raft {
+        node.run(inbox);
+    }
     let kafka = TcpListener::bind(kafka_listen)
         .await
         .with_context(|| format!("binding the Kafka listener {kafka_listen}"))?;
@@ -27,13 +49,31 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let ingest = tokio::task::block_in_place(|| crate::ingest::Ingest::start(broker.clone()))
         .context("starting ingest")?;
-    let cep = tokio::task::block_in_place(|| crate::cep::Cep::open(broker.clone()))
-        .context("starting CEP")?;
-    cep.start_stage();
+    if broker.meta_group.is_some() {
+        // CEP keeps its definitions in a topic: wait for a controller first.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while broker.controller_id() < 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tracing::info!(controller = broker.controller_id(), "controller elected");
+    }
+    let cep = match tokio::task::block_in_place(|| crate::cep::Cep::open(broker.clone())) {
+        Ok(cep) => {
+            cep.start_stage();
+            Some(cep)
+        }
+        Err(e) if broker.meta_group.is_some() => {
+            tracing::error!(error = %format!("{e:#}"), "CEP is disabled on this node");
+            None
+        }
+        Err(e) => return Err(e).context("starting CEP"),
+    };
     let http_task = tokio::spawn({
-        let router = crate::http::router(broker.clone())
-            .merge(crate::ingest::router(ingest.clone()))
-            .merge(crate::cep::router(cep.clone()));
+        let mut router =
+            crate::http::router(broker.clone()).merge(crate::ingest::router(ingest.clone()));
+        if let Some(cep) = &cep {
+            router = router.merge(crate::cep::router(cep.clone()));
+        }
         async move {
             if let Err(e) = axum::serve(http, router).await {
                 tracing::error!(error = %e, "HTTP listener failed");
@@ -61,7 +101,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     accept_task.abort();
     http_task.abort();
     tokio::task::block_in_place(|| ingest.stop());
-    cep.stop().await;
+    if let Some(cep) = cep {
+        cep.stop().await;
+    }
     tokio::task::block_in_place(|| broker.shutdown()).context("clean shutdown")?;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -1,10 +1,13 @@
 //! The broker's shared state: configuration, cluster metadata, partitions.
 
+use crate::cluster::MetaMachine;
 use crate::config::BrokerConfig;
 use crate::fetch_session::FetchSessions;
 use crate::metadata::{validate_topic_name, MetadataStore, TopicMeta, METADATA_TOPIC};
 use crate::metrics::Metrics;
 use crate::partition::Partition;
+use crate::replication::node::{GroupHandle, RaftNode};
+use crate::replication::RaftLog;
 use crate::topic_config::{self, EffectiveConfig};
 use anyhow::Context;
 use kafka_protocol::error::ResponseError;
@@ -17,7 +20,11 @@ pub type TopicError = (ResponseError, String);
 
 pub struct Broker {
     pub config: BrokerConfig,
-    pub meta: MetadataStore,
+    pub meta: Arc<MetadataStore>,
+    /// Cluster mode: this node's Raft groups and transport.
+    pub raft: Option<Arc<RaftNode>>,
+    /// Cluster mode: the metadata (controller) group.
+    pub meta_group: Option<Arc<GroupHandle<MetaMachine>>>,
     pub logs: LogManager,
     pub fetch_sessions: FetchSessions,
     pub metrics: Metrics,
@@ -30,6 +37,15 @@ pub struct Broker {
 
 impl Broker {
     pub fn open(config: BrokerConfig) -> anyhow::Result<Arc<Broker>> {
+        Self::open_with(config, None)
+    }
+
+    /// Opens the broker; with `raft`, in cluster mode (every partition and the
+    /// metadata log replicated by Raft groups of this node).
+    pub fn open_with(
+        config: BrokerConfig,
+        raft: Option<Arc<RaftNode>>,
+    ) -> anyhow::Result<Arc<Broker>> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let defaults = EffectiveConfig::resolve(&config, &BTreeMap::new()).log_config();
@@ -38,12 +54,38 @@ impl Broker {
         let meta_log = logs
             .get_or_create(METADATA_TOPIC, 0, MetadataStore::log_config())
             .context("opening the metadata log")?;
-        let meta = MetadataStore::open(meta_log)?;
+        let (meta, meta_group) = match &raft {
+            None => (Arc::new(MetadataStore::open(meta_log)?), None),
+            Some(node) => {
+                let voters: Vec<u64> = config.peers.keys().copied().collect();
+                let raft_log = RaftLog::open(meta_log.clone(), &voters)
+                    .context("opening the metadata raft log")?;
+                let committed = raft_log.offset_after(raft_log.commit().min(raft_log.last_index()));
+                let meta = Arc::new(MetadataStore::open_replicated(meta_log, committed)?);
+                let group = node.open_group(
+                    (Arc::from(METADATA_TOPIC), 0),
+                    raft_log,
+                    MetaMachine {
+                        store: meta.clone(),
+                    },
+                    true,
+                    true,
+                    Box::new(|| {}),
+                )?;
+                let proposer = group.clone();
+                meta.set_proposer(Arc::new(move |batch: Vec<u8>| {
+                    proposer.with(|g, _| g.propose_anywhere(batch))?
+                }));
+                (meta, Some(group))
+            }
+        };
         let groups =
             crate::coordinator::GroupCoordinator::new(crate::coordinator::config_from(&config));
         let broker = Arc::new(Broker {
             config,
             meta,
+            raft,
+            meta_group,
             logs,
             fetch_sessions: FetchSessions::new(1000),
             metrics: Metrics::default(),
@@ -59,6 +101,11 @@ impl Broker {
             .map(|t| (t.name.clone(), t))
             .collect();
         for ((topic, partition), _) in broker.logs.logs() {
+            // In cluster mode the locally known metadata may lag the cluster's:
+            // deletions arrive as committed records instead.
+            if broker.raft.is_some() {
+                break;
+            }
             let keep = topic == METADATA_TOPIC
                 || topics.get(&topic).is_some_and(|t| partition < t.partitions);
             if !keep {
@@ -72,21 +119,96 @@ impl Broker {
         for topic in topics.values() {
             broker.open_partitions(topic, 0)?;
         }
+        if broker.raft.is_some() {
+            let weak = Arc::downgrade(&broker);
+            broker.meta.set_listener(Arc::new(move |topic: &str| {
+                if let Some(b) = weak.upgrade() {
+                    b.reconcile_topic(topic);
+                }
+            }));
+        }
         broker.open_group_coordinator()?;
         Ok(broker)
+    }
+
+    /// Cluster mode: brings local replicas in line with the committed metadata of
+    /// `name` (called on every node as topic records are applied).
+    fn reconcile_topic(&self, name: &str) {
+        match self.topic(name) {
+            Some(topic) => {
+                if let Err(e) = self.open_partitions(&topic, 0) {
+                    tracing::error!(topic = name, error = %format!("{e:#}"), "opening replicas");
+                }
+                let effective = EffectiveConfig::resolve(&self.config, &topic.configs);
+                for index in 0..topic.partitions {
+                    if let Some(p) = self.partition(name, index) {
+                        p.log.update_config(effective.log_config());
+                        *p.config.write() = effective.clone();
+                    }
+                }
+            }
+            None => {
+                let removed = self.partitions.write().remove(name).unwrap_or_default();
+                for (index, p) in removed {
+                    if let Some(node) = &self.raft {
+                        node.remove_group(&(Arc::from(name), index));
+                    }
+                    p.wake_waiters();
+                    drop(p);
+                    if let Err(e) = self.logs.remove(name, index) {
+                        tracing::error!(topic = name, partition = index, error = %e, "removing a deleted topic's log");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The replicas of partition `index` of `topic` (this node alone on a single node).
+    pub fn replicas_of(&self, topic: &TopicMeta, index: i32) -> Vec<i32> {
+        match topic.replicas.get(index as usize) {
+            Some(r) if !r.is_empty() => r.clone(),
+            _ => vec![self.node_id()],
+        }
+    }
+
+    /// Node ids of the cluster's voters (this node alone on a single node).
+    pub fn cluster_nodes(&self) -> Vec<i32> {
+        if self.config.peers.is_empty() {
+            vec![self.node_id()]
+        } else {
+            self.config.peers.keys().map(|&id| id as i32).collect()
+        }
     }
 
     fn open_partitions(&self, topic: &TopicMeta, from: i32) -> anyhow::Result<()> {
         let effective = EffectiveConfig::resolve(&self.config, &topic.configs);
         let log_config = effective.log_config();
         for index in from..topic.partitions {
+            if self.partition(&topic.name, index).is_some() {
+                continue;
+            }
+            let replicas = self.replicas_of(topic, index);
+            if self.raft.is_some() && !replicas.contains(&self.node_id()) {
+                continue; // hosted elsewhere
+            }
             let log = self
                 .logs
                 .get_or_create(&topic.name, index, log_config.clone())
                 .with_context(|| format!("opening partition {}-{index}", topic.name))?;
             // Logs found at start were opened with the defaults; apply the topic's own.
             log.update_config(log_config.clone());
-            let partition = Arc::new(Partition::new(&topic.name, index, log, effective.clone()));
+            let partition = match &self.raft {
+                None => Partition::new(&topic.name, index, log, effective.clone()),
+                Some(node) => Partition::new_replicated(
+                    &topic.name,
+                    index,
+                    log,
+                    effective.clone(),
+                    node,
+                    &replicas,
+                )?,
+            };
+            let partition = Arc::new(partition);
             self.partitions
                 .write()
                 .entry(topic.name.clone())
@@ -98,6 +220,43 @@ impl Broker {
 
     pub fn node_id(&self) -> i32 {
         self.config.node_id
+    }
+
+    /// Brokers clients may connect to: this node, plus (cluster mode) every peer
+    /// that has introduced itself over the Raft transport.
+    pub fn live_brokers(&self) -> Vec<(i32, String, i32)> {
+        match &self.raft {
+            None => vec![(
+                self.node_id(),
+                self.config.advertised_host.clone(),
+                self.config.advertised_port,
+            )],
+            Some(node) => node
+                .transport
+                .peers()
+                .into_iter()
+                .map(|p| (p.node_id as i32, p.kafka_host, p.kafka_port))
+                .collect(),
+        }
+    }
+
+    /// The controller: the metadata group's leader (-1 while electing).
+    pub fn controller_id(&self) -> i32 {
+        match &self.meta_group {
+            None => self.node_id(),
+            Some(g) => match g.leader() {
+                0 => -1,
+                id => id as i32,
+            },
+        }
+    }
+
+    /// The address of broker `id`, if known.
+    pub fn broker_address(&self, id: i32) -> Option<(String, i32)> {
+        self.live_brokers()
+            .into_iter()
+            .find(|(n, _, _)| *n == id)
+            .map(|(_, h, p)| (h, p))
     }
 
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
@@ -175,7 +334,8 @@ impl Broker {
         } else {
             replication_factor
         };
-        let brokers = 1;
+        let nodes = self.cluster_nodes();
+        let brokers = nodes.len() as i16;
         if rf < 1 || rf > brokers {
             return Err((
                 ResponseError::InvalidReplicationFactor,
@@ -194,11 +354,17 @@ impl Broker {
                 partitions,
                 replication_factor: rf,
                 configs,
+                replicas: Vec::new(),
             });
         }
+        let replicas = if self.raft.is_some() {
+            crate::cluster::assign_replicas(&nodes, 0, partitions, rf as usize)
+        } else {
+            Vec::new()
+        };
         let topic = self
             .meta
-            .create_topic(name, partitions, rf, configs)
+            .create_topic(name, partitions, rf, configs, replicas)
             .map_err(|e| (ResponseError::TopicAlreadyExists, format!("{e:#}")))?;
         self.open_partitions(&topic, 0)
             .map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))?;
@@ -216,6 +382,11 @@ impl Broker {
         self.meta
             .delete_topic(name)
             .map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))?;
+        if self.raft.is_some() {
+            // Applying the record removed the replicas (on every node).
+            tracing::info!(topic = name, "deleted topic");
+            return Ok(());
+        }
         let removed = self.partitions.write().remove(name).unwrap_or_default();
         for p in removed.values() {
             p.wake_waiters();
@@ -259,12 +430,24 @@ impl Broker {
         if validate_only {
             return Ok(());
         }
+        let replicas = if self.raft.is_some() {
+            crate::cluster::assign_replicas(
+                &self.cluster_nodes(),
+                topic.partitions,
+                total - topic.partitions,
+                topic.replication_factor.max(1) as usize,
+            )
+        } else {
+            Vec::new()
+        };
         self.meta
-            .set_partition_count(name, total)
+            .set_partition_count(name, total, replicas)
             .map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))?;
-        let updated = TopicMeta {
-            partitions: total,
-            ..topic.clone()
+        let Some(updated) = self.topic(name) else {
+            return Err((
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic '{name}' was deleted"),
+            ));
         };
         self.open_partitions(&updated, topic.partitions)
             .map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))
@@ -305,6 +488,9 @@ impl Broker {
 
     /// Clean shutdown: every log flushed and marked clean.
     pub fn shutdown(&self) -> anyhow::Result<()> {
+        if let Some(node) = &self.raft {
+            node.close();
+        }
         self.logs.shutdown().context("closing logs")
     }
 }

@@ -346,6 +346,28 @@ impl Broker {
     /// Creates `__consumer_offsets` if needed and attaches the group coordinator
     /// to it (called once by [`Broker::open`]).
     pub fn open_group_coordinator(&self) -> anyhow::Result<()> {
+        if self.raft.is_some() {
+            // Cluster mode: the controller coordinates groups from node-local
+            // offsets logs. Replicating __consumer_offsets (and moving the
+            // coordinator with its partitions' leaders) is not built yet.
+            let configs = BTreeMap::from([
+                ("cleanup.policy".to_string(), "compact".to_string()),
+                ("segment.bytes".to_string(), (100 << 20).to_string()),
+            ]);
+            let log_config =
+                crate::topic_config::EffectiveConfig::resolve(&self.config, &configs).log_config();
+            let mut logs = Vec::new();
+            for index in 0..OFFSETS_TOPIC_PARTITIONS {
+                let log = self
+                    .logs
+                    .get_or_create(OFFSETS_TOPIC, index, log_config.clone())
+                    .with_context(|| format!("opening {OFFSETS_TOPIC}-{index}"))?;
+                log.update_config(log_config.clone());
+                logs.push(log);
+            }
+            self.groups.open(logs, now_ms())?;
+            return self.groups.start_timer();
+        }
         let topic = match self.topic(OFFSETS_TOPIC) {
             Some(t) => t,
             None => {

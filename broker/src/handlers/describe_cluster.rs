@@ -19,7 +19,7 @@ pub fn handle(
     let node = BrokerId(broker.node_id());
     let response = DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(broker.meta.cluster_id()))
-        .with_controller_id(node)
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_cluster_authorized_operations(OPERATIONS_NOT_REQUESTED)
         .with_error_message(None);
     // endpoint_type exists from v1; before, it is always "brokers".
@@ -33,11 +33,20 @@ pub fn handle(
                 req.endpoint_type
             ))));
     }
-    response.with_brokers(vec![DescribeClusterBroker::default()
-        .with_broker_id(node)
-        .with_host(StrBytes::from_string(broker.config.advertised_host.clone()))
-        .with_port(broker.config.advertised_port)
-        .with_rack(None)])
+    let _ = node;
+    response.with_brokers(
+        broker
+            .live_brokers()
+            .into_iter()
+            .map(|(id, host, port)| {
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(id))
+                    .with_host(StrBytes::from_string(host))
+                    .with_port(port)
+                    .with_rack(None)
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

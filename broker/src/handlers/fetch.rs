@@ -307,18 +307,30 @@ fn read_all(broker: &Broker, targets: &[Target], max_bytes: usize) -> Vec<Read> 
                 return read;
             }
             let Some(partition) = broker.partition(&t.topic, t.partition) else {
-                read.error = Some(ResponseError::UnknownTopicOrPartition);
+                // Cluster mode: the topic exists but another node holds the partition.
+                let elsewhere = broker.topic(&t.topic).is_some_and(|m| t.partition < m.partitions);
+                read.error = Some(if elsewhere {
+                    ResponseError::NotLeaderOrFollower
+                } else {
+                    ResponseError::UnknownTopicOrPartition
+                });
                 return read;
             };
+            if !partition.is_leader() {
+                read.error = Some(ResponseError::NotLeaderOrFollower);
+                return read;
+            }
             let hw = partition.high_watermark();
             let log_start = partition.log.log_start_offset();
             read.high_watermark = hw;
             read.log_start = log_start;
-            if t.fetch_offset < log_start || t.fetch_offset > hw {
+            // Past the high watermark but inside the log is not out of range: a
+            // new leader learns the commit index a moment after its election.
+            if t.fetch_offset < log_start || t.fetch_offset > hw.max(partition.log.log_end_offset()) {
                 read.error = Some(ResponseError::OffsetOutOfRange);
                 return read;
             }
-            if t.fetch_offset == hw {
+            if t.fetch_offset >= hw {
                 return read;
             }
             let limit = (t.max_bytes.max(0) as usize).min(remaining);

@@ -60,9 +60,16 @@ fn lookup(
     index: i32,
     timestamp: i64,
 ) -> Result<(i64, i64), ResponseError> {
-    let partition = broker
-        .partition(topic, index)
-        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let partition = broker.partition(topic, index).ok_or_else(|| {
+        if broker.topic(topic).is_some_and(|m| index < m.partitions) {
+            ResponseError::NotLeaderOrFollower
+        } else {
+            ResponseError::UnknownTopicOrPartition
+        }
+    })?;
+    if !partition.is_leader() {
+        return Err(ResponseError::NotLeaderOrFollower);
+    }
     let log = &partition.log;
     let storage = |e: weir_storage::StorageError| {
         tracing::error!(topic, partition = index, error = %e, "ListOffsets");

@@ -52,13 +52,22 @@ pub fn handle(broker: &Broker, ctx: &RequestContext, req: MetadataRequest) -> Me
             })
             .collect(),
     };
+    let cluster_id = broker.meta.cluster_id();
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(broker.node_id()))
-            .with_host(StrBytes::from_string(broker.config.advertised_host.clone()))
-            .with_port(broker.config.advertised_port)])
-        .with_cluster_id(Some(StrBytes::from_string(broker.meta.cluster_id())))
-        .with_controller_id(BrokerId(broker.node_id()))
+        .with_brokers(
+            broker
+                .live_brokers()
+                .into_iter()
+                .map(|(id, host, port)| {
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(id))
+                        .with_host(StrBytes::from_string(host))
+                        .with_port(port)
+                })
+                .collect(),
+        )
+        .with_cluster_id((!cluster_id.is_empty()).then(|| StrBytes::from_string(cluster_id)))
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_topics(topics)
         .with_cluster_authorized_operations(OPERATIONS_NOT_REQUESTED)
 }
@@ -94,18 +103,35 @@ fn lookup_or_create(
 }
 
 fn topic_entry(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
-    let node = BrokerId(broker.node_id());
+    let me = broker.node_id();
     let partitions = (0..topic.partitions)
         .map(|index| {
-            let epoch = broker
-                .partition(&topic.name, index)
-                .map_or(0, |p| p.leader_epoch);
-            MetadataResponsePartition::default()
+            let replicas: Vec<BrokerId> = broker
+                .replicas_of(topic, index)
+                .into_iter()
+                .map(BrokerId)
+                .collect();
+            let (leader, epoch) = match broker.partition(&topic.name, index) {
+                Some(p) => (p.leader_id(me), p.current_leader_epoch()),
+                None => (-1, -1),
+            };
+            // A leader clients cannot reach yet is no leader to them.
+            let leader = if leader >= 0 && broker.broker_address(leader).is_none() {
+                -1
+            } else {
+                leader
+            };
+            let entry = MetadataResponsePartition::default()
                 .with_partition_index(index)
-                .with_leader_id(node)
+                .with_leader_id(BrokerId(leader))
                 .with_leader_epoch(epoch)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_replica_nodes(replicas.clone())
+                .with_isr_nodes(replicas);
+            if leader < 0 {
+                entry.with_error_code(ResponseError::LeaderNotAvailable.code())
+            } else {
+                entry
+            }
         })
         .collect();
     MetadataResponseTopic::default()

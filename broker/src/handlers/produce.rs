@@ -21,6 +21,8 @@ struct PartitionOutcome {
     result: Result<Appended, AppendError>,
     /// Set when the answer must wait for this offset to be durable.
     durable: Option<(Arc<Log>, i64)>,
+    /// Replicated acks=all: the answer waits for a majority to commit.
+    commit: Option<(Arc<Partition>, crate::replication::Ticket)>,
 }
 
 pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequest) -> Pending {
@@ -38,12 +40,21 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequest) -
             .partition_data
             .into_iter()
             .map(|p| {
+                let mut commit = None;
                 let (result, durable) = if !matches!(acks, -1 | 0 | 1) {
                     let message = format!("acks={acks} is not 0, 1 or -1");
                     (Err((ResponseError::InvalidRequiredAcks, message)), None)
                 } else {
                     match &name {
                         Some(name) => match append_one(broker, name, p.index, p.records, acks, now) {
+                            Ok((a, partition)) if partition.replica.is_some() => {
+                                // Replicated: durability is a majority's (under each
+                                // replica's flush policy), not this node's fsync.
+                                if acks == -1 {
+                                    commit = a.commit.map(|t| (partition.clone(), t));
+                                }
+                                (Ok(a), None)
+                            }
                             Ok((a, partition)) => {
                                 let must_sync = acks == -1 || partition.config.read().flush_every_append();
                                 let durable = (a.wrote && must_sync).then(|| (partition.log.clone(), a.last_offset));
@@ -58,14 +69,16 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequest) -
                     Metrics::inc(&broker.metrics.produce_errors);
                     tracing::debug!(topic = ?name, partition = p.index, ?code, %message, "produce refused");
                 }
-                PartitionOutcome { index: p.index, result, durable }
+                PartitionOutcome { index: p.index, result, durable, commit }
             })
             .collect();
         topics.push((topic.name, topic.topic_id, outcomes));
     }
     let version = ctx.version();
+    let timeout = std::time::Duration::from_millis(req.timeout_ms.clamp(1, 300_000) as u64);
     Box::pin(async move {
         wait_durable(&mut topics).await;
+        wait_committed(&mut topics, timeout).await;
         if acks == 0 {
             return None;
         }
@@ -93,7 +106,7 @@ fn append_one(
             format!("this server does not host {topic}-{index}"),
         )
     })?;
-    if acks == -1 {
+    if acks == -1 && partition.replica.is_none() {
         let min_isr = partition.config.read().min_insync_replicas();
         let in_sync = 1;
         if min_isr > in_sync {
@@ -109,12 +122,31 @@ fn append_one(
     let mut buf = records
         .try_into_mut()
         .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-    let appended = partition.append(&mut buf, now)?;
+    let appended = partition.append_with_acks(&mut buf, now, acks == -1)?;
     if appended.wrote {
         Metrics::add(&broker.metrics.produced_bytes, size as u64);
         Metrics::inc(&broker.metrics.produced_batches);
     }
     Ok((appended, partition))
+}
+
+/// Replicated acks=all: waits until a majority has each partition's entry.
+async fn wait_committed(
+    topics: &mut [(TopicName, Uuid, Vec<PartitionOutcome>)],
+    timeout: std::time::Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for (_, _, outcomes) in topics.iter_mut() {
+        for outcome in outcomes.iter_mut() {
+            let Some((partition, ticket)) = outcome.commit.take() else {
+                continue;
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Err(e) = partition.wait_committed(ticket, left).await {
+                outcome.result = Err(e);
+            }
+        }
+    }
 }
 
 /// Waits for every partition that needs it to be fsync'd; the storage engine

@@ -51,6 +51,9 @@ pub struct ReplicaGroup {
     node: RawNode<RaftLog>,
     /// fsync every Ready's entries before they count as persisted (`flush.messages=1`).
     pub sync_every_ready: bool,
+    /// Write the commit index whenever it moves (the metadata log: a node must
+    /// not forget at restart which topics exist).
+    pub persist_commit: bool,
 }
 
 pub fn raft_config(id: u64, applied: u64) -> Config {
@@ -79,6 +82,7 @@ impl ReplicaGroup {
         Ok(ReplicaGroup {
             node,
             sync_every_ready: false,
+            persist_commit: false,
         })
     }
 
@@ -157,6 +161,14 @@ impl ReplicaGroup {
 
     pub fn report_unreachable(&mut self, peer: u64) {
         self.node.report_unreachable(peer);
+    }
+
+    /// Proposes on any node: a follower forwards the proposal to the leader it
+    /// knows (raft-rs does), so the caller learns the outcome by applying.
+    pub fn propose_anywhere(&mut self, data: Vec<u8>) -> anyhow::Result<()> {
+        self.node
+            .propose(Vec::new(), data)
+            .context("no leader to take the proposal")
     }
 
     /// Proposes records; only the leader accepts. The ticket resolves through
@@ -242,14 +254,20 @@ impl ReplicaGroup {
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().set_commit(commit);
         }
+        if self.persist_commit && self.log().commit() != self.log().persisted_commit() {
+            self.node.mut_store().persist_state()?;
+        }
         out.messages.extend(light.take_messages());
         out.committed.extend(light.take_committed_entries());
         self.node.advance_apply();
         Ok(out)
     }
 
-    /// Writes the commit index (clean shutdown).
-    pub fn persist_state(&self) -> anyhow::Result<()> {
-        self.log().persist_state()
+    /// Writes the commit index if it moved (clean shutdown, periodic checkpoint).
+    pub fn persist_state(&mut self) -> anyhow::Result<()> {
+        if self.log().commit() != self.log().persisted_commit() {
+            self.node.mut_store().persist_state()?;
+        }
+        Ok(())
     }
 }

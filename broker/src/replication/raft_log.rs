@@ -69,6 +69,8 @@ pub struct RaftLog {
     state: PersistedState,
     /// `metas[k]` describes entry `state.snapshot_index + 1 + k`.
     metas: Vec<EntryMeta>,
+    /// The commit index last written to the state file.
+    persisted_commit: u64,
 }
 
 impl RaftLog {
@@ -132,6 +134,7 @@ impl RaftLog {
             log,
             dir,
             entries_file,
+            persisted_commit: state.commit,
             state,
             metas,
         };
@@ -344,8 +347,13 @@ impl RaftLog {
         self.state.commit = hs.commit;
         if durable_change {
             write_state(&self.dir.join(STATE_FILE), &self.state)?;
+            self.persisted_commit = self.state.commit;
         }
         Ok(())
+    }
+
+    pub fn persisted_commit(&self) -> u64 {
+        self.persisted_commit
     }
 
     pub fn set_commit(&mut self, commit: u64) {
@@ -353,8 +361,10 @@ impl RaftLog {
     }
 
     /// Writes the commit index (clean shutdown, or periodically).
-    pub fn persist_state(&self) -> anyhow::Result<()> {
-        write_state(&self.dir.join(STATE_FILE), &self.state)
+    pub fn persist_state(&mut self) -> anyhow::Result<()> {
+        write_state(&self.dir.join(STATE_FILE), &self.state)?;
+        self.persisted_commit = self.state.commit;
+        Ok(())
     }
 
     /// The batches of offsets `[base, end)`, zero-copy slices of the segment maps,

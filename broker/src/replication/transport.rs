@@ -1,0 +1,269 @@
+//! Node-to-node transport: one outbound TCP connection per peer carrying the
+//! Raft messages of every group. A writer drains everything queued for its peer
+//! into one buffer per `write`, so a Ready loop over many groups costs one
+//! syscall per peer, not one per message.
+//!
+//! Frames are `[u32 length][kind u8][body]`. The first frame on a connection is a
+//! `Hello` (JSON: node id and the Kafka address clients should use for it); then
+//! `Raft` frames: `[u16 topic length][topic][i32 partition][raft Message, protobuf]`.
+//! Messages lost with a broken connection are not retried here: Raft resends.
+
+use anyhow::{bail, Context};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use parking_lot::RwLock;
+use protobuf::Message as _;
+use raft::prelude::Message;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const KIND_HELLO: u8 = 0;
+const KIND_RAFT: u8 = 1;
+/// Raft messages are bounded by `max_size_per_msg` (1 MiB of entries) plus headers.
+const MAX_FRAME: usize = 64 << 20;
+
+/// A group is named by its partition: `(topic, partition)`.
+pub type GroupKey = (Arc<str>, i32);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub node_id: u64,
+    pub kafka_host: String,
+    pub kafka_port: i32,
+}
+
+pub struct Inbound {
+    pub group: GroupKey,
+    pub msg: Message,
+}
+
+pub struct Transport {
+    me: PeerInfo,
+    outbound: HashMap<u64, mpsc::UnboundedSender<(GroupKey, Message)>>,
+    /// What each peer said about itself in its Hello (known once it connected).
+    peers: Arc<RwLock<HashMap<u64, PeerInfo>>>,
+}
+
+impl Transport {
+    /// Binds the Raft listener and starts one writer per peer. Received messages
+    /// go to `inbox`.
+    pub async fn start(
+        me: PeerInfo,
+        listen: SocketAddr,
+        peers: &HashMap<u64, SocketAddr>,
+        inbox: mpsc::UnboundedSender<Inbound>,
+    ) -> anyhow::Result<Arc<Transport>> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the raft listener {listen}"))?;
+        let known = Arc::new(RwLock::new(HashMap::new()));
+        known.write().insert(me.node_id, me.clone());
+        tokio::spawn(accept_loop(listener, inbox, known.clone()));
+        let mut outbound = HashMap::new();
+        for (&id, &addr) in peers {
+            if id == me.node_id {
+                continue;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            outbound.insert(id, tx);
+            tokio::spawn(writer(me.clone(), id, addr, rx));
+        }
+        Ok(Arc::new(Transport {
+            me,
+            outbound,
+            peers: known,
+        }))
+    }
+
+    pub fn send(&self, group: &GroupKey, msg: Message) {
+        if let Some(tx) = self.outbound.get(&msg.to) {
+            let _ = tx.send((group.clone(), msg));
+        }
+    }
+
+    pub fn peer(&self, id: u64) -> Option<PeerInfo> {
+        self.peers.read().get(&id).cloned()
+    }
+
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let mut v: Vec<PeerInfo> = self.peers.read().values().cloned().collect();
+        v.sort_by_key(|p| p.node_id);
+        v
+    }
+
+    pub fn me(&self) -> &PeerInfo {
+        &self.me
+    }
+}
+
+fn encode_raft(buf: &mut BytesMut, group: &GroupKey, msg: &Message) -> anyhow::Result<()> {
+    let body = msg.write_to_bytes().context("encoding a raft message")?;
+    let topic = group.0.as_bytes();
+    let len = 1 + 2 + topic.len() + 4 + body.len();
+    buf.put_u32(len as u32);
+    buf.put_u8(KIND_RAFT);
+    buf.put_u16(topic.len() as u16);
+    buf.put_slice(topic);
+    buf.put_i32(group.1);
+    buf.put_slice(&body);
+    Ok(())
+}
+
+async fn writer(
+    me: PeerInfo,
+    peer: u64,
+    addr: SocketAddr,
+    mut rx: mpsc::UnboundedReceiver<(GroupKey, Message)>,
+) {
+    let hello = match serde_json::to_vec(&me) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "encoding hello");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(peer, %addr, error = %e, "raft peer unreachable");
+                // Drop what queued up meanwhile: it is stale, Raft will resend.
+                while rx.try_recv().is_ok() {}
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        backoff = Duration::from_millis(50);
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        buf.put_u32(1 + hello.len() as u32);
+        buf.put_u8(KIND_HELLO);
+        buf.put_slice(&hello);
+        tracing::info!(peer, %addr, "raft connection up");
+        loop {
+            if buf.is_empty() {
+                match rx.recv().await {
+                    Some((g, m)) => {
+                        if let Err(e) = encode_raft(&mut buf, &g, &m) {
+                            tracing::error!(error = %e, "dropping a raft message");
+                        }
+                    }
+                    None => return,
+                }
+            }
+            // Coalesce everything already queued into this write.
+            while buf.len() < (4 << 20) {
+                match rx.try_recv() {
+                    Ok((g, m)) => {
+                        if let Err(e) = encode_raft(&mut buf, &g, &m) {
+                            tracing::error!(error = %e, "dropping a raft message");
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = stream.write_all(&buf).await {
+                tracing::info!(peer, %addr, error = %e, "raft connection lost");
+                buf.clear();
+                break;
+            }
+            buf.clear();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    inbox: mpsc::UnboundedSender<Inbound>,
+    known: Arc<RwLock<HashMap<u64, PeerInfo>>>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                let inbox = inbox.clone();
+                let known = known.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = reader(stream, inbox, known).await {
+                        tracing::info!(%addr, error = %e, "raft connection closed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "raft accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn reader(
+    mut stream: TcpStream,
+    inbox: mpsc::UnboundedSender<Inbound>,
+    known: Arc<RwLock<HashMap<u64, PeerInfo>>>,
+) -> anyhow::Result<()> {
+    let mut topics: HashMap<Vec<u8>, Arc<str>> = HashMap::new();
+    let mut hello_seen = false;
+    loop {
+        let len = match stream.read_u32().await {
+            Ok(n) => n as usize,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if len == 0 || len > MAX_FRAME {
+            bail!("raft frame of {len} bytes");
+        }
+        let mut frame = vec![0u8; len];
+        stream.read_exact(&mut frame).await?;
+        let mut body = Bytes::from(frame);
+        let kind = body.get_u8();
+        match kind {
+            KIND_HELLO => {
+                let info: PeerInfo = serde_json::from_slice(&body).context("bad hello")?;
+                tracing::info!(peer = info.node_id, kafka = %format!("{}:{}", info.kafka_host, info.kafka_port), "raft peer said hello");
+                known.write().insert(info.node_id, info);
+                hello_seen = true;
+            }
+            KIND_RAFT if hello_seen => {
+                if body.remaining() < 2 {
+                    bail!("short raft frame");
+                }
+                let tlen = body.get_u16() as usize;
+                if body.remaining() < tlen + 4 {
+                    bail!("short raft frame");
+                }
+                let topic_bytes = body.split_to(tlen);
+                let topic = match topics.get(topic_bytes.as_ref()) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t: Arc<str> = std::str::from_utf8(&topic_bytes)
+                            .context("topic name is not UTF-8")?
+                            .into();
+                        topics.insert(topic_bytes.to_vec(), t.clone());
+                        t
+                    }
+                };
+                let partition = body.get_i32();
+                let msg = Message::parse_from_carllerche_bytes(&body)
+                    .context("decoding a raft message")?;
+                if inbox
+                    .send(Inbound {
+                        group: (topic, partition),
+                        msg,
+                    })
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            other => bail!("unexpected raft frame kind {other}"),
+        }
+    }
+}
