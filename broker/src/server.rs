@@ -57,7 +57,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         tracing::info!(controller = broker.controller_id(), "controller elected");
     }
-    let cep = match tokio::task::block_in_place(|| crate::cep::Cep::open(broker.clone())) {
+    let mut opened = tokio::task::block_in_place(|| crate::cep::Cep::open(broker.clone()));
+    // Cluster mode: every node creates CEP's internal topic at start and all but
+    // one lose the race; the topic then exists, so try again.
+    for _ in 0..5 {
+        if opened.is_ok() || broker.meta_group.is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        opened = tokio::task::block_in_place(|| crate::cep::Cep::open(broker.clone()));
+    }
+    let cep = match opened {
         Ok(cep) => {
             cep.start_stage();
             Some(cep)

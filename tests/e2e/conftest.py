@@ -70,7 +70,7 @@ class Broker:
         return a + self.extra_args
 
     # -- lifecycle
-    def start(self) -> "Broker":
+    def start(self, wait: bool = True) -> "Broker":
         assert self.proc is None or self.proc.poll() is not None, "broker already running"
         self.starts += 1
         with open(self.log_path, "ab") as logf:
@@ -81,8 +81,12 @@ class Broker:
             self.proc = subprocess.Popen(self.args(), stdout=logf, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=self.workdir, env=env,
                                          start_new_session=True)
-        self._wait_ready()
+        if wait:
+            self._wait_ready()
         return self
+
+    def wait_ready(self) -> None:
+        self._wait_ready()
 
     def _health_ok(self) -> bool:
         try:
@@ -120,11 +124,11 @@ class Broker:
     def kill(self) -> int | None:
         return self.stop(signal.SIGKILL)
 
-    def restart(self, sig: int = signal.SIGTERM) -> "Broker":
+    def restart(self, sig: int = signal.SIGTERM, wait: bool = True) -> "Broker":
         rc = self.stop(sig)
         if sig == signal.SIGTERM:
             assert rc == 0, f"weir exited with {rc} after SIGTERM (clean shutdown expected)\n{self.log_tail()}"
-        return self.start()
+        return self.start(wait)
 
     @property
     def running(self) -> bool:

@@ -275,7 +275,10 @@ impl RaftNode {
         persist_commit: bool,
         on_progress: Box<dyn Fn() + Send + Sync>,
     ) -> anyhow::Result<Arc<GroupHandle<S>>> {
-        let mut group = ReplicaGroup::new(self.id, log, &self.logger)
+        let logger = self
+            .logger
+            .new(slog::o!("partition" => format!("{}-{}", key.0, key.1)));
+        let mut group = ReplicaGroup::new(self.id, log, &logger)
             .with_context(|| format!("starting raft group {}-{}", key.0, key.1))?;
         group.sync_every_ready = sync_every_ready;
         group.persist_commit = persist_commit;

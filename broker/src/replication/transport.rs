@@ -146,7 +146,7 @@ async fn writer(
         buf.put_u32(1 + hello.len() as u32);
         buf.put_u8(KIND_HELLO);
         buf.put_slice(&hello);
-        tracing::info!(peer, %addr, "raft connection up");
+        tracing::debug!(peer, %addr, "raft connection up");
         loop {
             if buf.is_empty() {
                 match rx.recv().await {
@@ -170,7 +170,7 @@ async fn writer(
                 }
             }
             if let Err(e) = stream.write_all(&buf).await {
-                tracing::info!(peer, %addr, error = %e, "raft connection lost");
+                tracing::debug!(peer, %addr, error = %e, "raft connection lost");
                 buf.clear();
                 break;
             }
@@ -192,7 +192,7 @@ async fn accept_loop(
                 let known = known.clone();
                 tokio::spawn(async move {
                     if let Err(e) = reader(stream, inbox, known).await {
-                        tracing::info!(%addr, error = %e, "raft connection closed");
+                        tracing::debug!(%addr, error = %e, "raft connection closed");
                     }
                 });
             }
