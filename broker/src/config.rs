@@ -104,11 +104,13 @@ pub struct BrokerConfig {
     pub ingest: weir_ingest::IngestConfig,
     /// Cluster mode (peers given): this node's Raft listener and every voter.
     pub raft_listen: Option<SocketAddr>,
-    pub peers: BTreeMap<u64, SocketAddr>,
+    /// HOST:PORT per voter, resolved at each connection attempt (a peer's DNS
+    /// name may not resolve until it starts, as in a Kubernetes StatefulSet).
+    pub peers: BTreeMap<u64, String>,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
-pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, SocketAddr>> {
+pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut peers = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part
@@ -121,8 +123,14 @@ pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, SocketAddr>> {
         if id == 0 {
             bail!("peer ids start at 1 (got 0 in {part:?})");
         }
-        let addr = resolve(addr.trim()).with_context(|| format!("peer address in {part:?}"))?;
-        if peers.insert(id, addr).is_some() {
+        let addr = addr.trim();
+        let (host, port) = addr
+            .rsplit_once(':')
+            .with_context(|| format!("peer address in {part:?} is not HOST:PORT"))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            bail!("peer address in {part:?} is not HOST:PORT");
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
             bail!("peer {id} is listed twice");
         }
     }
@@ -203,7 +211,13 @@ impl BrokerConfig {
                 tracing::info!(raft = %me, "raft listener defaults to this node's peer address");
             }
         }
-        let raft_listen = raft_listen.or_else(|| peers.get(&(node_id as u64)).copied());
+        let raft_listen = match raft_listen {
+            Some(a) => Some(a),
+            None => match peers.get(&(node_id as u64)) {
+                Some(own) => Some(resolve(own).context("this node's own peer address")?),
+                None => None,
+            },
+        };
         let config = BrokerConfig {
             node_id,
             data_dir: args

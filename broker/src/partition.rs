@@ -133,6 +133,7 @@ impl Partition {
             PartitionMachine { producers },
             config.flush_every_append(),
             false,
+            voters.first().copied().unwrap_or(0),
             Box::new(move || {
                 for w in std::mem::take(&mut *wake.lock()) {
                     w.notify_one();

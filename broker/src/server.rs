@@ -17,7 +17,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 kafka_host: config.advertised_host.clone(),
                 kafka_port: config.advertised_port,
             };
-            let peers = config.peers.iter().map(|(k, v)| (*k, *v)).collect();
+            let peers = config.peers.iter().map(|(k, v)| (*k, v.clone())).collect();
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let transport =
                 crate::replication::transport::Transport::start(me, listen, &peers, tx).await?;

@@ -70,6 +70,7 @@ impl Broker {
                     },
                     true,
                     true,
+                    0,
                     Box::new(|| {}),
                 )?;
                 let proposer = group.clone();

@@ -245,6 +245,12 @@ def test_acks_all_survives_sigkill_of_a_leader(cluster):
 
     cluster.nodes[victim].start()
     wait_identical(cluster, topic, partitions)
+    # Leadership returns to the preferred (first) replicas once the node caught up.
+    md = cluster.admin().list_topics(topic, timeout=10).topics[topic]
+    preferred = {p: md.partitions[p].replicas[0] for p in range(partitions)}
+    assert victim in preferred.values()
+    wait_until(lambda: all(cluster.leader_of(topic, p) == preferred[p] for p in range(partitions)), 60,
+               "leadership to move back to the preferred replicas")
 
 
 def test_isolated_leader_stops_acknowledging_and_its_tail_is_truncated(split_cluster):
@@ -306,3 +312,26 @@ def test_rolling_restart_under_load(cluster):
     got = read_all(cluster.bootstrap(), topic, partitions, len(producer.acked))
     verify_exactly_once(producer.acked, got)
     assert sum(len(r) for r in got.values()) == len(producer.acked)
+
+
+def test_min_insync_replicas_refuses_acks_all_but_not_acks_1(cluster):
+    from confluent_kafka import KafkaError
+    topic = unique_topic("isr")
+    admin = cluster.admin()
+    admin.create_topics([NewTopic(topic, 1, 3, config={"min.insync.replicas": "3"})])[topic].result(30)
+    cluster.wait_leaders(topic, 1)
+    leader = cluster.leader_of(topic, 0)
+    follower = next(i for i in cluster.nodes if i != leader)
+    cluster.nodes[follower].kill()
+    time.sleep(3)  # the leader notices within an election timeout
+
+    def produce(acks):
+        p = Producer({"bootstrap.servers": cluster.bootstrap(exclude=follower), "acks": acks,
+                      "message.timeout.ms": 4000, "retries": 0})
+        results = []
+        p.produce(topic, b"x", partition=0, on_delivery=lambda e, m: results.append(e))
+        p.flush(10)
+        return results
+
+    assert [e.code() if e else None for e in produce("all")] == [KafkaError.NOT_ENOUGH_REPLICAS]
+    assert produce("1") == [None]

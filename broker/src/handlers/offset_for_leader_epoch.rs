@@ -65,6 +65,30 @@ fn end_offset(
     let partition = broker
         .partition(topic, index)
         .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    if let Some(replica) = &partition.replica {
+        // Replicated: epochs are Raft terms, and each batch carries its term.
+        if !replica.is_leader() {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        let ours = replica.term() as i32;
+        if current != NO_EPOCH_CHECK && current != ours {
+            return Err(if current < ours {
+                ResponseError::FencedLeaderEpoch
+            } else {
+                ResponseError::UnknownLeaderEpoch
+            });
+        }
+        if requested < 0 {
+            return Ok((UNDEFINED_EPOCH, UNDEFINED_OFFSET));
+        }
+        let found = replica
+            .with(|g, _| g.log().epoch_end(requested as u64))
+            .map_err(|_| ResponseError::KafkaStorageError)?;
+        return Ok(match found {
+            Some((term, end)) => (term as i32, end),
+            None => (UNDEFINED_EPOCH, UNDEFINED_OFFSET),
+        });
+    }
     let ours = partition.leader_epoch;
     if current != NO_EPOCH_CHECK {
         if current < ours {

@@ -146,6 +146,28 @@ impl ReplicaGroup {
         self.node.campaign().context("campaign")
     }
 
+    /// Hands leadership to `preferred` (the partition's first replica, so that
+    /// leaders spread evenly) when it is live and has every entry. Returns
+    /// whether a transfer started.
+    pub fn transfer_to_preferred(&mut self, preferred: u64) -> bool {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader
+            || preferred == 0
+            || preferred == raft.id
+            || raft.lead_transferee.is_some()
+        {
+            return false;
+        }
+        let Some(pr) = raft.prs().get(preferred) else {
+            return false;
+        };
+        if !pr.recent_active || pr.matched != raft.raft_log.last_index() {
+            return false;
+        }
+        self.node.transfer_leader(preferred);
+        true
+    }
+
     pub fn transfer_leader(&mut self, to: u64) {
         self.node.transfer_leader(to);
     }

@@ -43,6 +43,8 @@ pub struct GroupHandle<S> {
     term: AtomicU64,
     is_leader: AtomicBool,
     stopped: AtomicBool,
+    /// The replica that should lead when it can (0: none).
+    preferred: u64,
     on_progress: Box<dyn Fn() + Send + Sync>,
 }
 
@@ -121,6 +123,18 @@ impl<S: StateMachine> GroupHandle<S> {
         }
     }
 
+    /// Moves leadership back to the preferred replica (Kafka's
+    /// auto.leader.rebalance), e.g. after that node restarted and caught up.
+    pub fn rebalance(&self) {
+        let mut inner = self.inner.lock();
+        if inner.group.transfer_to_preferred(self.preferred) {
+            tracing::info!(partition = %format!("{}-{}", self.key.0, self.key.1), to = self.preferred, "moving leadership to the preferred replica");
+            if let Err(e) = self.drive_locked(&mut inner) {
+                self.fail(e);
+            }
+        }
+    }
+
     fn fail(&self, e: anyhow::Error) {
         // A storage error makes the group unusable (raft-rs's contract): stop it
         // rather than acknowledge anything it can no longer persist.
@@ -195,6 +209,7 @@ impl<S: StateMachine> GroupHandle<S> {
 /// Type-erased view for the node's ticker and inbox.
 trait Driven: Send + Sync {
     fn tick(&self);
+    fn rebalance(&self);
     fn step(&self, msg: Message);
     fn close(&self);
 }
@@ -202,6 +217,9 @@ trait Driven: Send + Sync {
 impl<S: StateMachine> Driven for GroupHandle<S> {
     fn tick(&self) {
         GroupHandle::tick(self)
+    }
+    fn rebalance(&self) {
+        GroupHandle::rebalance(self)
     }
     fn step(&self, msg: Message) {
         GroupHandle::step(self, msg)
@@ -246,6 +264,7 @@ impl RaftNode {
                     g.tick();
                     if checkpoint {
                         g.close();
+                        g.rebalance();
                     }
                 }
             }
@@ -273,6 +292,7 @@ impl RaftNode {
         sm: S,
         sync_every_ready: bool,
         persist_commit: bool,
+        preferred: u64,
         on_progress: Box<dyn Fn() + Send + Sync>,
     ) -> anyhow::Result<Arc<GroupHandle<S>>> {
         let logger = self
@@ -297,6 +317,7 @@ impl RaftNode {
             term: AtomicU64::new(0),
             is_leader: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            preferred,
             on_progress,
         });
         {

@@ -211,6 +211,20 @@ impl RaftLog {
             .copied()
     }
 
+    /// OffsetForLeaderEpoch: the largest term at or below `epoch` that has
+    /// entries, and the offset where the next term's entries start (the log end
+    /// if none). `None` when no entry has a term at or below `epoch`.
+    pub fn epoch_end(&self, epoch: u64) -> Option<(u64, i64)> {
+        // Terms never decrease along the log.
+        let after = self.metas.partition_point(|m| m.term <= epoch);
+        if after == 0 {
+            return None;
+        }
+        let term = self.metas[after - 1].term;
+        let end = self.metas.get(after).map_or(self.end_offset(), |m| m.base);
+        Some((term, end))
+    }
+
     pub fn commit(&self) -> u64 {
         self.state.commit
     }

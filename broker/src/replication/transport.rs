@@ -55,7 +55,7 @@ impl Transport {
     pub async fn start(
         me: PeerInfo,
         listen: SocketAddr,
-        peers: &HashMap<u64, SocketAddr>,
+        peers: &HashMap<u64, String>,
         inbox: mpsc::UnboundedSender<Inbound>,
     ) -> anyhow::Result<Arc<Transport>> {
         let listener = TcpListener::bind(listen)
@@ -65,13 +65,13 @@ impl Transport {
         known.write().insert(me.node_id, me.clone());
         tokio::spawn(accept_loop(listener, inbox, known.clone()));
         let mut outbound = HashMap::new();
-        for (&id, &addr) in peers {
+        for (&id, addr) in peers {
             if id == me.node_id {
                 continue;
             }
             let (tx, rx) = mpsc::unbounded_channel();
             outbound.insert(id, tx);
-            tokio::spawn(writer(me.clone(), id, addr, rx));
+            tokio::spawn(writer(me.clone(), id, addr.clone(), rx));
         }
         Ok(Arc::new(Transport {
             me,
@@ -117,7 +117,7 @@ fn encode_raft(buf: &mut BytesMut, group: &GroupKey, msg: &Message) -> anyhow::R
 async fn writer(
     me: PeerInfo,
     peer: u64,
-    addr: SocketAddr,
+    addr: String,
     mut rx: mpsc::UnboundedReceiver<(GroupKey, Message)>,
 ) {
     let hello = match serde_json::to_vec(&me) {
@@ -129,7 +129,7 @@ async fn writer(
     };
     let mut backoff = Duration::from_millis(50);
     loop {
-        let mut stream = match TcpStream::connect(addr).await {
+        let mut stream = match TcpStream::connect(addr.as_str()).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(peer, %addr, error = %e, "raft peer unreachable");
