@@ -149,7 +149,7 @@ impl ReplicaGroup {
     /// Hands leadership to `preferred` (the partition's first replica, so that
     /// leaders spread evenly) when it is live and has every entry. Returns
     /// whether a transfer started.
-    pub fn transfer_to_preferred(&mut self, preferred: u64) -> bool {
+    pub fn transfer_to_preferred(&mut self, preferred: u64, preferred_live: bool) -> bool {
         let raft = &self.node.raft;
         if raft.state != StateRole::Leader
             || preferred == 0
@@ -161,7 +161,9 @@ impl ReplicaGroup {
         let Some(pr) = raft.prs().get(preferred) else {
             return false;
         };
-        if !pr.recent_active || pr.matched != raft.raft_log.last_index() {
+        // `recent_active` is reset at every quorum check, so liveness comes from
+        // the caller (when the node last heard from that peer).
+        if !preferred_live || pr.matched != raft.raft_log.last_index() {
             return false;
         }
         self.node.transfer_leader(preferred);

@@ -45,6 +45,8 @@ pub struct GroupHandle<S> {
     stopped: AtomicBool,
     /// The replica that should lead when it can (0: none).
     preferred: u64,
+    /// When this node last received anything from each peer.
+    last_heard: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
     on_progress: Box<dyn Fn() + Send + Sync>,
 }
 
@@ -126,8 +128,13 @@ impl<S: StateMachine> GroupHandle<S> {
     /// Moves leadership back to the preferred replica (Kafka's
     /// auto.leader.rebalance), e.g. after that node restarted and caught up.
     pub fn rebalance(&self) {
+        let live = self
+            .last_heard
+            .lock()
+            .get(&self.preferred)
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(TICK_MS * 5));
         let mut inner = self.inner.lock();
-        if inner.group.transfer_to_preferred(self.preferred) {
+        if inner.group.transfer_to_preferred(self.preferred, live) {
             tracing::info!(partition = %format!("{}-{}", self.key.0, self.key.1), to = self.preferred, "moving leadership to the preferred replica");
             if let Err(e) = self.drive_locked(&mut inner) {
                 self.fail(e);
@@ -233,6 +240,7 @@ pub struct RaftNode {
     pub id: u64,
     pub transport: Arc<Transport>,
     groups: RwLock<HashMap<GroupKey, Arc<dyn Driven>>>,
+    last_heard: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
     logger: slog::Logger,
 }
 
@@ -242,6 +250,7 @@ impl RaftNode {
             id,
             transport,
             groups: RwLock::new(HashMap::new()),
+            last_heard: Arc::new(Mutex::new(HashMap::new())),
             logger: super::slog_bridge::logger(&format!("node-{id}")),
         })
     }
@@ -272,6 +281,7 @@ impl RaftNode {
         let node = self.clone();
         tokio::spawn(async move {
             while let Some(Inbound { group, msg }) = inbox.recv().await {
+                node.last_heard.lock().insert(msg.from, std::time::Instant::now());
                 let g = node.groups.read().get(&group).cloned();
                 match g {
                     Some(g) => g.step(msg),
@@ -318,6 +328,7 @@ impl RaftNode {
             is_leader: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             preferred,
+            last_heard: self.last_heard.clone(),
             on_progress,
         });
         {
