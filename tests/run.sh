@@ -27,6 +27,9 @@ export WEIR_BIN="${WEIR_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/weir}"
 
 if [ "${WEIR_SKIP_CARGO_TESTS:-0}" != "1" ]; then
     echo "==> cargo nextest run --workspace --no-fail-fast"
+    # The replication simulation runs this many seeded fault schedules
+    # (broker/tests/raft_sim.rs; replay one with WEIR_SIM_SEED=N).
+    export WEIR_SIM_SEEDS="${WEIR_SIM_SEEDS:-2000}"
     if ! cargo nextest run --workspace --no-fail-fast --no-tests=warn; then
         echo "cargo nextest: FAILED" >&2
         status=1

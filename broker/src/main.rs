@@ -38,6 +38,9 @@ enum Command {
     /// List, describe, reset offsets of and delete consumer groups.
     #[command(subcommand)]
     Groups(cli::groups::GroupsCommand),
+    /// Cluster id, controller, brokers, and how leadership is spread.
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCommand),
     /// Load generator: throughput and tail latency beside the machine's limits.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
             Command::Produce(p) => cli::produce::run(&args.bootstrap, p).await,
             Command::Consume(c) => cli::consume::run(&args.bootstrap, c).await,
             Command::Groups(g) => cli::groups::run(&args.bootstrap, g).await,
+            Command::Cluster(c) => cli::cluster::run(&args.bootstrap, c).await,
             Command::Bench(b) => cli::bench::run(&args.bootstrap, b).await,
         }
     });

@@ -356,7 +356,7 @@ impl Partition {
                     ));
                 }
                 if acks_all {
-                    let live = group.live_voters() as i64;
+                    let live = handle.live_voters(group) as i64;
                     if live < min_isr {
                         return Err((
                             ResponseError::NotEnoughReplicas,

@@ -19,7 +19,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import Broker
+import subprocess
+
+from conftest import Broker, weir_bin
 from netsplit import Relay
 from util import free_port, record_timing, unique_topic, wait_until
 
@@ -251,6 +253,12 @@ def test_acks_all_survives_sigkill_of_a_leader(cluster):
     assert victim in preferred.values()
     wait_until(lambda: all(cluster.leader_of(topic, p) == preferred[p] for p in range(partitions)), 60,
                "leadership to move back to the preferred replicas")
+    info = subprocess.run([str(weir_bin()), "--bootstrap", cluster.address(victim), "cluster", "info"],
+                          capture_output=True, text=True, timeout=30)
+    assert info.returncode == 0, info.stderr
+    assert info.stdout.count("Broker: ") == 3 and "Without leader: 0" in info.stdout, info.stdout
+    # Each node leads two of the six partitions again.
+    assert info.stdout.count(f"Leader of: ") == 3
 
 
 def test_isolated_leader_stops_acknowledging_and_its_tail_is_truncated(split_cluster):

@@ -73,8 +73,17 @@ impl<S: StateMachine> GroupHandle<S> {
         self.is_leader.load(Ordering::Acquire)
     }
 
-    pub fn live_voters(&self) -> usize {
-        self.inner.lock().group.live_voters()
+    /// Voters heard from within an election timeout, this node included
+    /// (Kafka's in-sync replicas, for `min.insync.replicas`). raft-rs's own
+    /// `recent_active` is reset at every quorum check, so it would flap.
+    pub fn live_voters(&self, group: &ReplicaGroup) -> usize {
+        let heard = self.last_heard.lock();
+        let window = Duration::from_millis(TICK_MS * super::group::ELECTION_TICKS as u64);
+        group
+            .voters()
+            .into_iter()
+            .filter(|v| *v == group.id() || heard.get(v).is_some_and(|t| t.elapsed() < window))
+            .count()
     }
 
     pub fn voters(&self) -> Vec<u64> {
@@ -85,11 +94,19 @@ impl<S: StateMachine> GroupHandle<S> {
     /// handles the Ready. Proposals happen inside `f`, so checks made against the
     /// state machine and the proposal are atomic.
     pub fn with<R>(&self, f: impl FnOnce(&mut ReplicaGroup, &mut S) -> R) -> anyhow::Result<R> {
+        if self.stopped.load(Ordering::Acquire) {
+            anyhow::bail!("raft group stopped after a storage error");
+        }
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
-        let r = f(&mut inner.group, &mut inner.sm);
-        self.drive_locked(inner)?;
-        Ok(r)
+        let r = guarded(|| {
+            let r = f(&mut inner.group, &mut inner.sm);
+            self.drive_locked(inner).map(|()| r)
+        });
+        if let Err(e) = &r {
+            self.fail(anyhow::anyhow!("{e:#}"));
+        }
+        r
     }
 
     /// A receiver resolved when `ticket` commits or is lost.
@@ -106,21 +123,31 @@ impl<S: StateMachine> GroupHandle<S> {
     }
 
     pub fn tick(&self) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
         let mut inner = self.inner.lock();
-        if inner.group.tick() {
-            if let Err(e) = self.drive_locked(&mut inner) {
-                self.fail(e);
+        let r = guarded(|| {
+            if inner.group.tick() {
+                self.drive_locked(&mut inner)?;
             }
+            Ok(())
+        });
+        if let Err(e) = r {
+            self.fail(e);
         }
     }
 
     pub fn step(&self, msg: Message) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
         let mut inner = self.inner.lock();
-        if let Err(e) = inner
-            .group
-            .step(msg)
-            .and_then(|_| self.drive_locked(&mut inner))
-        {
+        let r = guarded(|| {
+            inner.group.step(msg)?;
+            self.drive_locked(&mut inner)
+        });
+        if let Err(e) = r {
             self.fail(e);
         }
     }
@@ -213,6 +240,23 @@ impl<S: StateMachine> GroupHandle<S> {
     }
 }
 
+/// raft-rs panics (`fatal!`) on storage errors it does not expect. One group's
+/// failure must not take down the node's ticker and inbox, which serve every
+/// other group: the panic becomes an error and the group stops.
+fn guarded<R>(f: impl FnOnce() -> anyhow::Result<R>) -> anyhow::Result<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(anyhow::anyhow!("raft failed: {what}"))
+        }
+    }
+}
+
 /// Type-erased view for the node's ticker and inbox.
 trait Driven: Send + Sync {
     fn tick(&self);
@@ -281,7 +325,9 @@ impl RaftNode {
         let node = self.clone();
         tokio::spawn(async move {
             while let Some(Inbound { group, msg }) = inbox.recv().await {
-                node.last_heard.lock().insert(msg.from, std::time::Instant::now());
+                node.last_heard
+                    .lock()
+                    .insert(msg.from, std::time::Instant::now());
                 let g = node.groups.read().get(&group).cloned();
                 match g {
                     Some(g) => g.step(msg),
@@ -332,9 +378,12 @@ impl RaftNode {
             on_progress,
         });
         {
-            // A single voter elects itself at once instead of after a timeout.
+            // A single voter elects itself at once instead of after a timeout, and
+            // a new group's preferred replica campaigns at once, so that leaders
+            // start out spread evenly instead of moving there later.
             let mut inner = handle.inner.lock();
-            if inner.group.voters() == vec![self.id] {
+            let fresh = inner.group.term() == 0 && inner.group.log().last_index() == 0;
+            if inner.group.voters() == vec![self.id] || (fresh && preferred == self.id) {
                 inner.group.campaign()?;
             }
             let inner = &mut *inner;

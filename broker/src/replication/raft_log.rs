@@ -471,7 +471,16 @@ impl raft::Storage for RaftLog {
         let (Some((_, first)), Some((_, last))) = (metas.first(), metas.last()) else {
             return Ok(Vec::new());
         };
-        let batches = self.batches_between(first.base, last.end)?;
+        // Retention may have deleted the records of old entries: to raft-rs they
+        // are compacted (it would need a snapshot, which returns "unavailable").
+        // A read failure is reported the same way: raft-rs treats any other
+        // storage error as fatal.
+        if first.base < self.log.log_start_offset() {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        let batches = self
+            .batches_between(first.base, last.end)
+            .map_err(|_| raft::Error::Store(RaftStorageError::Compacted))?;
         let mut out = Vec::with_capacity(metas.len());
         let mut size = 0u64;
         let mut it = batches.into_iter().peekable();
