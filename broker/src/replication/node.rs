@@ -354,6 +354,8 @@ impl RaftNode {
         let logger = self
             .logger
             .new(slog::o!("partition" => format!("{}-{}", key.0, key.1)));
+        let mut log = log;
+        log.sync_state = sync_every_ready;
         let mut group = ReplicaGroup::new(self.id, log, &logger)
             .with_context(|| format!("starting raft group {}-{}", key.0, key.1))?;
         group.sync_every_ready = sync_every_ready;

@@ -17,9 +17,10 @@
 //! Recovery: the log recovers first (a torn tail is cut). Sidecar records whose
 //! offsets reach past the recovered log end are dropped, and log data after the
 //! last sidecar record (its record was never written, so the entry was never
-//! reported persisted) is truncated. Term and vote are fsync'd before any message
-//! that depends on them leaves (Raft's rule); the commit index is persisted lazily
-//! (Raft recovers it from the leader).
+//! reported persisted) is truncated. Term and vote are written before any message
+//! that depends on them leaves (Raft's rule), and fsync'd when the partition
+//! fsyncs its entries (`flush.messages=1`, and always for the metadata log); the
+//! commit index is persisted lazily (Raft recovers it from the leader).
 
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
@@ -71,6 +72,11 @@ pub struct RaftLog {
     metas: Vec<EntryMeta>,
     /// The commit index last written to the state file.
     persisted_commit: u64,
+    /// fsync the term and vote as they change. Follows the partition's flush
+    /// policy: with the default (page cache), a vote survives a process crash
+    /// but not power loss, exactly like the entries it guards; fsync'ing votes
+    /// of thousands of groups one file at a time stalled elections.
+    pub sync_state: bool,
 }
 
 impl RaftLog {
@@ -95,7 +101,7 @@ impl RaftLog {
                     snapshot_term: 0,
                     base_offset: log.log_end_offset(),
                 };
-                write_state(&state_path, &state)?;
+                write_state(&state_path, &state, true)?;
                 // A stale sidecar without a state file belongs to nothing.
                 let _ = std::fs::remove_file(dir.join(ENTRIES_FILE));
                 state
@@ -137,6 +143,7 @@ impl RaftLog {
             persisted_commit: state.commit,
             state,
             metas,
+            sync_state: true,
         };
         let valid_len = (raft_log.metas.len() * RECORD_LEN) as u64;
         if raw.len() as u64 != valid_len {
@@ -360,7 +367,7 @@ impl RaftLog {
         self.state.vote = hs.vote;
         self.state.commit = hs.commit;
         if durable_change {
-            write_state(&self.dir.join(STATE_FILE), &self.state)?;
+            write_state(&self.dir.join(STATE_FILE), &self.state, self.sync_state)?;
             self.persisted_commit = self.state.commit;
         }
         Ok(())
@@ -376,7 +383,7 @@ impl RaftLog {
 
     /// Writes the commit index (clean shutdown, or periodically).
     pub fn persist_state(&mut self) -> anyhow::Result<()> {
-        write_state(&self.dir.join(STATE_FILE), &self.state)?;
+        write_state(&self.dir.join(STATE_FILE), &self.state, self.sync_state)?;
         self.persisted_commit = self.state.commit;
         Ok(())
     }
@@ -539,14 +546,19 @@ impl raft::Storage for RaftLog {
     }
 }
 
-fn write_state(path: &Path, state: &PersistedState) -> anyhow::Result<()> {
+/// Replaces the state file atomically (write, rename); `sync` also makes it
+/// durable against power loss (fsync of the file and the directory).
+fn write_state(path: &Path, state: &PersistedState, sync: bool) -> anyhow::Result<()> {
     let tmp = path.with_extension("state.tmp");
     let bytes = serde_json::to_vec(state)?;
     let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(&bytes)
-        .and_then(|_| f.sync_all())
+        .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    if !sync {
+        return Ok(());
+    }
     if let Some(dir) = path.parent() {
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
