@@ -75,6 +75,45 @@ fn baseline_write(path: &Path, batches: &[Vec<u8>], fsync_each: bool) -> Duratio
     t.elapsed()
 }
 
+/// `write()` of the batches after validating each one exactly as `Log::append` does
+/// (header and CRC-32C): the floor for an append that must check every batch first.
+fn crc_then_write(path: &Path, batches: &[Vec<u8>]) -> Duration {
+    let _ = std::fs::remove_file(path);
+    let t = Instant::now();
+    let mut f = File::create(path).expect("create baseline file");
+    for b in batches {
+        weir_protocol::records::verify_batch(b).expect("valid batch");
+        f.write_all(b).expect("write");
+    }
+    t.elapsed()
+}
+
+/// Batches of `pool` in turn, `n` of them: the hot-source variant (see main).
+fn cycle(pool: &[Vec<u8>], n: usize) -> impl Iterator<Item = usize> + '_ {
+    (0..n).map(move |i| i % pool.len())
+}
+
+fn baseline_write_hot(path: &Path, pool: &[Vec<u8>], n: usize) -> Duration {
+    let _ = std::fs::remove_file(path);
+    let t = Instant::now();
+    let mut f = File::create(path).expect("create baseline file");
+    for i in cycle(pool, n) {
+        f.write_all(&pool[i]).expect("write");
+    }
+    t.elapsed()
+}
+
+fn log_append_hot(dir: &Path, pool: &mut [Vec<u8>], n: usize) -> (Duration, Log) {
+    let _ = std::fs::remove_dir_all(dir);
+    let log = Log::open(dir, log_config(FlushPolicy::Os)).expect("open log");
+    let t = Instant::now();
+    let k = pool.len();
+    for i in (0..n).map(|i| i % k) {
+        log.append(&mut pool[i], 0).expect("append");
+    }
+    (t.elapsed(), log)
+}
+
 fn baseline_read(path: &Path) -> (Duration, u64) {
     let t = Instant::now();
     let mut f = File::open(path).expect("open");
@@ -255,6 +294,45 @@ fn main() {
             &format!("append {label} batches, fsync off"),
             mibps(total, lw),
             mibps(total, bw),
+        );
+        // The floor for validate-then-write: the same baseline with the CRC-32C check
+        // of `Log::append` in front of each write().
+        let (cw, _) = best(runs, || {
+            let d = crc_then_write(&root.join("crc.bin"), &batches);
+            settle();
+            (d, ())
+        });
+        let _ = std::fs::remove_file(root.join("crc.bin"));
+        line(
+            &format!("  [floor] CRC check + write() {label}"),
+            mibps(total, cw),
+            mibps(total, bw),
+        );
+        // Hot source: the same number of appends, cycling through the first 1 MiB of
+        // batches (63 of 16 KiB, or one 1 MiB batch), which stay in the CPU caches
+        // between uses, as a produce request's bytes are right after they were read
+        // from the socket. Above, every batch comes cold from DRAM (256+ MiB of distinct
+        // batches), so the CRC check pays a full extra pass at memory bandwidth.
+        let pool_n = ((1 << 20) / batches[0].len()).clamp(1, batches.len());
+        let n = batches.len();
+        let hot_total: usize = cycle(&batches[..pool_n], n).map(|i| batches[i].len()).sum();
+        let (mut bh, mut lh) = (Duration::MAX, Duration::MAX);
+        for _ in 0..runs {
+            bh = bh.min(baseline_write_hot(&base_file, &batches[..pool_n], n));
+            settle();
+            let (d, l) = log_append_hot(&root.join("bench-hot"), &mut batches[..pool_n], n);
+            lh = lh.min(d);
+            drop(l);
+            settle();
+        }
+        drop_dir(&root.join("bench-hot"));
+        // The read measurements below read the baseline file: rewrite it from `batches`.
+        baseline_write(&base_file, &batches, false);
+        settle();
+        line(
+            &format!("append {label} batches, fsync off, hot source"),
+            mibps(hot_total, lh),
+            mibps(hot_total, bh),
         );
         let (lw2, _) = best(runs, || {
             let r = log_append(&root.join("bench-2"), &mut batches, FlushPolicy::Os, 2);
