@@ -276,64 +276,81 @@ fn main() {
             mibps(total, t.elapsed())
         );
 
-        // Append, fsync off (FlushPolicy::Os), vs write(). Runs alternate, and dirty
-        // pages are written back between runs so neither side pays for the other's.
-        let (mut bw, mut lw) = (Duration::MAX, Duration::MAX);
-        let mut log = None;
-        for _ in 0..runs {
-            bw = bw.min(baseline_write(&base_file, &batches, false));
-            settle();
-            drop(log.take());
-            let (d, l) = log_append(&log_dir, &mut batches, FlushPolicy::Os, 1);
-            lw = lw.min(d);
-            log = Some(l);
-            settle();
-        }
-        let log = log.expect("at least one run");
-        line(
-            &format!("append {label} batches, fsync off"),
-            mibps(total, lw),
-            mibps(total, bw),
-        );
-        // The floor for validate-then-write: the same baseline with the CRC-32C check
-        // of `Log::append` in front of each write().
-        let (cw, _) = best(runs, || {
-            let d = crc_then_write(&root.join("crc.bin"), &batches);
-            settle();
-            (d, ())
-        });
-        let _ = std::fs::remove_file(root.join("crc.bin"));
-        line(
-            &format!("  [floor] CRC check + write() {label}"),
-            mibps(total, cw),
-            mibps(total, bw),
-        );
-        // Hot source: the same number of appends, cycling through the first 1 MiB of
-        // batches (63 of 16 KiB, or one 1 MiB batch), which stay in the CPU caches
-        // between uses, as a produce request's bytes are right after they were read
-        // from the socket. Above, every batch comes cold from DRAM (256+ MiB of distinct
-        // batches), so the CRC check pays a full extra pass at memory bandwidth.
+        // Append, fsync off (FlushPolicy::Os), vs write(), with two references:
+        // - floor: the same write() loop with the CRC-32C check of `Log::append` in
+        //   front of each write(), the best a validate-then-write append can do;
+        // - hot source: the same number of appends, cycling through the first 1 MiB
+        //   of batches (63 of 16 KiB, or one 1 MiB batch), which stay in the CPU
+        //   caches between uses, as a produce request's bytes are right after they
+        //   were read from the socket. Otherwise every batch comes cold from DRAM
+        //   (256+ MiB of distinct batches), so the CRC check is an extra pass over
+        //   the data at memory bandwidth.
+        // Each round runs every variant once, and dirty pages are written back after
+        // each so no run pays for another's writeback. Figures are best of `runs`;
+        // the median of the per-round ratios is printed too (the machine is shared:
+        // a round's runs see about the same load).
         let pool_n = ((1 << 20) / batches[0].len()).clamp(1, batches.len());
         let n = batches.len();
         let hot_total: usize = cycle(&batches[..pool_n], n).map(|i| batches[i].len()).sum();
-        let (mut bh, mut lh) = (Duration::MAX, Duration::MAX);
+        let mut rounds: Vec<[Duration; 5]> = Vec::new();
+        let mut log = None;
         for _ in 0..runs {
-            bh = bh.min(baseline_write_hot(&base_file, &batches[..pool_n], n));
+            let bw = baseline_write(&base_file, &batches, false);
             settle();
-            let (d, l) = log_append_hot(&root.join("bench-hot"), &mut batches[..pool_n], n);
-            lh = lh.min(d);
+            drop(log.take());
+            let (lw, l) = log_append(&log_dir, &mut batches, FlushPolicy::Os, 1);
+            log = Some(l);
+            settle();
+            let cw = crc_then_write(&root.join("crc.bin"), &batches);
+            settle();
+            let bh = baseline_write_hot(&root.join("hot.bin"), &batches[..pool_n], n);
+            settle();
+            let (lh, l) = log_append_hot(&root.join("bench-hot"), &mut batches[..pool_n], n);
             drop(l);
             settle();
+            rounds.push([bw, lw, cw, bh, lh]);
+        }
+        let log = log.expect("at least one run");
+        for f in ["crc.bin", "hot.bin"] {
+            let _ = std::fs::remove_file(root.join(f));
         }
         drop_dir(&root.join("bench-hot"));
-        // The read measurements below read the baseline file: rewrite it from `batches`.
-        baseline_write(&base_file, &batches, false);
-        settle();
-        line(
-            &format!("append {label} batches, fsync off, hot source"),
-            mibps(hot_total, lh),
-            mibps(hot_total, bh),
-        );
+        let best_of = |i: usize| rounds.iter().map(|r| r[i]).min().expect("a round");
+        let median_ratio = |num: usize, den: usize| {
+            let mut v: Vec<f64> = rounds
+                .iter()
+                .map(|r| r[den].as_secs_f64() / r[num].as_secs_f64())
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let bw = best_of(0);
+        for (name, num, den, bytes) in [
+            (format!("append {label} batches, fsync off"), 1, 0, total),
+            (
+                format!("  [floor] CRC check + write() {label}"),
+                2,
+                0,
+                total,
+            ),
+            (
+                format!("append {label} batches, fsync off, hot source"),
+                4,
+                3,
+                hot_total,
+            ),
+        ] {
+            line(
+                &name,
+                mibps(bytes, best_of(num)),
+                mibps(bytes, best_of(den)),
+            );
+            println!(
+                "{:<44} {:>29.2}",
+                "    (median of per-round ratios)",
+                median_ratio(num, den)
+            );
+        }
         let (lw2, _) = best(runs, || {
             let r = log_append(&root.join("bench-2"), &mut batches, FlushPolicy::Os, 2);
             settle();
