@@ -146,16 +146,21 @@ fn main() {
             let _ = std::fs::remove_dir_all(&dir);
             let log = Log::open(&dir, cfg.clone()).unwrap();
             let (t, c) = (Instant::now(), thread_cpu());
+            let mut slowest = Duration::ZERO;
             for i in 0..count {
+                let a = Instant::now();
                 log.append(&mut batches[i % k], 0).unwrap();
+                slowest = slowest.max(a.elapsed());
             }
             let (d, cd) = (t.elapsed(), thread_cpu() - c);
+            let segments = log.segment_count();
             drop(log);
             unsafe { libc::sync() };
             println!(
-                "log:   {:.0} MiB/s (cpu {:.0})",
+                "log:   {:.0} MiB/s (cpu {:.0}), slowest append {:.1} ms, {segments} segments",
                 total as f64 / 1048576.0 / d.as_secs_f64(),
-                total as f64 / 1048576.0 / cd.as_secs_f64()
+                total as f64 / 1048576.0 / cd.as_secs_f64(),
+                slowest.as_secs_f64() * 1e3
             );
         }
     }
