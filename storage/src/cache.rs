@@ -111,3 +111,35 @@ impl HandleCache {
         self.inner.lock().by_id.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogConfig;
+
+    #[test]
+    fn touching_the_newest_segment_again_keeps_the_lru_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = HandleCache::new(1);
+        let config = LogConfig::default();
+        // `create` touches each new segment; with a cap of 1, `b` evicts `a`.
+        let a = Segment::create(dir.path(), 0, &config, &cache).unwrap();
+        let b = Segment::create(dir.path(), 10, &config, &cache).unwrap();
+        assert_eq!(cache.open_segments(), 1);
+        assert_eq!(cache.mru.load(Ordering::Relaxed), b.id());
+        // Fast path: nothing changes.
+        cache.touch(&b);
+        assert_eq!(cache.open_segments(), 1);
+        // `a` is not the newest: it is re-registered and evicts `b`.
+        cache.touch(&a);
+        assert_eq!(cache.mru.load(Ordering::Relaxed), a.id());
+        assert!(cache.inner.lock().by_id.contains_key(&a.id()));
+        assert!(!cache.inner.lock().by_id.contains_key(&b.id()));
+        // Dropping the newest segment clears the fast path.
+        let a_id = a.id();
+        drop(a);
+        assert_eq!(cache.mru.load(Ordering::Relaxed), 0);
+        assert!(!cache.inner.lock().by_id.contains_key(&a_id));
+        assert_eq!(cache.open_segments(), 0);
+    }
+}
