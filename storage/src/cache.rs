@@ -32,6 +32,11 @@ pub fn default_open_segments() -> usize {
 pub struct HandleCache {
     cap: usize,
     next_id: AtomicU64,
+    /// Id of the most recently touched segment (0: none), so that touching it again
+    /// (every append to the same active segment) skips the lock and the LRU update.
+    /// Only written under `inner`'s lock; whenever it names a segment, that segment is
+    /// in the LRU (it is the newest entry, and `forget` clears it).
+    mru: AtomicU64,
     inner: Mutex<Lru>,
 }
 
@@ -47,6 +52,7 @@ impl HandleCache {
         Arc::new(HandleCache {
             cap: cap.max(1),
             next_id: AtomicU64::new(1),
+            mru: AtomicU64::new(0),
             inner: Mutex::new(Lru::default()),
         })
     }
@@ -58,6 +64,11 @@ impl HandleCache {
     /// Marks `seg` as just used (its resources are open) and closes the least
     /// recently used segments beyond the cap. Must be called with no segment locked.
     pub(crate) fn touch(&self, seg: &Arc<Segment>) {
+        if self.mru.load(Ordering::Acquire) == seg.id() {
+            // Already the newest entry: nothing would change (a racing touch of
+            // another segment only makes this one slightly less recent).
+            return;
+        }
         let mut victims = Vec::new();
         {
             let mut lru = self.inner.lock();
@@ -67,6 +78,7 @@ impl HandleCache {
                 lru.by_tick.remove(&old);
             }
             lru.by_tick.insert(tick, seg.id());
+            self.mru.store(seg.id(), Ordering::Release);
             while lru.by_id.len() > self.cap {
                 let Some((&t, &id)) = lru.by_tick.iter().next() else {
                     break;
@@ -86,6 +98,9 @@ impl HandleCache {
 
     pub(crate) fn forget(&self, id: u64) {
         let mut lru = self.inner.lock();
+        let _ = self
+            .mru
+            .compare_exchange(id, 0, Ordering::AcqRel, Ordering::Acquire);
         if let Some((t, _)) = lru.by_id.remove(&id) {
             lru.by_tick.remove(&t);
         }
@@ -94,5 +109,37 @@ impl HandleCache {
     /// Segments whose resources are currently open (as far as the cache knows).
     pub fn open_segments(&self) -> usize {
         self.inner.lock().by_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogConfig;
+
+    #[test]
+    fn touching_the_newest_segment_again_keeps_the_lru_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = HandleCache::new(1);
+        let config = LogConfig::default();
+        // `create` touches each new segment; with a cap of 1, `b` evicts `a`.
+        let a = Segment::create(dir.path(), 0, &config, &cache).unwrap();
+        let b = Segment::create(dir.path(), 10, &config, &cache).unwrap();
+        assert_eq!(cache.open_segments(), 1);
+        assert_eq!(cache.mru.load(Ordering::Relaxed), b.id());
+        // Fast path: nothing changes.
+        cache.touch(&b);
+        assert_eq!(cache.open_segments(), 1);
+        // `a` is not the newest: it is re-registered and evicts `b`.
+        cache.touch(&a);
+        assert_eq!(cache.mru.load(Ordering::Relaxed), a.id());
+        assert!(cache.inner.lock().by_id.contains_key(&a.id()));
+        assert!(!cache.inner.lock().by_id.contains_key(&b.id()));
+        // Dropping the newest segment clears the fast path.
+        let a_id = a.id();
+        drop(a);
+        assert_eq!(cache.mru.load(Ordering::Relaxed), 0);
+        assert!(!cache.inner.lock().by_id.contains_key(&a_id));
+        assert_eq!(cache.open_segments(), 0);
     }
 }

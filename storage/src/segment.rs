@@ -461,15 +461,17 @@ impl Segment {
         if inner.sealed {
             return Ok(());
         }
-        self.trim_indexes(inner)?;
+        self.trim_indexes(inner, false)?;
         inner.sealed = true;
         inner.cursor = None;
         inner.map = None; // remapped at exact size on next read
         Ok(())
     }
 
-    /// Writes the final time entry and trims the index files (seal and clean close).
-    pub fn trim_indexes(&self, inner: &mut Inner) -> Result<()> {
+    /// Writes the final time entry and trims the index files (seal and clean close),
+    /// fsyncing them if `sync` (a clean close; a rolled segment's index files are
+    /// fsync'd with its data by `sync_all` before the recovery point moves past it).
+    pub fn trim_indexes(&self, inner: &mut Inner, sync: bool) -> Result<()> {
         if let (Some(c), Some(t)) = (inner.cursor.as_mut(), inner.time.as_mut()) {
             if let Some(e) = c.time_entry_if_new(self.base) {
                 if t.push(&e) {
@@ -478,10 +480,10 @@ impl Segment {
             }
         }
         if let Some(i) = inner.index.take() {
-            i.seal(&self.index_path).ctx(&self.index_path)?;
+            i.seal(&self.index_path, sync).ctx(&self.index_path)?;
         }
         if let Some(t) = inner.time.take() {
-            t.seal(&self.time_path).ctx(&self.time_path)?;
+            t.seal(&self.time_path, sync).ctx(&self.time_path)?;
         }
         Ok(())
     }

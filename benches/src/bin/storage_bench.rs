@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_protocol::compression::Compression;
@@ -42,6 +43,40 @@ fn build_batches(batch_bytes: usize, total: usize) -> Vec<Vec<u8>> {
     out
 }
 
+/// CPU time (user + system) of the calling thread. Unlike wall time it leaves out
+/// time spent waiting for a CPU, which matters on this shared 2-core machine.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Wall and thread-CPU clocks started together.
+struct Clock(Instant, Duration);
+
+impl Clock {
+    fn start() -> Clock {
+        Clock(Instant::now(), thread_cpu())
+    }
+    /// Wall time; the thread's CPU time over the same span goes to `LAST_CPU_NS`.
+    fn stop(&self) -> Duration {
+        let wall = self.0.elapsed();
+        LAST_CPU_NS.store((thread_cpu() - self.1).as_nanos() as u64, Ordering::Relaxed);
+        wall
+    }
+}
+
+/// CPU time of the last single-threaded timed run (see `Clock::stop`).
+static LAST_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
+fn last_cpu() -> Duration {
+    Duration::from_nanos(LAST_CPU_NS.load(Ordering::Relaxed))
+}
+
 fn mibps(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
@@ -64,7 +99,7 @@ fn touch(data: &[u8]) -> u64 {
 
 fn baseline_write(path: &Path, batches: &[Vec<u8>], fsync_each: bool) -> Duration {
     let _ = std::fs::remove_file(path);
-    let t = Instant::now();
+    let t = Clock::start();
     let mut f = File::create(path).expect("create baseline file");
     for b in batches {
         f.write_all(b).expect("write");
@@ -72,7 +107,46 @@ fn baseline_write(path: &Path, batches: &[Vec<u8>], fsync_each: bool) -> Duratio
             f.sync_data().expect("fsync");
         }
     }
-    t.elapsed()
+    t.stop()
+}
+
+/// `write()` of the batches after validating each one exactly as `Log::append` does
+/// (header and CRC-32C): the floor for an append that must check every batch first.
+fn crc_then_write(path: &Path, batches: &[Vec<u8>]) -> Duration {
+    let _ = std::fs::remove_file(path);
+    let t = Clock::start();
+    let mut f = File::create(path).expect("create baseline file");
+    for b in batches {
+        weir_protocol::records::verify_batch(b).expect("valid batch");
+        f.write_all(b).expect("write");
+    }
+    t.stop()
+}
+
+/// Batches of `pool` in turn, `n` of them: the hot-source variant (see main).
+fn cycle(pool: &[Vec<u8>], n: usize) -> impl Iterator<Item = usize> + '_ {
+    (0..n).map(move |i| i % pool.len())
+}
+
+fn baseline_write_hot(path: &Path, pool: &[Vec<u8>], n: usize) -> Duration {
+    let _ = std::fs::remove_file(path);
+    let t = Clock::start();
+    let mut f = File::create(path).expect("create baseline file");
+    for i in cycle(pool, n) {
+        f.write_all(&pool[i]).expect("write");
+    }
+    t.stop()
+}
+
+fn log_append_hot(dir: &Path, pool: &mut [Vec<u8>], n: usize) -> (Duration, Log) {
+    let _ = std::fs::remove_dir_all(dir);
+    let log = Log::open(dir, log_config(FlushPolicy::Os)).expect("open log");
+    let t = Clock::start();
+    let k = pool.len();
+    for i in (0..n).map(|i| i % k) {
+        log.append(&mut pool[i], 0).expect("append");
+    }
+    (t.stop(), log)
 }
 
 fn baseline_read(path: &Path) -> (Duration, u64) {
@@ -131,7 +205,7 @@ fn log_append(
 ) -> (Duration, Log) {
     let _ = std::fs::remove_dir_all(dir);
     let log = Arc::new(Log::open(dir, log_config(flush)).expect("open log"));
-    let t = Instant::now();
+    let t = Clock::start();
     if threads <= 1 {
         for b in batches.iter_mut() {
             log.append(b, 0).expect("append");
@@ -149,7 +223,7 @@ fn log_append(
             }
         });
     }
-    let d = t.elapsed();
+    let d = t.stop();
     let log = Arc::try_unwrap(log).unwrap_or_else(|_| panic!("log still shared"));
     (d, log)
 }
@@ -237,25 +311,95 @@ fn main() {
             mibps(total, t.elapsed())
         );
 
-        // Append, fsync off (FlushPolicy::Os), vs write(). Runs alternate, and dirty
-        // pages are written back between runs so neither side pays for the other's.
-        let (mut bw, mut lw) = (Duration::MAX, Duration::MAX);
+        // Append, fsync off (FlushPolicy::Os), vs write(), with two references:
+        // - floor: the same write() loop with the CRC-32C check of `Log::append` in
+        //   front of each write(), the best a validate-then-write append can do;
+        // - hot source: the same number of appends, cycling through the first 1 MiB
+        //   of batches (63 of 16 KiB, or one 1 MiB batch), which stay in the CPU
+        //   caches between uses, as a produce request's bytes are right after they
+        //   were read from the socket. Otherwise every batch comes cold from DRAM
+        //   (256+ MiB of distinct batches), so the CRC check is an extra pass over
+        //   the data at memory bandwidth.
+        // Each round runs every variant once, and dirty pages are written back after
+        // each so no run pays for another's writeback. Figures are best of `runs`;
+        // the median of the per-round ratios is printed too (the machine is shared:
+        // a round's runs see about the same load).
+        let pool_n = ((1 << 20) / batches[0].len()).clamp(1, batches.len());
+        let n = batches.len();
+        let hot_total: usize = cycle(&batches[..pool_n], n).map(|i| batches[i].len()).sum();
+        // Per round: wall times, and the appending thread's CPU times.
+        let mut rounds: Vec<[Duration; 5]> = Vec::new();
+        let mut cpu: Vec<[Duration; 5]> = Vec::new();
         let mut log = None;
         for _ in 0..runs {
-            bw = bw.min(baseline_write(&base_file, &batches, false));
+            let bw = baseline_write(&base_file, &batches, false);
+            let bc = last_cpu();
             settle();
             drop(log.take());
-            let (d, l) = log_append(&log_dir, &mut batches, FlushPolicy::Os, 1);
-            lw = lw.min(d);
+            let (lw, l) = log_append(&log_dir, &mut batches, FlushPolicy::Os, 1);
+            let lc = last_cpu();
             log = Some(l);
             settle();
+            let cw = crc_then_write(&root.join("crc.bin"), &batches);
+            let cc = last_cpu();
+            settle();
+            let bh = baseline_write_hot(&root.join("hot.bin"), &batches[..pool_n], n);
+            let bhc = last_cpu();
+            settle();
+            let (lh, l) = log_append_hot(&root.join("bench-hot"), &mut batches[..pool_n], n);
+            let lhc = last_cpu();
+            drop(l);
+            settle();
+            rounds.push([bw, lw, cw, bh, lh]);
+            cpu.push([bc, lc, cc, bhc, lhc]);
         }
         let log = log.expect("at least one run");
-        line(
-            &format!("append {label} batches, fsync off"),
-            mibps(total, lw),
-            mibps(total, bw),
-        );
+        for f in ["crc.bin", "hot.bin"] {
+            let _ = std::fs::remove_file(root.join(f));
+        }
+        drop_dir(&root.join("bench-hot"));
+        let best_of = |i: usize| rounds.iter().map(|r| r[i]).min().expect("a round");
+        let median_ratio = |num: usize, den: usize| {
+            let mut v: Vec<f64> = rounds
+                .iter()
+                .map(|r| r[den].as_secs_f64() / r[num].as_secs_f64())
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let bw = best_of(0);
+        for (name, num, den, bytes) in [
+            (format!("append {label} batches, fsync off"), 1, 0, total),
+            (
+                format!("  [floor] CRC check + write() {label}"),
+                2,
+                0,
+                total,
+            ),
+            (
+                format!("append {label} batches, fsync off, hot source"),
+                4,
+                3,
+                hot_total,
+            ),
+        ] {
+            line(
+                &name,
+                mibps(bytes, best_of(num)),
+                mibps(bytes, best_of(den)),
+            );
+            println!(
+                "{:<44} {:>29.2}",
+                "    (median of per-round ratios)",
+                median_ratio(num, den)
+            );
+            let best_cpu = |i: usize| cpu.iter().map(|r| r[i]).min().expect("a round");
+            println!(
+                "{:<44} {:>29.2}",
+                "    (thread CPU time, best vs best)",
+                best_cpu(den).as_secs_f64() / best_cpu(num).as_secs_f64()
+            );
+        }
         let (lw2, _) = best(runs, || {
             let r = log_append(&root.join("bench-2"), &mut batches, FlushPolicy::Os, 2);
             settle();
