@@ -7,67 +7,224 @@
 //!   id gets 409. `GET /api/cep/patterns`, `GET`/`DELETE /api/cep/patterns/{id}`,
 //!   `POST /api/cep/patterns/{id}/pause` and `/resume`; the same routes under
 //!   `/api/analytics/queries` (one engine serves both). `GET /api/cep/stats`:
-//!   per-definition counters and, per source partition, the stage's position.
+//!   per definition events in, matches out, partial matches held and lag (records of
+//!   its source partitions not read yet), and per source partition the stage's
+//!   position. `GET /api/cep/matches?pattern=ID` (all definitions without `pattern`):
+//!   a live Server-Sent Events stream of the outputs written from now on (event name
+//!   = output kind: `match`, `window_result`, `alert`, `late`, `dead_letter`; data =
+//!   `{"pattern", "kind", "topic", "partition", "offset", "timestamp", "key",
+//!   "value"}`); it starts with a `: subscribed` comment, and a slow reader gets a
+//!   `lagged` event with the number of outputs it missed. `GET /api/openapi.json`:
+//!   the OpenAPI document of every route of the HTTP listener.
 //! * Definitions live in the internal compacted topic `__cep_definitions` (key =
-//!   id, value = the definition as JSON, a tombstone on delete) and are registered
-//!   again at start. Pause state is not persisted: after a restart every
-//!   definition runs.
+//!   id, value = `{"definition": ..., "paused": bool}`, a tombstone on delete) and
+//!   are registered again at start, paused ones paused.
 //! * The stage reads records below each source partition's high watermark, feeds
 //!   [`Engine::process`], calls [`Engine::on_processing_time`] at least every
 //!   [`TICK`], and appends the outputs to their topics (created on first use with
 //!   the broker's defaults, whatever `auto.create.topics.enable` says), keyed
 //!   outputs to the partition of their key, each partition's outputs fsync'd.
+//!   Alert outputs with a webhook are then POSTed to it (JSON, 3 attempts, counted
+//!   in the stats; delivery is at least once and not part of the checkpoint).
 //! * Where reading starts: a definition sees only records appended after it was
 //!   registered (its source partitions that exist are read from their high
 //!   watermark then; partitions created later from their start). A source that
 //!   other definitions already read continues from the stage's current position.
-//!   At broker start every source is read from its high watermark: there is no
-//!   checkpoint yet, so partial matches and windows do not survive a restart and
-//!   records appended while the stage lagged behind at shutdown are not matched.
+//!
+//! ## Exactly-once outputs (write-ahead checkpoints)
+//!
+//! The stage is a deterministic state machine over its source offsets, and its
+//! outputs are made idempotent with a write-ahead checkpoint in the internal
+//! compacted topic `__cep_checkpoints` (one partition, key `engine`):
+//!
+//! 1. A pass reads records, feeds the engine and collects its outputs. It assigns
+//!    each output its partition and records, per output partition, the partition's
+//!    end offset before the write.
+//! 2. Before any output is appended, one checkpoint record is appended and fsync'd:
+//!    the engine's full state ([`Engine::checkpoint`]: definitions, pause state,
+//!    partial matches, windows, watermarks, processed offsets), the stage's read
+//!    positions, and the pass's planned writes (partition, end offset before the
+//!    write, the output records themselves).
+//! 3. The outputs are appended and fsync'd.
+//!
+//! At start, the last checkpoint is restored, the stage resumes reading at its
+//! positions, and its planned writes are redone idempotently: for each output
+//! partition, the records from the recorded end offset on are compared in order
+//! with the planned ones, and only those not found (the suffix a crash cut off) are
+//! appended. A crash before step 2 completes loses nothing (the previous checkpoint
+//! is restored and the records are read and matched again; their outputs were never
+//! written), a crash between 2 and 3 is completed by the redo, and a crash after 3
+//! finds every planned record present. Every output is thus written exactly once,
+//! provided the stage is the only writer of records equal to its outputs (a client
+//! producing identical records to an output topic at the same moment could be taken
+//! for one of them). A pass with no output writes a checkpoint only every
+//! [`CHECKPOINT_INTERVAL`] (it only bounds the replay after a crash), and the pass
+//! after a registration writes one, which records where the new definition starts
+//! reading. Definitions and pause state come from `__cep_definitions` (the source of
+//! truth): at start, restored definitions deleted or replaced since the checkpoint
+//! are dropped, and ones registered since then (a crash within the moment between a
+//! registration and the next pass) start with empty state at the high watermark of
+//! their new source topics. Source partitions the checkpoint does not know (the topic
+//! was created after it) are read from their start.
+
+pub mod httpc;
 
 use crate::client::partitioner::partition_for_key;
 use crate::metadata::{is_internal_topic, now_ms};
 use crate::partition::Partition;
 use crate::state::Broker;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Notify;
-use weir_cep::{parse_definition_json, parse_sql, CepError, Definition, Engine, Limits, Output};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, Notify};
+use weir_cep::{
+    parse_definition_json, parse_sql, CepError, Definition, Engine, Limits, Output, OutputKind,
+};
 use weir_protocol::compression::Compression;
 use weir_protocol::records::{self, BatchBuilder};
 
 /// The compacted topic holding the registered definitions.
 pub const DEFINITIONS_TOPIC: &str = "__cep_definitions";
+/// The compacted topic holding the stage's write-ahead checkpoints.
+pub const CHECKPOINT_TOPIC: &str = "__cep_checkpoints";
+const CHECKPOINT_KEY: &[u8] = b"engine";
+const CHECKPOINT_MAGIC: &[u8; 4] = b"WCP1";
+/// Largest checkpoint record (compressed).
+const CHECKPOINT_MAX_BYTES: &str = "536870912";
+/// A pass without outputs writes a checkpoint at most this often.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest the stage sleeps without new data (processing-time timers).
 pub const TICK: Duration = Duration::from_millis(500);
 /// Bytes read from one partition per pass.
 const READ_BYTES: usize = 1 << 20;
 /// Largest decompressed batch the stage decodes.
-const MAX_UNCOMPRESSED: usize = 256 << 20;
+const MAX_UNCOMPRESSED: usize = 1 << 30;
 /// Bytes of output records per batch written.
 const OUTPUT_BATCH_BYTES: usize = 512 << 10;
+/// Outputs buffered for live (SSE) subscribers before a slow one lags.
+const LIVE_BUFFER: usize = 4096;
+/// Webhook delivery: attempts and the timeout of each.
+const WEBHOOK_ATTEMPTS: u32 = 3;
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Cep {
     broker: Arc<Broker>,
     engine: Mutex<Engine>,
     /// Next offset the stage reads, per source (topic, partition).
     positions: Mutex<HashMap<(String, i32), i64>>,
-    /// Serialises register/remove (engine change plus definitions-topic append).
+    /// Serialises register/remove/pause (engine change plus definitions-topic append).
     admin: Mutex<()>,
     changed: Notify,
     stop: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     next_partition: AtomicUsize,
+    /// When the stage last wrote a checkpoint.
+    last_checkpoint: Mutex<Instant>,
+    /// A registration asks the stage for a checkpoint (recording where it starts).
+    checkpoint_requested: AtomicBool,
+    /// Outputs written, for `GET /api/cep/matches`.
+    live: broadcast::Sender<Arc<Published>>,
+    /// Where webhook deliveries run (set by `start_stage`).
+    runtime: Mutex<Option<tokio::runtime::Handle>>,
+    webhooks: Arc<WebhookCounters>,
+    /// Tests: stop a pass right after its checkpoint, as a crash there would.
+    #[cfg(test)]
+    crash_after_checkpoint: AtomicBool,
+}
+
+#[derive(Default)]
+struct WebhookCounters {
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// An output as written: what live subscribers see.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub definition_id: String,
+    pub kind: &'static str,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+impl Published {
+    fn to_json(&self) -> Value {
+        json!({
+            "pattern": self.definition_id,
+            "kind": self.kind,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp": self.timestamp_ms,
+            "key": self.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            "value": serde_json::from_slice::<Value>(&self.value)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.value).into_owned())),
+        })
+    }
+}
+
+fn kind_name(k: &OutputKind) -> &'static str {
+    match k {
+        OutputKind::Match => "match",
+        OutputKind::Late => "late",
+        OutputKind::DeadLetter => "dead_letter",
+        OutputKind::WindowResult => "window_result",
+        OutputKind::Alert { .. } => "alert",
+    }
+}
+
+/// One output record planned for a partition (part of a checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PlannedRecord {
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    timestamp_ms: i64,
+    definition_id: String,
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    webhook: Option<String>,
+}
+
+/// The outputs of one pass for one partition, and its end offset before they were written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PlannedWrite {
+    topic: String,
+    partition: i32,
+    end_offset: i64,
+    records: Vec<PlannedRecord>,
+}
+
+/// A checkpoint's header (the engine state follows it in the record).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CheckpointHeader {
+    positions: Vec<(String, i32, i64)>,
+    writes: Vec<PlannedWrite>,
+}
+
+/// A definition as stored in the definitions topic.
+#[derive(Debug, Clone)]
+struct Stored {
+    id: String,
+    json: String,
+    paused: bool,
 }
 
 /// An API failure: status and message (plus the CEP error's field and position).
@@ -97,16 +254,48 @@ impl IntoResponse for Failure {
     }
 }
 
+/// Equal definitions (JSON compared as values, not text).
+fn same_json(a: &str, b: &str) -> bool {
+    match (
+        serde_json::from_str::<Value>(a),
+        serde_json::from_str::<Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 impl Cep {
-    /// Creates the definitions topic if needed and registers the stored definitions.
-    /// Blocking (reads the definitions log).
+    /// Creates the internal topics if needed, restores the last checkpoint, registers
+    /// the stored definitions and redoes the checkpoint's planned writes. Blocking.
     pub fn open(broker: Arc<Broker>) -> anyhow::Result<Arc<Cep>> {
-        if broker.topic(DEFINITIONS_TOPIC).is_none() {
-            let configs = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
-            broker
-                .create_topic(DEFINITIONS_TOPIC, 1, -1, configs, false)
-                .map_err(|(_, m)| anyhow::anyhow!("creating {DEFINITIONS_TOPIC}: {m}"))?;
+        for (topic, configs) in [
+            (DEFINITIONS_TOPIC, vec![("cleanup.policy", "compact")]),
+            (
+                CHECKPOINT_TOPIC,
+                vec![
+                    ("cleanup.policy", "compact"),
+                    ("max.message.bytes", CHECKPOINT_MAX_BYTES),
+                ],
+            ),
+        ] {
+            if broker.topic(topic).is_none() {
+                let configs: BTreeMap<String, String> = configs
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                if let Err((_, m)) = broker.create_topic(topic, 1, -1, configs.clone(), false) {
+                    // An older broker may not know a config: retry with compaction only.
+                    tracing::warn!(topic, error = %m, "creating with its configs failed; retrying with cleanup.policy=compact only");
+                    let minimal =
+                        BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+                    broker
+                        .create_topic(topic, 1, -1, minimal, false)
+                        .map_err(|(_, m)| anyhow::anyhow!("creating {topic}: {m}"))?;
+                }
+            }
         }
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
         let cep = Arc::new(Cep {
             broker,
             engine: Mutex::new(Engine::new(Limits::default())),
@@ -116,30 +305,109 @@ impl Cep {
             stop: AtomicBool::new(false),
             task: Mutex::new(None),
             next_partition: AtomicUsize::new(0),
+            last_checkpoint: Mutex::new(Instant::now()),
+            checkpoint_requested: AtomicBool::new(false),
+            live,
+            runtime: Mutex::new(None),
+            webhooks: Arc::new(WebhookCounters::default()),
+            #[cfg(test)]
+            crash_after_checkpoint: AtomicBool::new(false),
         });
         let stored = cep.load_stored()?;
+        let checkpoint = match cep.load_checkpoint() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "the last CEP checkpoint cannot be read: starting from the high watermarks, without state");
+                None
+            }
+        };
         let mut engine = cep.engine.lock();
-        for (id, text) in stored {
-            match parse_definition_json(&text).and_then(|d| engine.register(d)) {
-                Ok(_) => tracing::info!(definition = %id, "CEP definition loaded"),
+        let mut header = CheckpointHeader::default();
+        if let Some((h, state)) = checkpoint {
+            match engine.restore(&state) {
+                Ok(()) => {
+                    tracing::info!(
+                        positions = h.positions.len(),
+                        writes = h.writes.len(),
+                        "CEP checkpoint restored"
+                    );
+                    header = h;
+                }
                 Err(e) => {
-                    tracing::error!(definition = %id, error = %e, "not loading a stored CEP definition")
+                    tracing::error!(error = %e, "the last CEP checkpoint cannot be restored: starting from the high watermarks, without state")
+                }
+            }
+        }
+        // The definitions topic is the truth: drop restored definitions deleted or
+        // replaced since the checkpoint, register new ones, apply pause state.
+        for info in engine.definitions() {
+            let keep = stored
+                .iter()
+                .any(|s| s.id == info.id && same_json(&s.json, &info.json));
+            if !keep {
+                engine.remove(&info.id);
+                tracing::info!(definition = %info.id, "checkpointed CEP definition deleted or replaced since: dropped");
+            }
+        }
+        let restored_sources = engine.sources();
+        for s in &stored {
+            let exists = engine.definitions().iter().any(|d| d.id == s.id);
+            if !exists {
+                match parse_definition_json(&s.json).and_then(|d| engine.register(d)) {
+                    Ok(_) => tracing::info!(definition = %s.id, "CEP definition loaded"),
+                    Err(e) => {
+                        tracing::error!(definition = %s.id, error = %e, "not loading a stored CEP definition");
+                        continue;
+                    }
+                }
+            }
+            if s.paused {
+                engine.pause(&s.id);
+            } else {
+                engine.resume(&s.id);
+            }
+        }
+        {
+            let mut positions = cep.positions.lock();
+            for (t, p, o) in &header.positions {
+                if restored_sources.contains(t) {
+                    positions.insert((t.clone(), *p), *o);
                 }
             }
         }
         for topic in engine.sources() {
-            cep.seed_positions(&topic, true);
+            // Sources of definitions registered since the checkpoint: from their high
+            // watermark. (Partitions of restored sources that the checkpoint does not
+            // know were created after it: read from their start.)
+            if !restored_sources.contains(&topic) {
+                cep.seed_positions(&topic, false);
+            }
         }
         drop(engine);
+        for w in &header.writes {
+            match cep.redo(w) {
+                Ok((present, appended)) => tracing::info!(
+                    topic = %w.topic,
+                    partition = w.partition,
+                    present,
+                    appended,
+                    "CEP outputs of the last checkpoint checked"
+                ),
+                Err(e) => {
+                    tracing::error!(topic = %w.topic, partition = w.partition, error = %e, "CEP outputs of the last checkpoint not redone")
+                }
+            }
+        }
         Ok(cep)
     }
 
     /// The live definitions of the definitions topic, oldest registration first.
-    fn load_stored(&self) -> anyhow::Result<Vec<(String, String)>> {
+    fn load_stored(&self) -> anyhow::Result<Vec<Stored>> {
         let Some(p) = self.broker.partition(DEFINITIONS_TOPIC, 0) else {
             return Ok(Vec::new());
         };
         let hw = p.high_watermark();
+        // id -> (offset of first registration, latest value)
         let mut latest: HashMap<String, (i64, Option<String>)> = HashMap::new();
         let mut pos = p.log.log_start_offset();
         while pos < hw {
@@ -160,19 +428,72 @@ impl Cep {
                         .as_ref()
                         .and_then(|v| std::str::from_utf8(v).ok())
                         .map(str::to_string);
-                    latest.insert(key.to_string(), (r.offset, value));
+                    // A pause or resume keeps the registration's place in the order.
+                    let update = value.is_some() && matches!(latest.get(key), Some((_, Some(_))));
+                    match latest.get_mut(key) {
+                        Some(entry) if update => entry.1 = value,
+                        _ => {
+                            latest.insert(key.to_string(), (r.offset, value));
+                        }
+                    }
                 }
             }
             if pos == before {
                 break;
             }
         }
-        let mut live: Vec<(i64, String, String)> = latest
-            .into_iter()
-            .filter_map(|(id, (offset, v))| v.map(|v| (offset, id, v)))
-            .collect();
-        live.sort();
-        Ok(live.into_iter().map(|(_, id, v)| (id, v)).collect())
+        let mut live: Vec<(i64, Stored)> = Vec::new();
+        for (id, (offset, v)) in latest {
+            let Some(v) = v else { continue };
+            let (json, paused) = match serde_json::from_str::<Value>(&v) {
+                // {"definition": {...}, "paused": bool}; older records hold the definition itself.
+                Ok(Value::Object(o)) if o.contains_key("definition") && !o.contains_key("id") => {
+                    let def = match o.get("definition") {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(d) => d.to_string(),
+                        None => continue,
+                    };
+                    (
+                        def,
+                        o.get("paused").and_then(Value::as_bool).unwrap_or(false),
+                    )
+                }
+                _ => (v, false),
+            };
+            live.push((offset, Stored { id, json, paused }));
+        }
+        live.sort_by_key(|(o, _)| *o);
+        Ok(live.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// The last checkpoint: its header and the engine state.
+    fn load_checkpoint(&self) -> anyhow::Result<Option<(CheckpointHeader, Vec<u8>)>> {
+        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) else {
+            return Ok(None);
+        };
+        let hw = p.high_watermark();
+        if hw <= p.log.log_start_offset() {
+            return Ok(None);
+        }
+        // Each checkpoint is the only record of its batch, the last one at hw - 1.
+        let read = p.log.read(hw - 1, READ_BYTES, true)?;
+        let mut last = None;
+        for chunk in &read.batches {
+            let (recs, _) = decode_chunk(chunk, hw - 1, hw);
+            last = recs.into_iter().last().or(last);
+        }
+        let Some(rec) = last else {
+            anyhow::bail!(
+                "no readable record at offset {} of {CHECKPOINT_TOPIC}",
+                hw - 1
+            );
+        };
+        let value = rec
+            .value
+            .ok_or_else(|| anyhow::anyhow!("the checkpoint at offset {} is empty", rec.offset))?;
+        let (header, state) = decode_checkpoint(&value)
+            .map_err(|e| anyhow::anyhow!("checkpoint at offset {}: {e}", rec.offset))?;
+        Ok(Some((header, state)))
     }
 
     /// Sets the position of each existing partition of `topic` to its high watermark
@@ -213,6 +534,14 @@ impl Cep {
             .map_err(|e| e.to_string())
     }
 
+    /// The stored form of a definition.
+    fn stored_value(json: &str, paused: bool) -> Vec<u8> {
+        let def = serde_json::from_str::<Value>(json).unwrap_or(Value::String(json.to_string()));
+        json!({ "definition": def, "paused": paused })
+            .to_string()
+            .into_bytes()
+    }
+
     /// Parses and registers a definition and stores it. Blocking.
     pub fn register(&self, text: &str, sql: bool) -> Result<String, Failure> {
         let def: Definition = if sql {
@@ -221,6 +550,16 @@ impl Cep {
             parse_definition_json(text)
         }
         .map_err(|e| Failure::cep(StatusCode::BAD_REQUEST, &e))?;
+        if let Definition::Alert(a) = &def {
+            if let Some(url) = &a.emit.webhook {
+                httpc::parse_url(url).map_err(|e| {
+                    Failure(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": format!("emit.webhook: {e}"), "field": "emit.webhook"}),
+                    )
+                })?;
+            }
+        }
         let json = def.to_json();
         let _admin = self.admin.lock();
         let id = {
@@ -241,7 +580,7 @@ impl Cep {
             }
             id
         };
-        if let Err(e) = self.persist(&id, Some(json.as_bytes())) {
+        if let Err(e) = self.persist(&id, Some(&Self::stored_value(&json, false))) {
             self.engine.lock().remove(&id);
             return Err(Failure::msg(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -249,6 +588,7 @@ impl Cep {
             ));
         }
         tracing::info!(definition = %id, "CEP definition registered");
+        self.checkpoint_requested.store(true, Ordering::Release);
         self.changed.notify_one();
         Ok(id)
     }
@@ -306,40 +646,85 @@ impl Cep {
             .map(Self::describe)
     }
 
-    pub fn set_paused(&self, id: &str, paused: bool) -> bool {
+    /// Pauses or resumes a definition and stores that. Blocking. False: unknown id.
+    pub fn set_paused(&self, id: &str, paused: bool) -> Result<bool, Failure> {
+        let _admin = self.admin.lock();
+        let Some(info) = self
+            .engine
+            .lock()
+            .definitions()
+            .into_iter()
+            .find(|d| d.id == id)
+        else {
+            return Ok(false);
+        };
+        if info.paused != paused {
+            self.persist(id, Some(&Self::stored_value(&info.json, paused)))
+                .map_err(|e| {
+                    Failure::msg(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("storing the pause state: {e}"),
+                    )
+                })?;
+        }
         let mut engine = self.engine.lock();
-        if paused {
+        Ok(if paused {
             engine.pause(id)
         } else {
             engine.resume(id)
-        }
+        })
+    }
+
+    /// Records of `topic` not read by the stage yet.
+    fn lag(&self, topic: &str, positions: &HashMap<(String, i32), i64>) -> i64 {
+        let Some(meta) = self.broker.topic(topic) else {
+            return 0;
+        };
+        (0..meta.partitions)
+            .filter_map(|p| {
+                let part = self.broker.partition(topic, p)?;
+                let pos = positions
+                    .get(&(topic.to_string(), p))
+                    .copied()
+                    .unwrap_or_else(|| part.log.log_start_offset());
+                Some((part.high_watermark() - pos).max(0))
+            })
+            .sum()
     }
 
     pub fn stats(&self) -> Value {
-        let defs: Vec<Value> = self
-            .engine
-            .lock()
-            .stats()
+        let (rows, infos) = {
+            let engine = self.engine.lock();
+            (engine.stats(), engine.definitions())
+        };
+        let positions = self.positions.lock().clone();
+        let defs: Vec<Value> = rows
             .into_iter()
             .map(|s| {
+                let sources = infos
+                    .iter()
+                    .find(|i| i.id == s.id)
+                    .map(|i| i.sources.clone())
+                    .unwrap_or_default();
+                let lag: i64 = sources.iter().map(|t| self.lag(t, &positions)).sum();
                 json!({
                     "id": s.id,
                     "events_in": s.stats.events_in,
+                    "matches_out": s.stats.outputs,
                     "outputs": s.stats.outputs,
+                    "partial_matches": s.partial_matches,
+                    "lag": lag,
                     "evictions": s.stats.evictions,
                     "late": s.stats.late,
                     "not_json": s.stats.not_json,
                     "invalid_time": s.stats.invalid_time,
                     "suppressed": s.stats.suppressed,
-                    "partial_matches": s.partial_matches,
                     "keys": s.keys,
                     "windows_open": s.windows_open,
                 })
             })
             .collect();
-        let mut sources: Vec<(String, i32, i64)> = self
-            .positions
-            .lock()
+        let mut sources: Vec<(String, i32, i64)> = positions
             .iter()
             .map(|((t, p), o)| (t.clone(), *p, *o))
             .collect();
@@ -351,7 +736,15 @@ impl Cep {
                 json!({"topic": t, "partition": p, "position": o, "high_watermark": hw})
             })
             .collect();
-        json!({ "definitions": defs, "sources": sources })
+        json!({
+            "definitions": defs,
+            "sources": sources,
+            "live_subscribers": self.live.receiver_count(),
+            "webhooks": {
+                "sent": self.webhooks.sent.load(Ordering::Relaxed),
+                "failed": self.webhooks.failed.load(Ordering::Relaxed),
+            },
+        })
     }
 
     /// The source partitions with the position to read from (positions of new ones set).
@@ -423,79 +816,293 @@ impl Cep {
                         outputs.extend(engine.process(&rec));
                     }
                 }
-            }
-            if next > pos {
-                progressed = true;
-                self.positions
-                    .lock()
-                    .insert((part.topic.clone(), part.index), next);
+                if next > pos {
+                    // Under the engine lock: a checkpoint never sees the engine past
+                    // records whose position is not recorded.
+                    progressed = true;
+                    self.positions
+                        .lock()
+                        .insert((part.topic.clone(), part.index), next);
+                }
             }
         }
         outputs.extend(self.engine.lock().on_processing_time(now_ms()));
-        self.write(outputs);
+        self.commit(outputs, progressed);
         progressed
     }
 
-    /// Appends outputs to their topics. Failures are logged (outputs are lost).
-    fn write(&self, outputs: Vec<Output>) {
+    /// Checkpoints (state, positions and the planned writes), then writes the outputs.
+    fn commit(&self, outputs: Vec<Output>, progressed: bool) {
+        let due = progressed && self.last_checkpoint.lock().elapsed() >= CHECKPOINT_INTERVAL;
+        let requested = self.checkpoint_requested.swap(false, Ordering::AcqRel);
+        if outputs.is_empty() && !due && !requested {
+            return;
+        }
+        let writes = self.plan(outputs);
+        if let Err(e) = self.write_checkpoint(&writes) {
+            tracing::error!(error = %e, "CEP checkpoint not written: outputs written anyway; a crash before the next checkpoint may duplicate them");
+        }
+        *self.last_checkpoint.lock() = Instant::now();
+        #[cfg(test)]
+        if self.crash_after_checkpoint.load(Ordering::Acquire) {
+            return;
+        }
+        for w in &writes {
+            match self.append_planned(w, &w.records) {
+                Ok(base) => self.publish(w, base),
+                Err(e) => {
+                    tracing::error!(topic = %w.topic, partition = w.partition, error = %e, "CEP outputs not written")
+                }
+            }
+        }
+    }
+
+    /// Assigns outputs to partitions (creating output topics) and notes their end offsets.
+    fn plan(&self, outputs: Vec<Output>) -> Vec<PlannedWrite> {
         let mut by_topic: BTreeMap<String, Vec<Output>> = BTreeMap::new();
         for o in outputs {
             by_topic.entry(o.topic.clone()).or_default().push(o);
         }
+        let mut writes = Vec::new();
         for (topic, outs) in by_topic {
-            if let Err(e) = self.write_topic(&topic, outs) {
-                tracing::error!(topic = %topic, error = %e, "CEP outputs not written");
+            if is_internal_topic(&topic) || topic == DEFINITIONS_TOPIC || topic == CHECKPOINT_TOPIC
+            {
+                tracing::error!(topic = %topic, dropped = outs.len(), "CEP outputs cannot go to an internal topic");
+                continue;
+            }
+            let meta = match self.broker.topic(&topic) {
+                Some(m) => m,
+                None => match self.broker.auto_create(&topic) {
+                    Ok(m) => m,
+                    Err((_, m)) => {
+                        tracing::error!(topic = %topic, error = %m, dropped = outs.len(), "CEP output topic cannot be created");
+                        continue;
+                    }
+                },
+            };
+            let count = meta.partitions.max(1);
+            let mut by_partition: BTreeMap<i32, Vec<PlannedRecord>> = BTreeMap::new();
+            for o in outs {
+                let p = match &o.key {
+                    Some(k) => partition_for_key(k, count as usize),
+                    None => {
+                        (self.next_partition.fetch_add(1, Ordering::Relaxed) % count as usize)
+                            as i32
+                    }
+                };
+                let webhook = match &o.kind {
+                    OutputKind::Alert { webhook } => webhook.clone(),
+                    _ => None,
+                };
+                by_partition.entry(p).or_default().push(PlannedRecord {
+                    key: o.key,
+                    value: o.value,
+                    timestamp_ms: o.timestamp_ms,
+                    kind: kind_name(&o.kind).to_string(),
+                    definition_id: o.definition_id,
+                    webhook,
+                });
+            }
+            for (p, records) in by_partition {
+                let Some(part) = self.broker.partition(&topic, p) else {
+                    tracing::error!(topic = %topic, partition = p, dropped = records.len(), "CEP output partition is not open");
+                    continue;
+                };
+                writes.push(PlannedWrite {
+                    topic: topic.clone(),
+                    partition: p,
+                    end_offset: part.log.log_end_offset(),
+                    records,
+                });
+            }
+        }
+        writes
+    }
+
+    /// Appends the checkpoint record (state, positions, planned writes), durably.
+    fn write_checkpoint(&self, writes: &[PlannedWrite]) -> Result<(), String> {
+        let p = self
+            .broker
+            .partition(CHECKPOINT_TOPIC, 0)
+            .ok_or_else(|| format!("{CHECKPOINT_TOPIC} is not open"))?;
+        let (state, positions) = {
+            // Both under the engine lock (pass updates positions under it too).
+            let engine = self.engine.lock();
+            let positions: Vec<(String, i32, i64)> = self
+                .positions
+                .lock()
+                .iter()
+                .map(|((t, p), o)| (t.clone(), *p, *o))
+                .collect();
+            (engine.checkpoint(), positions)
+        };
+        let header = CheckpointHeader {
+            positions,
+            writes: writes.to_vec(),
+        };
+        let value = encode_checkpoint(&header, &state)?;
+        let now = now_ms();
+        let mut b = BatchBuilder::new(Compression::Lz4);
+        b.push(now, Some(CHECKPOINT_KEY), Some(&value), &[]);
+        let mut set = b.build().map_err(|e| e.to_string())?;
+        let appended = p.append(&mut set, now).map_err(|(_, m)| m)?;
+        p.log
+            .wait_durable(appended.last_offset)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Appends `records` to the planned partition, durably; returns the first offset.
+    fn append_planned(&self, w: &PlannedWrite, records: &[PlannedRecord]) -> Result<i64, String> {
+        let part = self
+            .broker
+            .partition(&w.topic, w.partition)
+            .ok_or_else(|| format!("{}-{} is not open", w.topic, w.partition))?;
+        let mut set = Vec::new();
+        let mut b = BatchBuilder::new(Compression::None);
+        for r in records {
+            if !b.is_empty() && b.uncompressed_size() + r.value.len() > OUTPUT_BATCH_BYTES {
+                let full = std::mem::replace(&mut b, BatchBuilder::new(Compression::None));
+                set.extend_from_slice(&full.build().map_err(|e| e.to_string())?);
+            }
+            b.push(r.timestamp_ms, r.key.as_deref(), Some(&r.value), &[]);
+        }
+        if !b.is_empty() {
+            set.extend_from_slice(&b.build().map_err(|e| e.to_string())?);
+        }
+        if set.is_empty() {
+            return Ok(part.log.log_end_offset());
+        }
+        let appended = part.append(&mut set, now_ms()).map_err(|(_, m)| m)?;
+        part.log
+            .wait_durable(appended.last_offset)
+            .map_err(|e| e.to_string())?;
+        Ok(appended.base_offset)
+    }
+
+    /// Completes a checkpoint's planned write: appends the planned records not found, in
+    /// order, from its end offset on. Returns (records present, records appended).
+    fn redo(&self, w: &PlannedWrite) -> Result<(usize, usize), String> {
+        let part = self
+            .broker
+            .partition(&w.topic, w.partition)
+            .ok_or_else(|| format!("{}-{} does not exist any more", w.topic, w.partition))?;
+        let end = part.log.log_end_offset();
+        let mut pos = w.end_offset.max(part.log.log_start_offset());
+        let mut found = 0usize;
+        while pos < end && found < w.records.len() {
+            let read = part
+                .log
+                .read(pos, READ_BYTES, true)
+                .map_err(|e| format!("reading {}-{} at {pos}: {e}", w.topic, w.partition))?;
+            if read.batches.is_empty() {
+                break;
+            }
+            let before = pos;
+            for chunk in &read.batches {
+                let (recs, next) = decode_chunk(chunk, pos, end);
+                pos = next;
+                for r in recs {
+                    let Some(want) = w.records.get(found) else {
+                        break;
+                    };
+                    if r.key.as_deref() == want.key.as_deref()
+                        && r.value.as_deref() == Some(want.value.as_slice())
+                    {
+                        found += 1;
+                    }
+                }
+            }
+            if pos == before {
+                break;
+            }
+        }
+        let missing = &w.records[found..];
+        if !missing.is_empty() {
+            let base = self.append_planned(w, missing)?;
+            let rest = PlannedWrite {
+                records: missing.to_vec(),
+                ..w.clone()
+            };
+            self.publish(&rest, base);
+        }
+        Ok((found, missing.len()))
+    }
+
+    /// Tells live subscribers about written outputs and delivers webhooks.
+    fn publish(&self, w: &PlannedWrite, base_offset: i64) {
+        for (i, r) in w.records.iter().enumerate() {
+            if self.live.receiver_count() > 0 {
+                let kind = match r.kind.as_str() {
+                    "match" => "match",
+                    "late" => "late",
+                    "dead_letter" => "dead_letter",
+                    "window_result" => "window_result",
+                    "alert" => "alert",
+                    _ => "output",
+                };
+                let _ = self.live.send(Arc::new(Published {
+                    definition_id: r.definition_id.clone(),
+                    kind,
+                    topic: w.topic.clone(),
+                    partition: w.partition,
+                    offset: base_offset + i as i64,
+                    timestamp_ms: r.timestamp_ms,
+                    key: r.key.clone(),
+                    value: r.value.clone(),
+                }));
+            }
+            if let Some(url) = &r.webhook {
+                self.deliver_webhook(url.clone(), r.value.clone());
             }
         }
     }
 
-    fn write_topic(&self, topic: &str, outs: Vec<Output>) -> Result<(), String> {
-        if is_internal_topic(topic) || topic == DEFINITIONS_TOPIC {
-            return Err("outputs cannot go to an internal topic".into());
-        }
-        let meta = match self.broker.topic(topic) {
-            Some(m) => m,
-            None => self.broker.auto_create(topic).map_err(|(_, m)| m)?,
+    fn deliver_webhook(&self, url: String, body: Vec<u8>) {
+        let Some(rt) = self.runtime.lock().clone() else {
+            tracing::warn!(url = %url, "no runtime for webhook delivery (stage not started)");
+            self.webhooks.failed.fetch_add(1, Ordering::Relaxed);
+            return;
         };
-        let count = meta.partitions.max(1);
-        let mut by_partition: BTreeMap<i32, Vec<Output>> = BTreeMap::new();
-        for o in outs {
-            let p = match &o.key {
-                Some(k) => partition_for_key(k, count as usize),
-                None => {
-                    (self.next_partition.fetch_add(1, Ordering::Relaxed) % count as usize) as i32
+        let counters = self.webhooks.clone();
+        rt.spawn(async move {
+            let target = match httpc::parse_url(&url) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "alert webhook not delivered");
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    return;
                 }
             };
-            by_partition.entry(p).or_default().push(o);
-        }
-        let now = now_ms();
-        for (p, outs) in by_partition {
-            let part = self
-                .broker
-                .partition(topic, p)
-                .ok_or_else(|| format!("{topic}-{p} is not open"))?;
-            let mut set = Vec::new();
-            let mut b = BatchBuilder::new(Compression::None);
-            for o in &outs {
-                if !b.is_empty() && b.uncompressed_size() + o.value.len() > OUTPUT_BATCH_BYTES {
-                    let full = std::mem::replace(&mut b, BatchBuilder::new(Compression::None));
-                    set.extend_from_slice(&full.build().map_err(|e| e.to_string())?);
+            let mut last = String::new();
+            for attempt in 0..WEBHOOK_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
-                b.push(o.timestamp_ms, o.key.as_deref(), Some(&o.value), &[]);
+                match httpc::request(
+                    &target.authority,
+                    "POST",
+                    &target.path,
+                    Some(("application/json", &body)),
+                    WEBHOOK_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(r) if r.is_success() => {
+                        counters.sent.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(r) => last = format!("answered {}", r.status),
+                    Err(e) => last = format!("{e:#}"),
+                }
             }
-            if !b.is_empty() {
-                set.extend_from_slice(&b.build().map_err(|e| e.to_string())?);
-            }
-            let appended = part.append(&mut set, now).map_err(|(_, m)| m)?;
-            part.log
-                .wait_durable(appended.last_offset)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
+            tracing::warn!(url = %url, error = %last, "alert webhook not delivered after {WEBHOOK_ATTEMPTS} attempts");
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+        });
     }
 
     /// Starts the engine stage on the current tokio runtime.
     pub fn start_stage(self: &Arc<Self>) {
+        *self.runtime.lock() = Some(tokio::runtime::Handle::current());
         let cep = self.clone();
         let handle = tokio::spawn(async move { cep.run().await });
         *self.task.lock() = Some(handle);
@@ -543,6 +1150,33 @@ impl Cep {
     }
 }
 
+/// `WCP1`, the header's length (u32 big-endian), the header (JSON), the engine state.
+fn encode_checkpoint(header: &CheckpointHeader, state: &[u8]) -> Result<Vec<u8>, String> {
+    let h = serde_json::to_vec(header).map_err(|e| format!("encoding a checkpoint: {e}"))?;
+    let len = u32::try_from(h.len()).map_err(|_| "checkpoint header too large".to_string())?;
+    let mut out = Vec::with_capacity(8 + h.len() + state.len());
+    out.extend_from_slice(CHECKPOINT_MAGIC);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(state);
+    Ok(out)
+}
+
+fn decode_checkpoint(bytes: &[u8]) -> Result<(CheckpointHeader, Vec<u8>), String> {
+    let rest = bytes
+        .strip_prefix(CHECKPOINT_MAGIC)
+        .ok_or("not a checkpoint (bad magic)")?;
+    let len_bytes: [u8; 4] = rest
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("truncated checkpoint")?;
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    let header = rest.get(4..4 + len).ok_or("truncated checkpoint header")?;
+    let header: CheckpointHeader =
+        serde_json::from_slice(header).map_err(|e| format!("bad checkpoint header: {e}"))?;
+    Ok((header, rest[4 + len..].to_vec()))
+}
+
 /// The records of a chunk of batches with offsets in `from..hw`, and the offset to
 /// read next (past whole batches, even when compaction removed their last records).
 /// Undecodable batches are logged and skipped.
@@ -583,15 +1217,22 @@ fn decode_chunk(chunk: &Bytes, from: i64, hw: i64) -> (Vec<records::Record>, i64
 // ---------------------------------------------------------------- HTTP
 
 pub fn router(cep: Arc<Cep>) -> Router {
-    let mut r = Router::new().route("/api/cep/stats", get(stats));
-    for base in ["/api/cep/patterns", "/api/analytics/queries"] {
-        r = r
-            .route(base, get(list).post(create))
-            .route(&format!("{base}/{{id}}"), get(get_one).delete(delete_one))
-            .route(&format!("{base}/{{id}}/pause"), post(pause))
-            .route(&format!("{base}/{{id}}/resume"), post(resume));
-    }
-    r.with_state(cep)
+    Router::new()
+        .route("/api/openapi.json", get(openapi_json))
+        .route("/api/cep/stats", get(stats))
+        .route("/api/cep/matches", get(matches))
+        .route("/api/cep/patterns", get(list).post(create))
+        .route("/api/cep/patterns/{id}", get(get_one).delete(delete_one))
+        .route("/api/cep/patterns/{id}/pause", post(pause))
+        .route("/api/cep/patterns/{id}/resume", post(resume))
+        .route("/api/analytics/queries", get(list).post(create))
+        .route(
+            "/api/analytics/queries/{id}",
+            get(get_one).delete(delete_one),
+        )
+        .route("/api/analytics/queries/{id}/pause", post(pause))
+        .route("/api/analytics/queries/{id}/resume", post(resume))
+        .with_state(cep)
 }
 
 async fn create(State(cep): State<Arc<Cep>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -637,23 +1278,222 @@ async fn delete_one(State(cep): State<Arc<Cep>>, Path(id): Path<String>) -> Resp
 }
 
 async fn pause(State(cep): State<Arc<Cep>>, Path(id): Path<String>) -> Response {
-    set_paused(&cep, &id, true)
+    set_paused(cep, id, true).await
 }
 
 async fn resume(State(cep): State<Arc<Cep>>, Path(id): Path<String>) -> Response {
-    set_paused(&cep, &id, false)
+    set_paused(cep, id, false).await
 }
 
-fn set_paused(cep: &Cep, id: &str, paused: bool) -> Response {
-    if cep.set_paused(id, paused) {
-        axum::Json(json!({ "id": id, "paused": paused })).into_response()
-    } else {
-        not_found(id)
+async fn set_paused(cep: Arc<Cep>, id: String, paused: bool) -> Response {
+    let id2 = id.clone();
+    match tokio::task::spawn_blocking(move || cep.set_paused(&id2, paused)).await {
+        Ok(Ok(true)) => axum::Json(json!({ "id": id, "paused": paused })).into_response(),
+        Ok(Ok(false)) => not_found(&id),
+        Ok(Err(f)) => f.into_response(),
+        Err(e) => Failure::msg(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
 async fn stats(State(cep): State<Arc<Cep>>) -> Response {
     axum::Json(cep.stats()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct MatchesQuery {
+    pattern: Option<String>,
+}
+
+/// Server-Sent Events from an mpsc receiver.
+struct LiveStream(mpsc::Receiver<SseEvent>);
+
+impl futures_core::Stream for LiveStream {
+    type Item = Result<SseEvent, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|o| o.map(Ok))
+    }
+}
+
+async fn matches(State(cep): State<Arc<Cep>>, Query(q): Query<MatchesQuery>) -> Response {
+    if let Some(id) = &q.pattern {
+        if cep.get(id).is_none() {
+            return not_found(id);
+        }
+    }
+    let mut rx = cep.live.subscribe();
+    let (tx, out) = mpsc::channel::<SseEvent>(256);
+    let filter = q.pattern.clone();
+    let greeting = match &filter {
+        Some(id) => format!("subscribed to {id}"),
+        None => "subscribed to every definition".to_string(),
+    };
+    tokio::spawn(async move {
+        if tx
+            .send(SseEvent::default().comment(greeting))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let ev = tokio::select! {
+                _ = tx.closed() => return,
+                r = rx.recv() => match r {
+                    Ok(p) => {
+                        if filter.as_deref().is_some_and(|f| f != p.definition_id) {
+                            continue;
+                        }
+                        SseEvent::default()
+                            .event(p.kind)
+                            .id(format!("{}/{}/{}", p.topic, p.partition, p.offset))
+                            .data(p.to_json().to_string())
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => SseEvent::default()
+                        .event("lagged")
+                        .data(json!({ "missed": n }).to_string()),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    });
+    Sse::new(LiveStream(out))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn openapi_json() -> Response {
+    axum::Json(openapi()).into_response()
+}
+
+/// The OpenAPI 3.1 document of the HTTP listener (health, metrics, ingest, CEP).
+pub fn openapi() -> Value {
+    fn op(summary: &str, responses: &[(&str, &str)]) -> Value {
+        let mut r = serde_json::Map::new();
+        for (code, desc) in responses {
+            r.insert(code.to_string(), json!({ "description": desc }));
+        }
+        json!({ "summary": summary, "responses": r })
+    }
+    fn with_params(mut v: Value, names: &[&str]) -> Value {
+        let params: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        v["parameters"] = Value::Array(params);
+        v
+    }
+    let definition_body = json!({
+        "required": true,
+        "content": {
+            "application/json": {"schema": {"type": "object", "description": "a pattern, windowed query or alert rule (see cep/src/lib.rs)"}},
+            "application/sql": {"schema": {"type": "string", "description": "INSERT INTO ... SELECT ... MATCH_RECOGNIZE (...)"}}
+        }
+    });
+    let mut paths = serde_json::Map::new();
+    paths.insert(
+        "/health".into(),
+        json!({"get": op("Liveness", &[("200", "ok")])}),
+    );
+    paths.insert(
+        "/metrics".into(),
+        json!({"get": op("Prometheus metrics", &[("200", "text exposition format")])}),
+    );
+    paths.insert(
+        "/ingest/{topic}".into(),
+        with_params(
+            json!({"post": op("Ingest events (JSON, NDJSON or text) into a topic", &[("200", "records appended"), ("400", "invalid body"), ("413", "body too large")])}),
+            &["topic"],
+        ),
+    );
+    paths.insert(
+        "/ingest/{topic}/ws".into(),
+        with_params(
+            json!({"get": op("Ingest events over a WebSocket", &[("101", "switching protocols"), ("400", "not a WebSocket upgrade")])}),
+            &["topic"],
+        ),
+    );
+    paths.insert(
+        "/api/collectors".into(),
+        json!({
+            "get": op("List ingest collectors", &[("200", "collectors")]),
+            "post": op("Add an ingest collector", &[("201", "added"), ("400", "invalid collector")]),
+        }),
+    );
+    paths.insert(
+        "/api/collectors/{name}".into(),
+        with_params(
+            json!({"delete": op("Remove an ingest collector", &[("204", "removed"), ("404", "unknown collector")])}),
+            &["name"],
+        ),
+    );
+    paths.insert(
+        "/api/openapi.json".into(),
+        json!({"get": op("This document", &[("200", "OpenAPI 3.1")])}),
+    );
+    paths.insert(
+        "/api/cep/stats".into(),
+        json!({"get": op("Per definition: events in, matches out, partial matches held, lag; per source partition: the stage's position", &[("200", "stats")])}),
+    );
+    paths.insert(
+        "/api/cep/matches".into(),
+        json!({"get": {
+            "summary": "Live Server-Sent Events stream of the outputs written from now on",
+            "parameters": [{"name": "pattern", "in": "query", "required": false, "schema": {"type": "string"}, "description": "only this definition's outputs"}],
+            "responses": {
+                "200": {"description": "text/event-stream; events match, window_result, alert, late, dead_letter, lagged", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "404": {"description": "unknown definition"}
+            }
+        }}),
+    );
+    for (base, what) in [
+        ("/api/cep/patterns", "pattern"),
+        ("/api/analytics/queries", "windowed query or alert rule"),
+    ] {
+        let mut create = op(
+            &format!("Register a {what} (any definition kind is accepted)"),
+            &[
+                ("201", "registered: {\"id\"}"),
+                (
+                    "400",
+                    "invalid definition: {\"error\", \"field\", \"position\"}; nothing registered",
+                ),
+                ("409", "the id is taken"),
+            ],
+        );
+        create["requestBody"] = definition_body.clone();
+        paths.insert(
+            base.into(),
+            json!({"get": op("List the definitions", &[("200", "definitions")]), "post": create}),
+        );
+        paths.insert(
+            format!("{base}/{{id}}"),
+            with_params(
+                json!({
+                    "get": op("One definition", &[("200", "the definition"), ("404", "unknown id")]),
+                    "delete": op("Delete a definition", &[("204", "deleted"), ("404", "unknown id")]),
+                }),
+                &["id"],
+            ),
+        );
+        for action in ["pause", "resume"] {
+            paths.insert(
+                format!("{base}/{{id}}/{action}"),
+                with_params(
+                    json!({"post": op(&format!("{action} a definition (kept across restarts)"), &[("200", "{\"id\", \"paused\"}"), ("404", "unknown id")])}),
+                    &["id"],
+                ),
+            );
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Weir HTTP API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+    })
 }
 
 #[cfg(test)]
@@ -829,5 +1669,275 @@ mod tests {
         let tb = reopen(tb);
         let cep = Cep::open(tb.broker.clone()).unwrap();
         assert_eq!(cep.list().as_array().unwrap().len(), 0);
+    }
+
+    fn login_at(user: &str, ok: bool, ts: i64) -> String {
+        login(user, ok, ts)
+    }
+
+    #[test]
+    fn crash_after_checkpoint_is_redone_once_and_state_survives() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        cep.register(BRUTE, false).unwrap();
+        // alice matches once carol's events move the watermark past her success;
+        // carol's two failures are a partial match held across the crash.
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("alice", false, 1000),
+                login_at("alice", false, 2000),
+                login_at("alice", false, 3000),
+                login_at("alice", true, 4000),
+                login_at("carol", false, 10_000),
+                login_at("carol", false, 11_000),
+            ],
+        );
+        cep.crash_after_checkpoint.store(true, Ordering::Release);
+        while cep.pass() {}
+        // The checkpoint holds alice's match; the crash came before it was written.
+        assert_eq!(read_all(&tb.broker, "alerts"), Vec::<Value>::new());
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let alice = json!({"user": "alice", "fails": 3, "first_fail": 1000});
+        assert_eq!(read_all(&tb.broker, "alerts"), vec![alice.clone()]);
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("carol", false, 12_000),
+                login_at("carol", true, 13_000),
+                login_at("zed", false, 100_000),
+            ],
+        );
+        while cep.pass() {}
+        let carol = json!({"user": "carol", "fails": 3, "first_fail": 10_000});
+        assert_eq!(
+            read_all(&tb.broker, "alerts"),
+            vec![alice.clone(), carol.clone()]
+        );
+        // A restart after the write: the redo finds the records, nothing is repeated.
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        while cep.pass() {}
+        assert_eq!(read_all(&tb.broker, "alerts"), vec![alice, carol]);
+        assert_eq!(cep.stats()["definitions"][0]["lag"], 0);
+    }
+
+    #[test]
+    fn redo_appends_only_the_missing_suffix() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let rec = |i: i64| PlannedRecord {
+            key: Some(b"k".to_vec()),
+            value: format!("{{\"n\":{i}}}").into_bytes(),
+            timestamp_ms: i,
+            definition_id: "d".into(),
+            kind: "match".into(),
+            webhook: None,
+        };
+        produce(&tb.broker, "out", &[r#"{"before":true}"#.to_string()]);
+        let w = PlannedWrite {
+            topic: "out".into(),
+            partition: 0,
+            end_offset: 1,
+            records: vec![rec(1), rec(2), rec(3)],
+        };
+        // The first planned record made it, then another client's record.
+        cep.append_planned(&w, &w.records[..1]).unwrap();
+        produce(&tb.broker, "out", &[r#"{"other":true}"#.to_string()]);
+        assert_eq!(cep.redo(&w).unwrap(), (1, 2));
+        assert_eq!(cep.redo(&w).unwrap(), (3, 0));
+        assert_eq!(
+            read_all(&tb.broker, "out"),
+            vec![
+                json!({"before": true}),
+                json!({"n": 1}),
+                json!({"other": true}),
+                json!({"n": 2}),
+                json!({"n": 3})
+            ]
+        );
+        let (h, state) = decode_checkpoint(
+            &encode_checkpoint(
+                &CheckpointHeader {
+                    positions: vec![("auth".into(), 0, 7)],
+                    writes: vec![w.clone()],
+                },
+                b"{}",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (h.positions, h.writes, state),
+            (vec![("auth".to_string(), 0, 7)], vec![w], b"{}".to_vec())
+        );
+        assert!(decode_checkpoint(b"WCP1\0\0\0\x09{}").is_err());
+        assert!(decode_checkpoint(b"nope").is_err());
+    }
+
+    #[test]
+    fn pause_state_and_order_survive_restarts() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        cep.register(BRUTE, false).unwrap();
+        let other = BRUTE.replace("\"brute-force\"", "\"second\"");
+        cep.register(&other, false).unwrap();
+        assert!(cep.set_paused("brute-force", true).unwrap());
+        assert!(!cep.set_paused("nope", true).unwrap());
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let l = cep.list();
+        assert_eq!(
+            (l[0]["id"].as_str(), l[0]["paused"].as_bool()),
+            (Some("brute-force"), Some(true))
+        );
+        assert_eq!(
+            (l[1]["id"].as_str(), l[1]["paused"].as_bool()),
+            (Some("second"), Some(false))
+        );
+        // Paused: records are read but not matched, also after the restart.
+        let events: Vec<String> = vec![
+            login("alice", false, 1000),
+            login("alice", false, 2000),
+            login("alice", false, 3000),
+            login("alice", true, 4000),
+            login("zed", false, 100_000),
+        ];
+        produce(&tb.broker, "auth", &events);
+        while cep.pass() {}
+        let stats = cep.stats();
+        assert_eq!(stats["definitions"][0]["events_in"], 0, "{stats}");
+        assert_eq!(stats["definitions"][1]["matches_out"], 1, "{stats}");
+        assert!(cep.set_paused("brute-force", false).unwrap());
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        assert_eq!(cep.list()[0]["paused"], false);
+    }
+
+    #[test]
+    fn live_subscribers_see_written_outputs_and_stats_show_lag() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        cep.register(BRUTE, false).unwrap();
+        let mut rx = cep.live.subscribe();
+        let events: Vec<String> = vec![
+            login("alice", false, 1000),
+            login("alice", false, 2000),
+            login("alice", false, 3000),
+            login("alice", true, 4000),
+            login("zed", false, 100_000),
+        ];
+        produce(&tb.broker, "auth", &events);
+        let s = cep.stats();
+        assert_eq!(s["definitions"][0]["lag"], 5, "{s}");
+        assert_eq!(s["live_subscribers"], 1, "{s}");
+        while cep.pass() {}
+        let s = cep.stats();
+        assert_eq!(s["definitions"][0]["lag"], 0, "{s}");
+        // zed's event waits for the watermark.
+        assert_eq!(s["definitions"][0]["events_in"], 4, "{s}");
+        assert_eq!(s["definitions"][0]["matches_out"], 1, "{s}");
+        let p = rx.try_recv().unwrap();
+        assert_eq!(
+            p.to_json(),
+            json!({"pattern": "brute-force", "kind": "match", "topic": "alerts", "partition": 0,
+                   "offset": 0, "timestamp": p.timestamp_ms, "key": "alice",
+                   "value": {"user": "alice", "fails": 3, "first_fail": 1000}})
+        );
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn webhook_urls_are_checked_at_registration() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        cep.register(BRUTE, false).unwrap();
+        let rule = |url: &str| {
+            format!(
+                r#"{{"id": "hook", "source": {{"definition": "brute-force"}}, "condition": "fails >= 3",
+                    "severity": "high", "emit": {{"topic": "pages", "webhook": "{url}"}}}}"#
+            )
+        };
+        let e = cep
+            .register(&rule("https://example.com/x"), false)
+            .unwrap_err();
+        assert_eq!(e.0, StatusCode::BAD_REQUEST);
+        assert_eq!(e.1["field"], "emit.webhook", "{}", e.1);
+        assert!(cep.get("hook").is_none());
+        cep.register(&rule("http://127.0.0.1:1/x"), false).unwrap();
+    }
+
+    /// Every `route(PATH, methods)` call of the HTTP listener's routers, from their source.
+    fn registered_routes() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for src in [
+            include_str!("http.rs"),
+            include_str!("ingest.rs"),
+            include_str!("cep.rs"),
+        ] {
+            let marker = concat!(".route", "(\"");
+            let mut rest = src;
+            while let Some(i) = rest.find(marker) {
+                rest = &rest[i + marker.len()..];
+                let Some(end) = rest.find('"') else { break };
+                let path = rest[..end].to_string();
+                let args_end = [concat!(".rou", "te("), ".with_state(", ".layer(", ";"]
+                    .iter()
+                    .filter_map(|m| rest.find(m))
+                    .min()
+                    .unwrap_or(rest.len());
+                let args = &rest[end..args_end];
+                for m in ["get", "post", "put", "delete", "patch"] {
+                    let call = format!("{m}(");
+                    let found = args.match_indices(&call).any(|(j, _)| {
+                        j == 0
+                            || !args.as_bytes()[j - 1].is_ascii_alphanumeric()
+                                && args.as_bytes()[j - 1] != b'_'
+                    });
+                    if found {
+                        out.push((path.clone(), m.to_string()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn openapi_lists_every_registered_route() {
+        let routes = registered_routes();
+        assert!(
+            routes.len() >= 20,
+            "route scan found too little: {routes:?}"
+        );
+        assert!(routes.contains(&("/api/cep/matches".into(), "get".into())));
+        assert!(routes.contains(&("/api/collectors".into(), "post".into())));
+        let doc = openapi();
+        for (path, method) in &routes {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} is not in /api/openapi.json"
+            );
+        }
+        // And nothing documented that is not served.
+        let paths = doc["paths"].as_object().unwrap();
+        let documented: usize = paths
+            .values()
+            .map(|p| {
+                p.as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| *k != "parameters")
+                    .count()
+            })
+            .sum();
+        assert_eq!(documented, routes.len(), "{routes:?}");
     }
 }
