@@ -31,41 +31,48 @@
 //!   watermark then; partitions created later from their start). A source that
 //!   other definitions already read continues from the stage's current position.
 //!
-//! ## Exactly-once outputs (write-ahead checkpoints)
+//! ## Exactly-once outputs (snapshots and a write-ahead log)
 //!
-//! The stage is a deterministic state machine over its source offsets, and its
-//! outputs are made idempotent with a write-ahead checkpoint in the internal
-//! compacted topic `__cep_checkpoints` (one partition, key `engine`):
+//! The stage is a deterministic state machine over the records it reads, and its
+//! outputs are made idempotent with a write-ahead log in the internal topic
+//! `__cep_checkpoints` (one partition):
 //!
-//! 1. A pass reads records, feeds the engine and collects its outputs. It assigns
-//!    each output its partition and records, per output partition, the partition's
-//!    end offset before the write.
-//! 2. Before any output is appended, one checkpoint record is appended and fsync'd:
-//!    the engine's full state ([`Engine::checkpoint`]: definitions, pause state,
-//!    partial matches, windows, watermarks, processed offsets), the stage's read
-//!    positions, and the pass's planned writes (partition, end offset before the
-//!    write, the output records themselves).
+//! 1. A pass reads a range of records from each source partition, feeds the engine,
+//!    calls [`Engine::on_processing_time`] with the pass's clock reading, and collects
+//!    the outputs. It assigns each output its partition and notes, per output
+//!    partition, the partition's end offset before the write.
+//! 2. Before any output is appended, one record describing the pass is appended (and
+//!    fsync'd when the pass has outputs): either a **snapshot** (the engine's full
+//!    state from [`Engine::checkpoint`]: definitions, pause state, partial matches,
+//!    windows, watermarks, processed offsets) or a small **log entry** (the ranges
+//!    read, in order, and the clock reading), each with the read positions after the
+//!    pass and the pass's planned writes (partition, end offset before the write,
+//!    the output records themselves).
 //! 3. The outputs are appended and fsync'd.
 //!
-//! At start, the last checkpoint is restored, the stage resumes reading at its
-//! positions, and its planned writes are redone idempotently: for each output
-//! partition, the records from the recorded end offset on are compared in order
-//! with the planned ones, and only those not found (the suffix a crash cut off) are
-//! appended. A crash before step 2 completes loses nothing (the previous checkpoint
-//! is restored and the records are read and matched again; their outputs were never
-//! written), a crash between 2 and 3 is completed by the redo, and a crash after 3
-//! finds every planned record present. Every output is thus written exactly once,
-//! provided the stage is the only writer of records equal to its outputs (a client
-//! producing identical records to an output topic at the same moment could be taken
-//! for one of them). A pass with no output writes a checkpoint only every
-//! [`CHECKPOINT_INTERVAL`] (it only bounds the replay after a crash), and the pass
-//! after a registration writes one, which records where the new definition starts
-//! reading. Definitions and pause state come from `__cep_definitions` (the source of
-//! truth): at start, restored definitions deleted or replaced since the checkpoint
-//! are dropped, and ones registered since then (a crash within the moment between a
-//! registration and the next pass) start with empty state at the high watermark of
-//! their new source topics. Source partitions the checkpoint does not know (the topic
-//! was created after it) are read from their start.
+//! A snapshot is written every [`SNAPSHOT_INTERVAL`] (or [`SNAPSHOT_EVERY`] entries)
+//! and by the first pass after any change of definitions or pause state (so that
+//! replaying a log entry always runs the definitions it ran with), and the log is then
+//! trimmed to start at it. At start, the last snapshot is restored and the log
+//! entries after it are replayed (the same ranges in the same order, the same clock
+//! readings; their outputs are dropped, they were recorded), which rebuilds the state
+//! the stage had after its last recorded pass. Then every recorded planned write is
+//! redone idempotently: for each output partition, the records from the recorded end
+//! offset on are compared in order with the planned ones, and only those not found
+//! (the suffix a crash cut off) are appended. A crash before step 2 completes loses
+//! nothing (the pass is not recorded, its records are read and matched again, its
+//! outputs were never written), a crash between 2 and 3 is completed by the redo, and
+//! a crash after 3 finds every planned record present. Every output is thus written
+//! exactly once, provided the stage is the only writer of records equal to its
+//! outputs (a client producing identical records to an output topic at the same
+//! moment could be taken for one of them).
+//!
+//! Definitions and pause state come from `__cep_definitions` (the source of truth):
+//! at start, restored definitions deleted or replaced since the snapshot are dropped,
+//! and ones registered since then (a crash within the moment between a registration
+//! and the next pass) start with empty state at the high watermark of their new
+//! source topics. Source partitions the snapshot does not know (the topic was created
+//! after it) are read from their start.
 
 pub mod httpc;
 
@@ -101,12 +108,16 @@ use weir_protocol::records::{self, BatchBuilder};
 pub const DEFINITIONS_TOPIC: &str = "__cep_definitions";
 /// The compacted topic holding the stage's write-ahead checkpoints.
 pub const CHECKPOINT_TOPIC: &str = "__cep_checkpoints";
-const CHECKPOINT_KEY: &[u8] = b"engine";
-const CHECKPOINT_MAGIC: &[u8; 4] = b"WCP1";
+const SNAPSHOT_MAGIC: &[u8; 4] = b"WCP1";
+const LOG_ENTRY_MAGIC: &[u8; 4] = b"WWL1";
 /// Largest checkpoint record (compressed).
 const CHECKPOINT_MAX_BYTES: &str = "536870912";
-/// A pass without outputs writes a checkpoint at most this often.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// A snapshot of the engine state is written at least this often while records flow.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
+/// ... or after this many log entries.
+pub const SNAPSHOT_EVERY: u64 = 20_000;
+/// Segment size of the checkpoint topic (the log is trimmed segment by segment).
+const CHECKPOINT_SEGMENT_BYTES: &str = "67108864";
 /// The longest the stage sleeps without new data (processing-time timers).
 pub const TICK: Duration = Duration::from_millis(500);
 /// Bytes read from one partition per pass.
@@ -132,10 +143,10 @@ pub struct Cep {
     stop: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     next_partition: AtomicUsize,
-    /// When the stage last wrote a checkpoint.
-    last_checkpoint: Mutex<Instant>,
-    /// A registration asks the stage for a checkpoint (recording where it starts).
-    checkpoint_requested: AtomicBool,
+    /// Bumped (under the engine lock) by every change of definitions or pause state.
+    admin_epoch: AtomicU64,
+    /// The stage's write-ahead log bookkeeping.
+    wal: Mutex<WalState>,
     /// Outputs written, for `GET /api/cep/matches`.
     live: broadcast::Sender<Arc<Published>>,
     /// Where webhook deliveries run (set by `start_stage`).
@@ -144,6 +155,34 @@ pub struct Cep {
     /// Tests: stop a pass right after its checkpoint, as a crash there would.
     #[cfg(test)]
     crash_after_checkpoint: AtomicBool,
+}
+
+struct WalState {
+    last_snapshot: Instant,
+    /// `admin_epoch` of the engine state in the last snapshot (u64::MAX: none since start).
+    snapshot_epoch: u64,
+    /// Log entries since the last snapshot.
+    entries: u64,
+    seq: u64,
+}
+
+/// A source range read by a pass: topic, partition, from, to (exclusive).
+type ReadRange = (String, i32, i64, i64);
+
+/// A pass recorded without the engine state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LogEntry {
+    reads: Vec<ReadRange>,
+    now_ms: i64,
+    positions: Vec<(String, i32, i64)>,
+    writes: Vec<PlannedWrite>,
+}
+
+/// What the checkpoint topic holds from its last snapshot on.
+struct Recovered {
+    header: CheckpointHeader,
+    state: Vec<u8>,
+    entries: Vec<LogEntry>,
 }
 
 #[derive(Default)]
@@ -276,6 +315,7 @@ impl Cep {
                 vec![
                     ("cleanup.policy", "compact"),
                     ("max.message.bytes", CHECKPOINT_MAX_BYTES),
+                    ("segment.bytes", CHECKPOINT_SEGMENT_BYTES),
                 ],
             ),
         ] {
@@ -305,8 +345,14 @@ impl Cep {
             stop: AtomicBool::new(false),
             task: Mutex::new(None),
             next_partition: AtomicUsize::new(0),
-            last_checkpoint: Mutex::new(Instant::now()),
-            checkpoint_requested: AtomicBool::new(false),
+            admin_epoch: AtomicU64::new(0),
+            wal: Mutex::new(WalState {
+                last_snapshot: Instant::now(),
+                // The state after a start is not in any snapshot yet.
+                snapshot_epoch: u64::MAX,
+                entries: 0,
+                seq: 0,
+            }),
             live,
             runtime: Mutex::new(None),
             webhooks: Arc::new(WebhookCounters::default()),
@@ -314,27 +360,34 @@ impl Cep {
             crash_after_checkpoint: AtomicBool::new(false),
         });
         let stored = cep.load_stored()?;
-        let checkpoint = match cep.load_checkpoint() {
+        let recovered = match cep.load_checkpoints() {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "the last CEP checkpoint cannot be read: starting from the high watermarks, without state");
+                tracing::error!(error = %e, "the CEP checkpoints cannot be read: starting from the high watermarks, without state");
                 None
             }
         };
         let mut engine = cep.engine.lock();
         let mut header = CheckpointHeader::default();
-        if let Some((h, state)) = checkpoint {
-            match engine.restore(&state) {
+        if let Some(rec) = recovered {
+            match engine.restore(&rec.state) {
                 Ok(()) => {
+                    let entries = rec.entries.len();
+                    header = rec.header;
+                    for entry in rec.entries {
+                        cep.replay(&mut engine, &entry);
+                        header.positions = entry.positions;
+                        header.writes.extend(entry.writes);
+                    }
                     tracing::info!(
-                        positions = h.positions.len(),
-                        writes = h.writes.len(),
-                        "CEP checkpoint restored"
+                        entries,
+                        positions = header.positions.len(),
+                        writes = header.writes.len(),
+                        "CEP snapshot restored and log replayed"
                     );
-                    header = h;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "the last CEP checkpoint cannot be restored: starting from the high watermarks, without state")
+                    tracing::error!(error = %e, "the last CEP snapshot cannot be restored: starting from the high watermarks, without state")
                 }
             }
         }
@@ -466,34 +519,87 @@ impl Cep {
         Ok(live.into_iter().map(|(_, s)| s).collect())
     }
 
-    /// The last checkpoint: its header and the engine state.
-    fn load_checkpoint(&self) -> anyhow::Result<Option<(CheckpointHeader, Vec<u8>)>> {
+    /// The last snapshot of the checkpoint topic and the log entries after it.
+    fn load_checkpoints(&self) -> anyhow::Result<Option<Recovered>> {
         let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) else {
             return Ok(None);
         };
         let hw = p.high_watermark();
-        if hw <= p.log.log_start_offset() {
-            return Ok(None);
+        let mut pos = p.log.log_start_offset();
+        let mut found: Option<Recovered> = None;
+        while pos < hw {
+            let read = p.log.read(pos, READ_BYTES, true)?;
+            if read.batches.is_empty() {
+                break;
+            }
+            let before = pos;
+            for chunk in &read.batches {
+                let (recs, next) = decode_chunk(chunk, pos, hw);
+                pos = next;
+                for r in recs {
+                    let Some(value) = r.value else { continue };
+                    if value.starts_with(SNAPSHOT_MAGIC) {
+                        let (header, state) = decode_snapshot(&value)
+                            .map_err(|e| anyhow::anyhow!("snapshot at offset {}: {e}", r.offset))?;
+                        found = Some(Recovered {
+                            header,
+                            state,
+                            entries: Vec::new(),
+                        });
+                    } else if let Some(json) = value.strip_prefix(LOG_ENTRY_MAGIC) {
+                        let Some(rec) = found.as_mut() else {
+                            continue; // before the first snapshot (trimmed away later)
+                        };
+                        let entry: LogEntry = serde_json::from_slice(json).map_err(|e| {
+                            anyhow::anyhow!("log entry at offset {}: {e}", r.offset)
+                        })?;
+                        rec.entries.push(entry);
+                    } else {
+                        anyhow::bail!(
+                            "unknown record at offset {} of {CHECKPOINT_TOPIC}",
+                            r.offset
+                        );
+                    }
+                }
+            }
+            if pos == before {
+                break;
+            }
         }
-        // Each checkpoint is the only record of its batch, the last one at hw - 1.
-        let read = p.log.read(hw - 1, READ_BYTES, true)?;
-        let mut last = None;
-        for chunk in &read.batches {
-            let (recs, _) = decode_chunk(chunk, hw - 1, hw);
-            last = recs.into_iter().last().or(last);
+        Ok(found)
+    }
+
+    /// Re-runs a recorded pass on `engine` (its outputs were recorded with it).
+    fn replay(&self, engine: &mut Engine, entry: &LogEntry) {
+        let mut dropped = Vec::new();
+        for (topic, partition, from, to) in &entry.reads {
+            let Some(part) = self.broker.partition(topic, *partition) else {
+                tracing::warn!(topic = %topic, partition, "CEP replay: the source partition is gone");
+                continue;
+            };
+            let mut pos = *from;
+            while pos < *to {
+                let read = match part.log.read(pos, READ_BYTES, true) {
+                    Ok(r) if !r.batches.is_empty() => r,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(topic = %topic, partition, error = %e, "CEP replay cannot read");
+                        break;
+                    }
+                };
+                let before = pos;
+                for chunk in &read.batches {
+                    let (recs, next) = decode_chunk(chunk, pos, *to);
+                    pos = next;
+                    process_records(engine, &part, &recs, &mut dropped);
+                    dropped.clear();
+                }
+                if pos == before {
+                    break;
+                }
+            }
         }
-        let Some(rec) = last else {
-            anyhow::bail!(
-                "no readable record at offset {} of {CHECKPOINT_TOPIC}",
-                hw - 1
-            );
-        };
-        let value = rec
-            .value
-            .ok_or_else(|| anyhow::anyhow!("the checkpoint at offset {} is empty", rec.offset))?;
-        let (header, state) = decode_checkpoint(&value)
-            .map_err(|e| anyhow::anyhow!("checkpoint at offset {}: {e}", rec.offset))?;
-        Ok(Some((header, state)))
+        let _ = engine.on_processing_time(entry.now_ms);
     }
 
     /// Sets the position of each existing partition of `topic` to its high watermark
@@ -573,6 +679,7 @@ impl Cep {
                 };
                 Failure::cep(status, &e)
             })?;
+            self.admin_epoch.fetch_add(1, Ordering::AcqRel);
             if let Some(info) = engine.definitions().into_iter().find(|d| d.id == id) {
                 for t in &info.sources {
                     self.seed_positions(t, !before.contains(t));
@@ -581,14 +688,15 @@ impl Cep {
             id
         };
         if let Err(e) = self.persist(&id, Some(&Self::stored_value(&json, false))) {
-            self.engine.lock().remove(&id);
+            let mut engine = self.engine.lock();
+            engine.remove(&id);
+            self.admin_epoch.fetch_add(1, Ordering::AcqRel);
             return Err(Failure::msg(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("storing the definition: {e}"),
             ));
         }
         tracing::info!(definition = %id, "CEP definition registered");
-        self.checkpoint_requested.store(true, Ordering::Release);
         self.changed.notify_one();
         Ok(id)
     }
@@ -611,7 +719,11 @@ impl Cep {
                 format!("storing the deletion: {e}"),
             )
         })?;
-        self.engine.lock().remove(id);
+        {
+            let mut engine = self.engine.lock();
+            engine.remove(id);
+            self.admin_epoch.fetch_add(1, Ordering::AcqRel);
+        }
         tracing::info!(definition = %id, kind = %info.kind, "CEP definition removed");
         Ok(true)
     }
@@ -668,6 +780,7 @@ impl Cep {
                 })?;
         }
         let mut engine = self.engine.lock();
+        self.admin_epoch.fetch_add(1, Ordering::AcqRel);
         Ok(if paused {
             engine.pause(id)
         } else {
@@ -774,8 +887,8 @@ impl Cep {
 
     /// One pass over every source partition; true if any record was read. Blocking.
     fn pass(&self) -> bool {
-        let mut progressed = false;
         let mut outputs = Vec::new();
+        let mut reads: Vec<ReadRange> = Vec::new();
         for (part, pos) in self.source_partitions() {
             let hw = part.high_watermark();
             if pos >= hw {
@@ -794,55 +907,51 @@ impl Cep {
                 for chunk in &read.batches {
                     let (recs, after) = decode_chunk(chunk, next, hw);
                     next = after;
-                    for r in recs {
-                        let headers: Vec<(&str, &[u8])> = r
-                            .headers
-                            .iter()
-                            .filter_map(|h| {
-                                std::str::from_utf8(&h.key)
-                                    .ok()
-                                    .map(|k| (k, h.value.as_deref().unwrap_or(&[])))
-                            })
-                            .collect();
-                        let rec = weir_cep::SourceRecord {
-                            topic: &part.topic,
-                            partition: part.index,
-                            offset: r.offset,
-                            timestamp_ms: r.timestamp,
-                            key: r.key.as_deref(),
-                            value: r.value.as_deref().unwrap_or(&[]),
-                            headers: &headers,
-                        };
-                        outputs.extend(engine.process(&rec));
-                    }
+                    process_records(&mut engine, &part, &recs, &mut outputs);
                 }
                 if next > pos {
-                    // Under the engine lock: a checkpoint never sees the engine past
+                    // Under the engine lock: a snapshot never sees the engine past
                     // records whose position is not recorded.
-                    progressed = true;
+                    reads.push((part.topic.clone(), part.index, pos, next));
                     self.positions
                         .lock()
                         .insert((part.topic.clone(), part.index), next);
                 }
             }
         }
-        outputs.extend(self.engine.lock().on_processing_time(now_ms()));
-        self.commit(outputs, progressed);
+        let now = now_ms();
+        outputs.extend(self.engine.lock().on_processing_time(now));
+        let progressed = !reads.is_empty();
+        self.commit(outputs, reads, now);
         progressed
     }
 
-    /// Checkpoints (state, positions and the planned writes), then writes the outputs.
-    fn commit(&self, outputs: Vec<Output>, progressed: bool) {
-        let due = progressed && self.last_checkpoint.lock().elapsed() >= CHECKPOINT_INTERVAL;
-        let requested = self.checkpoint_requested.swap(false, Ordering::AcqRel);
-        if outputs.is_empty() && !due && !requested {
+    /// Records the pass (a snapshot or a log entry, with the planned writes), then
+    /// writes the outputs.
+    fn commit(&self, outputs: Vec<Output>, reads: Vec<ReadRange>, now: i64) {
+        let epoch = self.admin_epoch.load(Ordering::Acquire);
+        let busy = !outputs.is_empty() || !reads.is_empty();
+        let snapshot = {
+            let wal = self.wal.lock();
+            wal.snapshot_epoch != epoch
+                || (busy
+                    && (wal.last_snapshot.elapsed() >= SNAPSHOT_INTERVAL
+                        || wal.entries >= SNAPSHOT_EVERY))
+        };
+        if !busy && !snapshot {
             return;
         }
         let writes = self.plan(outputs);
-        if let Err(e) = self.write_checkpoint(&writes) {
-            tracing::error!(error = %e, "CEP checkpoint not written: outputs written anyway; a crash before the next checkpoint may duplicate them");
+        let recorded = if snapshot {
+            self.write_snapshot(&writes)
+        } else {
+            self.write_log_entry(reads, now, &writes)
+        };
+        if let Err(e) = recorded {
+            // The next pass writes a snapshot (the log has a gap).
+            self.wal.lock().snapshot_epoch = u64::MAX;
+            tracing::error!(error = %e, "CEP pass not recorded: outputs written anyway; a crash before the next snapshot may duplicate them");
         }
-        *self.last_checkpoint.lock() = Instant::now();
         #[cfg(test)]
         if self.crash_after_checkpoint.load(Ordering::Acquire) {
             return;
@@ -919,36 +1028,96 @@ impl Cep {
         writes
     }
 
-    /// Appends the checkpoint record (state, positions, planned writes), durably.
-    fn write_checkpoint(&self, writes: &[PlannedWrite]) -> Result<(), String> {
+    fn positions_vec(&self) -> Vec<(String, i32, i64)> {
+        self.positions
+            .lock()
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .collect()
+    }
+
+    /// Appends one record to the checkpoint topic; durably when `durable`. Returns its offset.
+    fn append_checkpoint(&self, key: &[u8], value: &[u8], durable: bool) -> Result<i64, String> {
         let p = self
             .broker
             .partition(CHECKPOINT_TOPIC, 0)
             .ok_or_else(|| format!("{CHECKPOINT_TOPIC} is not open"))?;
-        let (state, positions) = {
-            // Both under the engine lock (pass updates positions under it too).
+        let now = now_ms();
+        let compression = if value.len() > 4096 {
+            Compression::Lz4
+        } else {
+            Compression::None
+        };
+        let mut b = BatchBuilder::new(compression);
+        b.push(now, Some(key), Some(value), &[]);
+        let mut set = b.build().map_err(|e| e.to_string())?;
+        let appended = p.append(&mut set, now).map_err(|(_, m)| m)?;
+        if durable {
+            p.log
+                .wait_durable(appended.last_offset)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(appended.base_offset)
+    }
+
+    /// Appends a snapshot (state, positions, planned writes), durably, and trims the
+    /// checkpoint log to start at it.
+    fn write_snapshot(&self, writes: &[PlannedWrite]) -> Result<(), String> {
+        let (state, positions, epoch) = {
+            // All under the engine lock (pass updates positions under it too).
             let engine = self.engine.lock();
-            let positions: Vec<(String, i32, i64)> = self
-                .positions
-                .lock()
-                .iter()
-                .map(|((t, p), o)| (t.clone(), *p, *o))
-                .collect();
-            (engine.checkpoint(), positions)
+            (
+                engine.checkpoint(),
+                self.positions_vec(),
+                self.admin_epoch.load(Ordering::Acquire),
+            )
         };
         let header = CheckpointHeader {
             positions,
             writes: writes.to_vec(),
         };
-        let value = encode_checkpoint(&header, &state)?;
-        let now = now_ms();
-        let mut b = BatchBuilder::new(Compression::Lz4);
-        b.push(now, Some(CHECKPOINT_KEY), Some(&value), &[]);
-        let mut set = b.build().map_err(|e| e.to_string())?;
-        let appended = p.append(&mut set, now).map_err(|(_, m)| m)?;
-        p.log
-            .wait_durable(appended.last_offset)
-            .map_err(|e| e.to_string())
+        let value = encode_snapshot(&header, &state)?;
+        let offset = self.append_checkpoint(b"snapshot", &value, true)?;
+        {
+            let mut wal = self.wal.lock();
+            wal.snapshot_epoch = epoch;
+            wal.last_snapshot = Instant::now();
+            wal.entries = 0;
+        }
+        if let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) {
+            if let Err(e) = p.log.delete_before(offset) {
+                tracing::warn!(error = %e, "CEP checkpoint log not trimmed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a log entry (ranges read, clock, positions, planned writes); durably if
+    /// outputs follow it.
+    fn write_log_entry(
+        &self,
+        reads: Vec<ReadRange>,
+        now: i64,
+        writes: &[PlannedWrite],
+    ) -> Result<(), String> {
+        let entry = LogEntry {
+            reads,
+            now_ms: now,
+            positions: self.positions_vec(),
+            writes: writes.to_vec(),
+        };
+        let mut value = LOG_ENTRY_MAGIC.to_vec();
+        serde_json::to_writer(&mut value, &entry)
+            .map_err(|e| format!("encoding a log entry: {e}"))?;
+        let seq = {
+            let mut wal = self.wal.lock();
+            wal.seq += 1;
+            wal.entries += 1;
+            wal.seq
+        };
+        let key = format!("log/{}/{seq}", now_ms());
+        self.append_checkpoint(key.as_bytes(), &value, !writes.is_empty())?;
+        Ok(())
     }
 
     /// Appends `records` to the planned partition, durably; returns the first offset.
@@ -1150,21 +1319,51 @@ impl Cep {
     }
 }
 
+/// Feeds decoded records of `part` to the engine.
+fn process_records(
+    engine: &mut Engine,
+    part: &Partition,
+    recs: &[records::Record],
+    outputs: &mut Vec<Output>,
+) {
+    for r in recs {
+        let headers: Vec<(&str, &[u8])> = r
+            .headers
+            .iter()
+            .filter_map(|h| {
+                std::str::from_utf8(&h.key)
+                    .ok()
+                    .map(|k| (k, h.value.as_deref().unwrap_or(&[])))
+            })
+            .collect();
+        let rec = weir_cep::SourceRecord {
+            topic: &part.topic,
+            partition: part.index,
+            offset: r.offset,
+            timestamp_ms: r.timestamp,
+            key: r.key.as_deref(),
+            value: r.value.as_deref().unwrap_or(&[]),
+            headers: &headers,
+        };
+        outputs.extend(engine.process(&rec));
+    }
+}
+
 /// `WCP1`, the header's length (u32 big-endian), the header (JSON), the engine state.
-fn encode_checkpoint(header: &CheckpointHeader, state: &[u8]) -> Result<Vec<u8>, String> {
+fn encode_snapshot(header: &CheckpointHeader, state: &[u8]) -> Result<Vec<u8>, String> {
     let h = serde_json::to_vec(header).map_err(|e| format!("encoding a checkpoint: {e}"))?;
     let len = u32::try_from(h.len()).map_err(|_| "checkpoint header too large".to_string())?;
     let mut out = Vec::with_capacity(8 + h.len() + state.len());
-    out.extend_from_slice(CHECKPOINT_MAGIC);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&h);
     out.extend_from_slice(state);
     Ok(out)
 }
 
-fn decode_checkpoint(bytes: &[u8]) -> Result<(CheckpointHeader, Vec<u8>), String> {
+fn decode_snapshot(bytes: &[u8]) -> Result<(CheckpointHeader, Vec<u8>), String> {
     let rest = bytes
-        .strip_prefix(CHECKPOINT_MAGIC)
+        .strip_prefix(SNAPSHOT_MAGIC)
         .ok_or("not a checkpoint (bad magic)")?;
     let len_bytes: [u8; 4] = rest
         .get(..4)
@@ -1718,12 +1917,61 @@ mod tests {
             read_all(&tb.broker, "alerts"),
             vec![alice.clone(), carol.clone()]
         );
+        // A pass recorded as a log entry (not a snapshot), then a crash before its write:
+        // the restart replays the entry on the snapshot (erin's failure is state only the
+        // replay rebuilds) and redoes the write.
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("dave", false, 110_000),
+                login_at("dave", false, 111_000),
+                login_at("dave", false, 112_000),
+                login_at("dave", true, 113_000),
+                login_at("erin", false, 120_000),
+            ],
+        );
+        cep.crash_after_checkpoint.store(true, Ordering::Release);
+        while cep.pass() {}
+        assert_eq!(
+            cep.wal.lock().entries,
+            1,
+            "the pass was recorded as a log entry"
+        );
+        assert_eq!(read_all(&tb.broker, "alerts").len(), 2);
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let dave = json!({"user": "dave", "fails": 3, "first_fail": 110_000});
+        assert_eq!(
+            read_all(&tb.broker, "alerts"),
+            vec![alice.clone(), carol.clone(), dave.clone()]
+        );
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("erin", false, 121_000),
+                login_at("erin", false, 122_000),
+                login_at("erin", true, 123_000),
+                login_at("zed", false, 200_000),
+            ],
+        );
+        while cep.pass() {}
+        let erin = json!({"user": "erin", "fails": 3, "first_fail": 120_000});
+        let all = vec![alice, carol, dave, erin];
+        assert_eq!(read_all(&tb.broker, "alerts"), all);
+        let ck = tb.broker.partition(CHECKPOINT_TOPIC, 0).unwrap();
+        assert!(
+            ck.log.log_start_offset() > 0,
+            "the checkpoint log is trimmed at snapshots"
+        );
         // A restart after the write: the redo finds the records, nothing is repeated.
         drop(cep);
         let tb = reopen(tb);
         let cep = Cep::open(tb.broker.clone()).unwrap();
         while cep.pass() {}
-        assert_eq!(read_all(&tb.broker, "alerts"), vec![alice, carol]);
+        assert_eq!(read_all(&tb.broker, "alerts"), all);
         assert_eq!(cep.stats()["definitions"][0]["lag"], 0);
     }
 
@@ -1761,8 +2009,8 @@ mod tests {
                 json!({"n": 3})
             ]
         );
-        let (h, state) = decode_checkpoint(
-            &encode_checkpoint(
+        let (h, state) = decode_snapshot(
+            &encode_snapshot(
                 &CheckpointHeader {
                     positions: vec![("auth".into(), 0, 7)],
                     writes: vec![w.clone()],
@@ -1776,8 +2024,8 @@ mod tests {
             (h.positions, h.writes, state),
             (vec![("auth".to_string(), 0, 7)], vec![w], b"{}".to_vec())
         );
-        assert!(decode_checkpoint(b"WCP1\0\0\0\x09{}").is_err());
-        assert!(decode_checkpoint(b"nope").is_err());
+        assert!(decode_snapshot(b"WCP1\0\0\0\x09{}").is_err());
+        assert!(decode_snapshot(b"nope").is_err());
     }
 
     #[test]
