@@ -233,7 +233,9 @@ fn kind_name(k: &OutputKind) -> &'static str {
 /// One output record planned for a partition (part of a checkpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct PlannedRecord {
+    #[serde(with = "weir_cep::event::bytes_text::option")]
     key: Option<Vec<u8>>,
+    #[serde(with = "weir_cep::event::bytes_text")]
     value: Vec<u8>,
     timestamp_ms: i64,
     definition_id: String,
@@ -354,7 +356,8 @@ impl Cep {
                 seq: 0,
             }),
             live,
-            runtime: Mutex::new(None),
+            // Redone alert outputs at start deliver their webhooks on the caller's runtime.
+            runtime: Mutex::new(tokio::runtime::Handle::try_current().ok()),
             webhooks: Arc::new(WebhookCounters::default()),
             #[cfg(test)]
             crash_after_checkpoint: AtomicBool::new(false),
