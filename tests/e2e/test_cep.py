@@ -68,6 +68,20 @@ def produce(bootstrap: str, topic: str, events: list[dict]) -> None:
 
 
 def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, dict]]:
+    """read_topic_once, again after a client-side transport error (seen on the loaded shared
+    machine right after a broker restart)."""
+    from confluent_kafka import KafkaException
+    for attempt in range(3):
+        try:
+            return read_topic_once(bootstrap, topic)
+        except KafkaException:
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
+    return []
+
+
+def read_topic_once(bootstrap: str, topic: str) -> list[tuple[bytes | None, dict]]:
     """Every record of every partition of topic (empty if it does not exist), as (key, JSON value)."""
     from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "cep-e2e-unused", "enable.auto.commit": False,
