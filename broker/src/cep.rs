@@ -50,7 +50,8 @@
 //!    the output records themselves).
 //! 3. The outputs are appended and fsync'd.
 //!
-//! A snapshot is written every [`SNAPSHOT_INTERVAL`] (or [`SNAPSHOT_EVERY`] entries)
+//! A snapshot is written every [`SNAPSHOT_INTERVAL`] (or [`SNAPSHOT_EVERY`] entries;
+//! less often if snapshots take more than 2% of the time)
 //! and by the first pass after any change of definitions or pause state (so that
 //! replaying a log entry always runs the definitions it ran with), and the log is then
 //! trimmed to start at it. At start, the last snapshot is restored and the log
@@ -112,8 +113,11 @@ const SNAPSHOT_MAGIC: &[u8; 4] = b"WCP1";
 const LOG_ENTRY_MAGIC: &[u8; 4] = b"WWL1";
 /// Largest checkpoint record (compressed).
 const CHECKPOINT_MAX_BYTES: &str = "536870912";
-/// A snapshot of the engine state is written at least this often while records flow.
+/// A snapshot of the engine state is written at least this often while records flow
+/// (or less often when snapshots are slow: at most 2% of the stage's time).
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
+/// The interval is at least this many times the last snapshot's duration.
+const SNAPSHOT_COST_FACTOR: u32 = 50;
 /// ... or after this many log entries.
 pub const SNAPSHOT_EVERY: u64 = 20_000;
 /// Segment size of the checkpoint topic (the log is trimmed segment by segment).
@@ -159,6 +163,8 @@ pub struct Cep {
 
 struct WalState {
     last_snapshot: Instant,
+    /// How long the last snapshot took to encode and write.
+    snapshot_cost: Duration,
     /// `admin_epoch` of the engine state in the last snapshot (u64::MAX: none since start).
     snapshot_epoch: u64,
     /// Log entries since the last snapshot.
@@ -350,6 +356,7 @@ impl Cep {
             admin_epoch: AtomicU64::new(0),
             wal: Mutex::new(WalState {
                 last_snapshot: Instant::now(),
+                snapshot_cost: Duration::ZERO,
                 // The state after a start is not in any snapshot yet.
                 snapshot_epoch: u64::MAX,
                 entries: 0,
@@ -938,7 +945,8 @@ impl Cep {
             let wal = self.wal.lock();
             wal.snapshot_epoch != epoch
                 || (busy
-                    && (wal.last_snapshot.elapsed() >= SNAPSHOT_INTERVAL
+                    && (wal.last_snapshot.elapsed()
+                        >= SNAPSHOT_INTERVAL.max(wal.snapshot_cost * SNAPSHOT_COST_FACTOR)
                         || wal.entries >= SNAPSHOT_EVERY))
         };
         if !busy && !snapshot {
@@ -1066,6 +1074,7 @@ impl Cep {
     /// Appends a snapshot (state, positions, planned writes), durably, and trims the
     /// checkpoint log to start at it.
     fn write_snapshot(&self, writes: &[PlannedWrite]) -> Result<(), String> {
+        let started = Instant::now();
         let (state, positions, epoch) = {
             // All under the engine lock (pass updates positions under it too).
             let engine = self.engine.lock();
@@ -1081,10 +1090,17 @@ impl Cep {
         };
         let value = encode_snapshot(&header, &state)?;
         let offset = self.append_checkpoint(b"snapshot", &value, true)?;
+        let cost = started.elapsed();
+        tracing::debug!(
+            bytes = value.len(),
+            ms = cost.as_millis() as u64,
+            "CEP snapshot written"
+        );
         {
             let mut wal = self.wal.lock();
             wal.snapshot_epoch = epoch;
             wal.last_snapshot = Instant::now();
+            wal.snapshot_cost = cost;
             wal.entries = 0;
         }
         if let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) {
