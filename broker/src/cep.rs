@@ -40,7 +40,10 @@
 //! 1. A pass reads a range of records from each source partition, feeds the engine,
 //!    calls [`Engine::on_processing_time`] with the pass's clock reading, and collects
 //!    the outputs. It assigns each output its partition and notes, per output
-//!    partition, the partition's end offset before the write.
+//!    partition, the partition's end offset before the write. (A pass that read and
+//!    wrote nothing is not recorded; the next log entry carries the last such clock
+//!    reading, replayed before its own reads: its timers can only have expired state,
+//!    and a later reading subsumes earlier ones.)
 //! 2. Before any output is appended, one record describing the pass is appended (and
 //!    fsync'd when the pass has outputs): either a **snapshot** (the engine's full
 //!    state from [`Engine::checkpoint`]: definitions, pause state, partial matches,
@@ -169,6 +172,8 @@ struct WalState {
     snapshot_epoch: u64,
     /// Log entries since the last snapshot.
     entries: u64,
+    /// The clock of the last pass not recorded since the last record.
+    idle_now: Option<i64>,
     seq: u64,
 }
 
@@ -178,6 +183,10 @@ type ReadRange = (String, i32, i64, i64);
 /// A pass recorded without the engine state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LogEntry {
+    /// The clock of the last pass before this one that was not recorded (it read
+    /// nothing and wrote nothing, but its timers may have expired state); replayed first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_now_ms: Option<i64>,
     reads: Vec<ReadRange>,
     now_ms: i64,
     positions: Vec<(String, i32, i64)>,
@@ -360,6 +369,7 @@ impl Cep {
                 // The state after a start is not in any snapshot yet.
                 snapshot_epoch: u64::MAX,
                 entries: 0,
+                idle_now: None,
                 seq: 0,
             }),
             live,
@@ -582,6 +592,9 @@ impl Cep {
     /// Re-runs a recorded pass on `engine` (its outputs were recorded with it).
     fn replay(&self, engine: &mut Engine, entry: &LogEntry) {
         let mut dropped = Vec::new();
+        if let Some(t) = entry.idle_now_ms {
+            let _ = engine.on_processing_time(t);
+        }
         for (topic, partition, from, to) in &entry.reads {
             let Some(part) = self.broker.partition(topic, *partition) else {
                 tracing::warn!(topic = %topic, partition, "CEP replay: the source partition is gone");
@@ -950,6 +963,10 @@ impl Cep {
                         || wal.entries >= SNAPSHOT_EVERY))
         };
         if !busy && !snapshot {
+            // Timers ran without effect on outputs; the next log entry replays the
+            // latest such clock reading before its own reads (later readings subsume
+            // earlier ones).
+            self.wal.lock().idle_now = Some(now);
             return;
         }
         let writes = self.plan(outputs);
@@ -1102,6 +1119,7 @@ impl Cep {
             wal.last_snapshot = Instant::now();
             wal.snapshot_cost = cost;
             wal.entries = 0;
+            wal.idle_now = None;
         }
         if let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) {
             if let Err(e) = p.log.delete_before(offset) {
@@ -1120,6 +1138,7 @@ impl Cep {
         writes: &[PlannedWrite],
     ) -> Result<(), String> {
         let entry = LogEntry {
+            idle_now_ms: self.wal.lock().idle_now.take(),
             reads,
             now_ms: now,
             positions: self.positions_vec(),
