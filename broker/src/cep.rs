@@ -53,14 +53,18 @@
 //!    the output records themselves).
 //! 3. The outputs are appended and fsync'd.
 //!
-//! A snapshot is written every [`SNAPSHOT_INTERVAL`] (or [`SNAPSHOT_EVERY`] entries;
-//! less often if snapshots take more than 2% of the time)
-//! and by the first pass after any change of definitions or pause state (so that
-//! replaying a log entry always runs the definitions it ran with), and the log is then
-//! trimmed to start at it. At start, the last snapshot is restored and the log
-//! entries after it are replayed (the same ranges in the same order, the same clock
-//! readings; their outputs are dropped, they were recorded), which rebuilds the state
-//! the stage had after its last recorded pass. Then every recorded planned write is
+//! Snapshots and log entries share one sequence of numbers. A snapshot is taken every
+//! [`SNAPSHOT_INTERVAL`] (or [`SNAPSHOT_EVERY`] entries; less often if snapshots take
+//! more than 2% of the time): after the pass's log entry, the state is captured under
+//! the engine lock without encoding it ([`Engine::capture`], events shared), and a
+//! thread of its own encodes and appends it (numbered like that entry), then trims
+//! the log to the entries after it, while the stage goes on. The first pass after any
+//! change of definitions or pause state writes a snapshot itself, with a new number,
+//! instead of a log entry (so that replaying a log entry always runs the definitions it
+//! ran with). At start, the snapshot with the highest number is restored and the log
+//! entries numbered after it are replayed in order (the same ranges in the same order,
+//! the same clock readings; their outputs are dropped, they were recorded), which
+//! rebuilds the state the stage had after its last recorded pass. Then every recorded planned write is
 //! redone idempotently: for each output partition, the records from the recorded end
 //! offset on are compared in order with the planned ones, and only those not found
 //! (the suffix a crash cut off) are appended. A crash before step 2 completes loses
@@ -153,7 +157,9 @@ pub struct Cep {
     /// Bumped (under the engine lock) by every change of definitions or pause state.
     admin_epoch: AtomicU64,
     /// The stage's write-ahead log bookkeeping.
-    wal: Mutex<WalState>,
+    wal: Arc<Mutex<WalState>>,
+    /// A periodic snapshot being encoded and written on its own thread.
+    snapshot_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Outputs written, for `GET /api/cep/matches`.
     live: broadcast::Sender<Arc<Published>>,
     /// Where webhook deliveries run (set by `start_stage`).
@@ -183,6 +189,9 @@ type ReadRange = (String, i32, i64, i64);
 /// A pass recorded without the engine state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LogEntry {
+    /// Sequence number (snapshots and log entries share the sequence).
+    #[serde(default)]
+    seq: u64,
     /// The clock of the last pass before this one that was not recorded (it read
     /// nothing and wrote nothing, but its timers may have expired state); replayed first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,7 +206,10 @@ struct LogEntry {
 struct Recovered {
     header: CheckpointHeader,
     state: Vec<u8>,
+    /// The entries after the snapshot, by sequence number.
     entries: Vec<LogEntry>,
+    /// The largest sequence number found.
+    max_seq: u64,
 }
 
 #[derive(Default)]
@@ -271,6 +283,9 @@ struct PlannedWrite {
 /// A checkpoint's header (the engine state follows it in the record).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct CheckpointHeader {
+    /// The sequence number of the last log entry (or snapshot) this state includes.
+    #[serde(default)]
+    seq: u64,
     positions: Vec<(String, i32, i64)>,
     writes: Vec<PlannedWrite>,
 }
@@ -363,7 +378,8 @@ impl Cep {
             task: Mutex::new(None),
             next_partition: AtomicUsize::new(0),
             admin_epoch: AtomicU64::new(0),
-            wal: Mutex::new(WalState {
+            snapshot_thread: Mutex::new(None),
+            wal: Arc::new(Mutex::new(WalState {
                 last_snapshot: Instant::now(),
                 snapshot_cost: Duration::ZERO,
                 // The state after a start is not in any snapshot yet.
@@ -371,7 +387,7 @@ impl Cep {
                 entries: 0,
                 idle_now: None,
                 seq: 0,
-            }),
+            })),
             live,
             // Redone alert outputs at start deliver their webhooks on the caller's runtime.
             runtime: Mutex::new(tokio::runtime::Handle::try_current().ok()),
@@ -390,6 +406,7 @@ impl Cep {
         let mut engine = cep.engine.lock();
         let mut header = CheckpointHeader::default();
         if let Some(rec) = recovered {
+            cep.wal.lock().seq = rec.max_seq;
             match engine.restore(&rec.state) {
                 Ok(()) => {
                     let entries = rec.entries.len();
@@ -539,14 +556,18 @@ impl Cep {
         Ok(live.into_iter().map(|(_, s)| s).collect())
     }
 
-    /// The last snapshot of the checkpoint topic and the log entries after it.
+    /// The latest snapshot of the checkpoint topic (highest sequence number) and the log
+    /// entries after it. A periodic snapshot is written by another thread while log
+    /// entries go on, so entries after it in sequence may precede it in the log.
     fn load_checkpoints(&self) -> anyhow::Result<Option<Recovered>> {
         let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) else {
             return Ok(None);
         };
         let hw = p.high_watermark();
         let mut pos = p.log.log_start_offset();
-        let mut found: Option<Recovered> = None;
+        let mut best: Option<(CheckpointHeader, Vec<u8>)> = None;
+        let mut entries: Vec<LogEntry> = Vec::new();
+        let mut max_seq = 0u64;
         while pos < hw {
             let read = p.log.read(pos, READ_BYTES, true)?;
             if read.batches.is_empty() {
@@ -561,19 +582,16 @@ impl Cep {
                     if value.starts_with(SNAPSHOT_MAGIC) {
                         let (header, state) = decode_snapshot(&value)
                             .map_err(|e| anyhow::anyhow!("snapshot at offset {}: {e}", r.offset))?;
-                        found = Some(Recovered {
-                            header,
-                            state,
-                            entries: Vec::new(),
-                        });
+                        max_seq = max_seq.max(header.seq);
+                        if best.as_ref().is_none_or(|(h, _)| header.seq >= h.seq) {
+                            best = Some((header, state));
+                        }
                     } else if let Some(json) = value.strip_prefix(LOG_ENTRY_MAGIC) {
-                        let Some(rec) = found.as_mut() else {
-                            continue; // before the first snapshot (trimmed away later)
-                        };
                         let entry: LogEntry = serde_json::from_slice(json).map_err(|e| {
                             anyhow::anyhow!("log entry at offset {}: {e}", r.offset)
                         })?;
-                        rec.entries.push(entry);
+                        max_seq = max_seq.max(entry.seq);
+                        entries.push(entry);
                     } else {
                         anyhow::bail!(
                             "unknown record at offset {} of {CHECKPOINT_TOPIC}",
@@ -586,7 +604,17 @@ impl Cep {
                 break;
             }
         }
-        Ok(found)
+        let Some((header, state)) = best else {
+            return Ok(None);
+        };
+        entries.retain(|e| e.seq > header.seq);
+        entries.sort_by_key(|e| e.seq);
+        Ok(Some(Recovered {
+            header,
+            state,
+            entries,
+            max_seq,
+        }))
     }
 
     /// Re-runs a recorded pass on `engine` (its outputs were recorded with it).
@@ -954,14 +982,19 @@ impl Cep {
     fn commit(&self, outputs: Vec<Output>, reads: Vec<ReadRange>, now: i64) {
         let epoch = self.admin_epoch.load(Ordering::Acquire);
         let busy = !outputs.is_empty() || !reads.is_empty();
-        let snapshot = {
+        // A change of definitions or pause state (or a gap in the log): a snapshot now,
+        // on this thread. Otherwise, periodically: a log entry, then a snapshot encoded
+        // and written by another thread.
+        let (forced, periodic) = {
             let wal = self.wal.lock();
-            wal.snapshot_epoch != epoch
-                || (busy
-                    && (wal.last_snapshot.elapsed()
-                        >= SNAPSHOT_INTERVAL.max(wal.snapshot_cost * SNAPSHOT_COST_FACTOR)
-                        || wal.entries >= SNAPSHOT_EVERY))
+            (
+                wal.snapshot_epoch != epoch,
+                busy && (wal.last_snapshot.elapsed()
+                    >= SNAPSHOT_INTERVAL.max(wal.snapshot_cost * SNAPSHOT_COST_FACTOR)
+                    || wal.entries >= SNAPSHOT_EVERY),
+            )
         };
+        let snapshot = forced;
         if !busy && !snapshot {
             // Timers ran without effect on outputs; the next log entry replays the
             // latest such clock reading before its own reads (later readings subsume
@@ -973,7 +1006,11 @@ impl Cep {
         let recorded = if snapshot {
             self.write_snapshot(&writes)
         } else {
-            self.write_log_entry(reads, now, &writes)
+            self.write_log_entry(reads, now, &writes).map(|()| {
+                if periodic {
+                    self.start_snapshot();
+                }
+            })
         };
         if let Err(e) = recorded {
             // The next pass writes a snapshot (the log has a gap).
@@ -1070,22 +1107,7 @@ impl Cep {
             .broker
             .partition(CHECKPOINT_TOPIC, 0)
             .ok_or_else(|| format!("{CHECKPOINT_TOPIC} is not open"))?;
-        let now = now_ms();
-        let compression = if value.len() > 4096 {
-            Compression::Lz4
-        } else {
-            Compression::None
-        };
-        let mut b = BatchBuilder::new(compression);
-        b.push(now, Some(key), Some(value), &[]);
-        let mut set = b.build().map_err(|e| e.to_string())?;
-        let appended = p.append(&mut set, now).map_err(|(_, m)| m)?;
-        if durable {
-            p.log
-                .wait_durable(appended.last_offset)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(appended.base_offset)
+        append_checkpoint_to(&p, key, value, durable)
     }
 
     /// Appends a snapshot (state, positions, planned writes), durably, and trims the
@@ -1101,7 +1123,15 @@ impl Cep {
                 self.admin_epoch.load(Ordering::Acquire),
             )
         };
+        let seq = {
+            // A sequence number of its own: greater than that of any periodic
+            // snapshot captured before (which may still be being written).
+            let mut wal = self.wal.lock();
+            wal.seq += 1;
+            wal.seq
+        };
         let header = CheckpointHeader {
+            seq,
             positions,
             writes: writes.to_vec(),
         };
@@ -1129,6 +1159,65 @@ impl Cep {
         Ok(())
     }
 
+    /// Captures the state (after the log entry just written) and writes it as a snapshot
+    /// on another thread; then trims the log to the entries after it. At most one runs.
+    fn start_snapshot(&self) {
+        let mut slot = self.snapshot_thread.lock();
+        if slot.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(h) = slot.take() {
+            let _ = h.join();
+        }
+        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) else {
+            return;
+        };
+        let started = Instant::now();
+        let (captured, positions, seq) = {
+            let engine = self.engine.lock();
+            let seq = {
+                let mut wal = self.wal.lock();
+                wal.entries = 0;
+                wal.last_snapshot = Instant::now();
+                wal.seq
+            };
+            (engine.capture(), self.positions_vec(), seq)
+        };
+        // Entries after the captured state are appended from here on.
+        let trim_to = p.log.log_end_offset();
+        let wal = self.wal.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cep-snapshot".into())
+            .spawn(move || {
+                let state = captured.encode();
+                let header = CheckpointHeader {
+                    seq,
+                    positions,
+                    writes: Vec::new(),
+                };
+                let result = encode_snapshot(&header, &state).and_then(|value| {
+                    append_checkpoint_to(&p, b"snapshot", &value, true).map(|_| value.len())
+                });
+                match result {
+                    Ok(bytes) => {
+                        let cost = started.elapsed();
+                        tracing::debug!(bytes, ms = cost.as_millis() as u64, seq, "CEP snapshot written");
+                        wal.lock().snapshot_cost = cost;
+                        if let Err(e) = p.log.delete_before(trim_to) {
+                            tracing::warn!(error = %e, "CEP checkpoint log not trimmed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "CEP snapshot not written (the log entries since the last one are kept)")
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => *slot = Some(h),
+            Err(e) => tracing::warn!(error = %e, "cannot start the CEP snapshot thread"),
+        }
+    }
+
     /// Appends a log entry (ranges read, clock, positions, planned writes); durably if
     /// outputs follow it.
     fn write_log_entry(
@@ -1137,8 +1226,15 @@ impl Cep {
         now: i64,
         writes: &[PlannedWrite],
     ) -> Result<(), String> {
+        let (seq, idle_now_ms) = {
+            let mut wal = self.wal.lock();
+            wal.seq += 1;
+            wal.entries += 1;
+            (wal.seq, wal.idle_now.take())
+        };
         let entry = LogEntry {
-            idle_now_ms: self.wal.lock().idle_now.take(),
+            seq,
+            idle_now_ms,
             reads,
             now_ms: now,
             positions: self.positions_vec(),
@@ -1147,12 +1243,6 @@ impl Cep {
         let mut value = LOG_ENTRY_MAGIC.to_vec();
         serde_json::to_writer(&mut value, &entry)
             .map_err(|e| format!("encoding a log entry: {e}"))?;
-        let seq = {
-            let mut wal = self.wal.lock();
-            wal.seq += 1;
-            wal.entries += 1;
-            wal.seq
-        };
         let key = format!("log/{}/{seq}", now_ms());
         self.append_checkpoint(key.as_bytes(), &value, !writes.is_empty())?;
         Ok(())
@@ -1354,7 +1444,36 @@ impl Cep {
         if let Some(h) = handle {
             let _ = h.await;
         }
+        let snapshot = self.snapshot_thread.lock().take();
+        if let Some(h) = snapshot {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
     }
+}
+
+/// Appends one record to the checkpoint partition; durably when `durable`. Returns its offset.
+fn append_checkpoint_to(
+    p: &Partition,
+    key: &[u8],
+    value: &[u8],
+    durable: bool,
+) -> Result<i64, String> {
+    let now = now_ms();
+    let compression = if value.len() > 4096 {
+        Compression::Lz4
+    } else {
+        Compression::None
+    };
+    let mut b = BatchBuilder::new(compression);
+    b.push(now, Some(key), Some(value), &[]);
+    let mut set = b.build().map_err(|e| e.to_string())?;
+    let appended = p.append(&mut set, now).map_err(|(_, m)| m)?;
+    if durable {
+        p.log
+            .wait_durable(appended.last_offset)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(appended.base_offset)
 }
 
 /// Feeds decoded records of `part` to the engine.
@@ -2014,6 +2133,72 @@ mod tests {
     }
 
     #[test]
+    fn periodic_snapshot_on_its_thread_then_crash_after_a_log_entry() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        cep.register(BRUTE, false).unwrap();
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("alice", false, 1000),
+                login_at("alice", false, 2000),
+                login_at("alice", false, 3000),
+                login_at("alice", true, 4000),
+            ],
+        );
+        while cep.pass() {} // the registration's snapshot, on this thread
+                            // Make the next pass take a periodic snapshot (log entry, then the thread).
+        if let Some(past) = Instant::now().checked_sub(SNAPSHOT_INTERVAL * 2) {
+            cep.wal.lock().last_snapshot = past;
+        }
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("carol", false, 10_000),
+                login_at("carol", false, 11_000),
+            ],
+        );
+        while cep.pass() {}
+        let handle = cep.snapshot_thread.lock().take();
+        handle.expect("a snapshot thread").join().unwrap();
+        let ck = tb.broker.partition(CHECKPOINT_TOPIC, 0).unwrap();
+        let start = ck.log.log_start_offset();
+        assert!(
+            start > 0,
+            "trimmed to the entries after the periodic snapshot"
+        );
+        // A pass recorded after the snapshot, then a crash before its outputs.
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("carol", false, 12_000),
+                login_at("carol", true, 13_000),
+            ],
+        );
+        produce(&tb.broker, "auth", &[login_at("zed", false, 100_000)]);
+        cep.crash_after_checkpoint.store(true, Ordering::Release);
+        while cep.pass() {}
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let alice = json!({"user": "alice", "fails": 3, "first_fail": 1000});
+        let carol = json!({"user": "carol", "fails": 3, "first_fail": 10_000});
+        assert_eq!(
+            read_all(&tb.broker, "alerts"),
+            vec![alice.clone(), carol.clone()]
+        );
+        while cep.pass() {}
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        while cep.pass() {}
+        assert_eq!(read_all(&tb.broker, "alerts"), vec![alice, carol]);
+    }
+
+    #[test]
     fn redo_appends_only_the_missing_suffix() {
         let tb = broker();
         let cep = Cep::open(tb.broker.clone()).unwrap();
@@ -2050,6 +2235,7 @@ mod tests {
         let (h, state) = decode_snapshot(
             &encode_snapshot(
                 &CheckpointHeader {
+                    seq: 9,
                     positions: vec![("auth".into(), 0, 7)],
                     writes: vec![w.clone()],
                 },
@@ -2059,8 +2245,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (h.positions, h.writes, state),
-            (vec![("auth".to_string(), 0, 7)], vec![w], b"{}".to_vec())
+            (h.seq, h.positions, h.writes, state),
+            (9, vec![("auth".to_string(), 0, 7)], vec![w], b"{}".to_vec())
         );
         assert!(decode_snapshot(b"WCP1\0\0\0\x09{}").is_err());
         assert!(decode_snapshot(b"nope").is_err());

@@ -458,7 +458,7 @@ impl PatternRt {
     }
 
     pub fn restore(&mut self, s: PatternSnap, reparse: &dyn Fn(&Event) -> Arc<Event>) {
-        let events: Vec<Arc<Event>> = s.events.iter().map(reparse).collect();
+        let events: Vec<Arc<Event>> = s.events.iter().map(|e| reparse(e)).collect();
         // Nodes refer to earlier nodes only; a bad index drops what refers to it.
         let mut built: Vec<Option<Arc<Node>>> = Vec::with_capacity(s.nodes.len());
         for n in &s.nodes {
@@ -589,7 +589,7 @@ pub struct NodeRec {
 #[derive(Default)]
 struct NodeTable {
     nodes: Vec<NodeRec>,
-    events: Vec<Event>,
+    events: Vec<Arc<Event>>,
     node_ix: HashMap<*const Node, usize>,
     event_ix: HashMap<*const Event, usize>,
 }
@@ -617,7 +617,7 @@ impl NodeTable {
             let ev = match self.event_ix.get(&Arc::as_ptr(&n.ev)) {
                 Some(&e) => e,
                 None => {
-                    self.events.push((*n.ev).clone());
+                    self.events.push(n.ev.clone());
                     let e = self.events.len() - 1;
                     self.event_ix.insert(Arc::as_ptr(&n.ev), e);
                     e
@@ -705,5 +705,5 @@ pub struct PatternSnap {
     #[serde(default)]
     nodes: Vec<NodeRec>,
     #[serde(default)]
-    events: Vec<Event>,
+    events: Vec<Arc<Event>>,
 }
