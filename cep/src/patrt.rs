@@ -438,10 +438,10 @@ impl PatternRt {
             })
             .collect();
         keys.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut buffer: Vec<(i64, u64, Event)> = self
+        let mut buffer: Vec<(i64, u64, Arc<Event>)> = self
             .buffer
             .iter()
-            .map(|b| (b.time, b.arrival, (*b.ev).clone()))
+            .map(|b| (b.time, b.arrival, b.ev.clone()))
             .collect();
         buffer.sort_by_key(|b| (b.0, b.1));
         PatternSnap {
@@ -700,7 +700,7 @@ pub struct PatternSnap {
     seq: u64,
     last_sweep: i64,
     since_sweep: u64,
-    buffer: Vec<(i64, u64, Event)>,
+    buffer: Vec<(i64, u64, Arc<Event>)>,
     keys: Vec<(String, KeySnap)>,
     #[serde(default)]
     nodes: Vec<NodeRec>,
