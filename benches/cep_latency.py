@@ -28,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -126,6 +127,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--keys", type=int, default=10_000)
+    ap.add_argument("--keep", action="store_true", help="keep the broker's data dir and log")
     ap.add_argument("--bin", default=os.environ.get("WEIR_BIN", str(ROOT / "target" / "release" / "weir")))
     args = ap.parse_args()
 
@@ -187,6 +189,8 @@ def main() -> int:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
