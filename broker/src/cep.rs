@@ -7,67 +7,295 @@
 //!   id gets 409. `GET /api/cep/patterns`, `GET`/`DELETE /api/cep/patterns/{id}`,
 //!   `POST /api/cep/patterns/{id}/pause` and `/resume`; the same routes under
 //!   `/api/analytics/queries` (one engine serves both). `GET /api/cep/stats`:
-//!   per-definition counters and, per source partition, the stage's position.
+//!   per definition events in, matches out, partial matches held and lag (records of
+//!   its source partitions not read yet), and per source partition the stage's
+//!   position. `GET /api/cep/matches?pattern=ID` (all definitions without `pattern`):
+//!   a live Server-Sent Events stream of the outputs written from now on (event name
+//!   = output kind: `match`, `window_result`, `alert`, `late`, `dead_letter`; data =
+//!   `{"pattern", "kind", "topic", "partition", "offset", "timestamp", "key",
+//!   "value"}`); it starts with a `: subscribed` comment, and a slow reader gets a
+//!   `lagged` event with the number of outputs it missed. `GET /api/openapi.json`:
+//!   the OpenAPI document of every route of the HTTP listener.
 //! * Definitions live in the internal compacted topic `__cep_definitions` (key =
-//!   id, value = the definition as JSON, a tombstone on delete) and are registered
-//!   again at start. Pause state is not persisted: after a restart every
-//!   definition runs.
+//!   id, value = `{"definition": ..., "paused": bool}`, a tombstone on delete) and
+//!   are registered again at start, paused ones paused.
 //! * The stage reads records below each source partition's high watermark, feeds
 //!   [`Engine::process`], calls [`Engine::on_processing_time`] at least every
 //!   [`TICK`], and appends the outputs to their topics (created on first use with
 //!   the broker's defaults, whatever `auto.create.topics.enable` says), keyed
 //!   outputs to the partition of their key, each partition's outputs fsync'd.
+//!   Alert outputs with a webhook are then POSTed to it (JSON, 3 attempts, counted
+//!   in the stats; delivery is at least once and not part of the checkpoint).
 //! * Where reading starts: a definition sees only records appended after it was
 //!   registered (its source partitions that exist are read from their high
 //!   watermark then; partitions created later from their start). A source that
 //!   other definitions already read continues from the stage's current position.
-//!   At broker start every source is read from its high watermark: there is no
-//!   checkpoint yet, so partial matches and windows do not survive a restart and
-//!   records appended while the stage lagged behind at shutdown are not matched.
+//!
+//! ## Exactly-once outputs (snapshots and a write-ahead log)
+//!
+//! The stage is a deterministic state machine over the records it reads, and its
+//! outputs are made idempotent with a write-ahead log in the internal topic
+//! `__cep_checkpoints` (one partition):
+//!
+//! 1. A pass reads a range of records from each source partition, feeds the engine,
+//!    calls [`Engine::on_processing_time`] with the pass's clock reading, and collects
+//!    the outputs. It assigns each output its partition and notes, per output
+//!    partition, the partition's end offset before the write. (A pass that read and
+//!    wrote nothing is not recorded; the next log entry carries the last such clock
+//!    reading, replayed before its own reads: its timers can only have expired state,
+//!    and a later reading subsumes earlier ones.)
+//! 2. Before any output is appended, one record describing the pass is appended (and
+//!    fsync'd when the pass has outputs): either a **snapshot** (the engine's full
+//!    state from [`Engine::checkpoint`]: definitions, pause state, partial matches,
+//!    windows, watermarks, processed offsets) or a small **log entry** (the ranges
+//!    read, in order, and the clock reading), each with the read positions after the
+//!    pass and the pass's planned writes (partition, end offset before the write,
+//!    the output records themselves).
+//! 3. The outputs are appended and fsync'd.
+//!
+//! Snapshots and log entries share one sequence of numbers. A snapshot is taken every
+//! [`SNAPSHOT_INTERVAL`] (or [`SNAPSHOT_EVERY`] entries; less often if snapshots take
+//! more than 2% of the time): after the pass's log entry, the state is captured under
+//! the engine lock without encoding it ([`Engine::capture`], events shared), and a
+//! thread of its own encodes and appends it (numbered like that entry), then trims
+//! the log to the entries after it, while the stage goes on. The first pass after any
+//! change of definitions or pause state writes a snapshot itself, with a new number,
+//! instead of a log entry (so that replaying a log entry always runs the definitions it
+//! ran with). At start, the snapshot with the highest number is restored and the log
+//! entries numbered after it are replayed in order (the same ranges in the same order,
+//! the same clock readings; their outputs are dropped, they were recorded), which
+//! rebuilds the state the stage had after its last recorded pass. Then every recorded planned write is
+//! redone idempotently: for each output partition, the records from the recorded end
+//! offset on are compared in order with the planned ones, and only those not found
+//! (the suffix a crash cut off) are appended. A crash before step 2 completes loses
+//! nothing (the pass is not recorded, its records are read and matched again, its
+//! outputs were never written), a crash between 2 and 3 is completed by the redo, and
+//! a crash after 3 finds every planned record present. Every output is thus written
+//! exactly once, provided the stage is the only writer of records equal to its
+//! outputs (a client producing identical records to an output topic at the same
+//! moment could be taken for one of them).
+//!
+//! Definitions and pause state come from `__cep_definitions` (the source of truth):
+//! at start, restored definitions deleted or replaced since the snapshot are dropped,
+//! and ones registered since then (a crash within the moment between a registration
+//! and the next pass) start with empty state at the high watermark of their new
+//! source topics. Source partitions the snapshot does not know (the topic was created
+//! after it) are read from their start.
+
+pub mod httpc;
 
 use crate::client::partitioner::partition_for_key;
 use crate::metadata::{is_internal_topic, now_ms};
 use crate::partition::Partition;
 use crate::state::Broker;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Notify;
-use weir_cep::{parse_definition_json, parse_sql, CepError, Definition, Engine, Limits, Output};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, Notify};
+use weir_cep::{
+    parse_definition_json, parse_sql, CepError, Definition, Engine, Limits, Output, OutputKind,
+};
 use weir_protocol::compression::Compression;
 use weir_protocol::records::{self, BatchBuilder};
 
 /// The compacted topic holding the registered definitions.
 pub const DEFINITIONS_TOPIC: &str = "__cep_definitions";
+/// The compacted topic holding the stage's write-ahead checkpoints.
+pub const CHECKPOINT_TOPIC: &str = "__cep_checkpoints";
+const SNAPSHOT_MAGIC: &[u8; 4] = b"WCP1";
+const LOG_ENTRY_MAGIC: &[u8; 4] = b"WWL1";
+/// Largest checkpoint record (compressed).
+const CHECKPOINT_MAX_BYTES: &str = "536870912";
+/// A snapshot of the engine state is written at least this often while records flow
+/// (or less often when snapshots are slow: at most 2% of the stage's time).
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
+/// The interval is at least this many times the last snapshot's duration.
+const SNAPSHOT_COST_FACTOR: u32 = 50;
+/// ... or after this many log entries.
+pub const SNAPSHOT_EVERY: u64 = 20_000;
+/// Segment size of the checkpoint topic (the log is trimmed segment by segment).
+const CHECKPOINT_SEGMENT_BYTES: &str = "67108864";
 /// The longest the stage sleeps without new data (processing-time timers).
 pub const TICK: Duration = Duration::from_millis(500);
 /// Bytes read from one partition per pass.
 const READ_BYTES: usize = 1 << 20;
 /// Largest decompressed batch the stage decodes.
-const MAX_UNCOMPRESSED: usize = 256 << 20;
+const MAX_UNCOMPRESSED: usize = 1 << 30;
 /// Bytes of output records per batch written.
 const OUTPUT_BATCH_BYTES: usize = 512 << 10;
+/// Outputs buffered for live (SSE) subscribers before a slow one lags.
+const LIVE_BUFFER: usize = 4096;
+/// Webhook delivery: attempts and the timeout of each.
+const WEBHOOK_ATTEMPTS: u32 = 3;
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Cep {
     broker: Arc<Broker>,
     engine: Mutex<Engine>,
     /// Next offset the stage reads, per source (topic, partition).
     positions: Mutex<HashMap<(String, i32), i64>>,
-    /// Serialises register/remove (engine change plus definitions-topic append).
+    /// Serialises register/remove/pause (engine change plus definitions-topic append).
     admin: Mutex<()>,
     changed: Notify,
     stop: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     next_partition: AtomicUsize,
+    /// Bumped (under the engine lock) by every change of definitions or pause state.
+    admin_epoch: AtomicU64,
+    /// The stage's write-ahead log bookkeeping.
+    wal: Arc<Mutex<WalState>>,
+    /// A periodic snapshot being encoded and written on its own thread.
+    snapshot_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Outputs written, for `GET /api/cep/matches`.
+    live: broadcast::Sender<Arc<Published>>,
+    /// Where webhook deliveries run (set by `start_stage`).
+    runtime: Mutex<Option<tokio::runtime::Handle>>,
+    webhooks: Arc<WebhookCounters>,
+    /// Tests: stop a pass right after its checkpoint, as a crash there would.
+    #[cfg(test)]
+    crash_after_checkpoint: AtomicBool,
+}
+
+struct WalState {
+    last_snapshot: Instant,
+    /// How long the last snapshot took to encode and write.
+    snapshot_cost: Duration,
+    /// `admin_epoch` of the engine state in the last snapshot (u64::MAX: none since start).
+    snapshot_epoch: u64,
+    /// Log entries since the last snapshot.
+    entries: u64,
+    /// The clock of the last pass not recorded since the last record.
+    idle_now: Option<i64>,
+    seq: u64,
+}
+
+/// A source range read by a pass: topic, partition, from, to (exclusive).
+type ReadRange = (String, i32, i64, i64);
+
+/// A pass recorded without the engine state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LogEntry {
+    /// Sequence number (snapshots and log entries share the sequence).
+    #[serde(default)]
+    seq: u64,
+    /// The clock of the last pass before this one that was not recorded (it read
+    /// nothing and wrote nothing, but its timers may have expired state); replayed first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_now_ms: Option<i64>,
+    reads: Vec<ReadRange>,
+    now_ms: i64,
+    positions: Vec<(String, i32, i64)>,
+    writes: Vec<PlannedWrite>,
+}
+
+/// What the checkpoint topic holds from its last snapshot on.
+struct Recovered {
+    header: CheckpointHeader,
+    state: Vec<u8>,
+    /// The entries after the snapshot, by sequence number.
+    entries: Vec<LogEntry>,
+    /// The largest sequence number found.
+    max_seq: u64,
+}
+
+#[derive(Default)]
+struct WebhookCounters {
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// An output as written: what live subscribers see.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub definition_id: String,
+    pub kind: &'static str,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+impl Published {
+    fn to_json(&self) -> Value {
+        json!({
+            "pattern": self.definition_id,
+            "kind": self.kind,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp": self.timestamp_ms,
+            "key": self.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            "value": serde_json::from_slice::<Value>(&self.value)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.value).into_owned())),
+        })
+    }
+}
+
+fn kind_name(k: &OutputKind) -> &'static str {
+    match k {
+        OutputKind::Match => "match",
+        OutputKind::Late => "late",
+        OutputKind::DeadLetter => "dead_letter",
+        OutputKind::WindowResult => "window_result",
+        OutputKind::Alert { .. } => "alert",
+    }
+}
+
+/// One output record planned for a partition (part of a checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PlannedRecord {
+    #[serde(with = "weir_cep::event::bytes_text::option")]
+    key: Option<Vec<u8>>,
+    #[serde(with = "weir_cep::event::bytes_text")]
+    value: Vec<u8>,
+    timestamp_ms: i64,
+    definition_id: String,
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    webhook: Option<String>,
+}
+
+/// The outputs of one pass for one partition, and its end offset before they were written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PlannedWrite {
+    topic: String,
+    partition: i32,
+    end_offset: i64,
+    records: Vec<PlannedRecord>,
+}
+
+/// A checkpoint's header (the engine state follows it in the record).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CheckpointHeader {
+    /// The sequence number of the last log entry (or snapshot) this state includes.
+    #[serde(default)]
+    seq: u64,
+    positions: Vec<(String, i32, i64)>,
+    writes: Vec<PlannedWrite>,
+}
+
+/// A definition as stored in the definitions topic.
+#[derive(Debug, Clone)]
+struct Stored {
+    id: String,
+    json: String,
+    paused: bool,
 }
 
 /// An API failure: status and message (plus the CEP error's field and position).
@@ -97,16 +325,49 @@ impl IntoResponse for Failure {
     }
 }
 
+/// Equal definitions (JSON compared as values, not text).
+fn same_json(a: &str, b: &str) -> bool {
+    match (
+        serde_json::from_str::<Value>(a),
+        serde_json::from_str::<Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 impl Cep {
-    /// Creates the definitions topic if needed and registers the stored definitions.
-    /// Blocking (reads the definitions log).
+    /// Creates the internal topics if needed, restores the last checkpoint, registers
+    /// the stored definitions and redoes the checkpoint's planned writes. Blocking.
     pub fn open(broker: Arc<Broker>) -> anyhow::Result<Arc<Cep>> {
-        if broker.topic(DEFINITIONS_TOPIC).is_none() {
-            let configs = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
-            broker
-                .create_topic(DEFINITIONS_TOPIC, 1, -1, configs, false)
-                .map_err(|(_, m)| anyhow::anyhow!("creating {DEFINITIONS_TOPIC}: {m}"))?;
+        for (topic, configs) in [
+            (DEFINITIONS_TOPIC, vec![("cleanup.policy", "compact")]),
+            (
+                CHECKPOINT_TOPIC,
+                vec![
+                    ("cleanup.policy", "compact"),
+                    ("max.message.bytes", CHECKPOINT_MAX_BYTES),
+                    ("segment.bytes", CHECKPOINT_SEGMENT_BYTES),
+                ],
+            ),
+        ] {
+            if broker.topic(topic).is_none() {
+                let configs: BTreeMap<String, String> = configs
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                if let Err((_, m)) = broker.create_topic(topic, 1, -1, configs.clone(), false) {
+                    // An older broker may not know a config: retry with compaction only.
+                    tracing::warn!(topic, error = %m, "creating with its configs failed; retrying with cleanup.policy=compact only");
+                    let minimal =
+                        BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+                    broker
+                        .create_topic(topic, 1, -1, minimal, false)
+                        .map_err(|(_, m)| anyhow::anyhow!("creating {topic}: {m}"))?;
+                }
+            }
         }
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
         let cep = Arc::new(Cep {
             broker,
             engine: Mutex::new(Engine::new(Limits::default())),
@@ -116,30 +377,127 @@ impl Cep {
             stop: AtomicBool::new(false),
             task: Mutex::new(None),
             next_partition: AtomicUsize::new(0),
+            admin_epoch: AtomicU64::new(0),
+            snapshot_thread: Mutex::new(None),
+            wal: Arc::new(Mutex::new(WalState {
+                last_snapshot: Instant::now(),
+                snapshot_cost: Duration::ZERO,
+                // The state after a start is not in any snapshot yet.
+                snapshot_epoch: u64::MAX,
+                entries: 0,
+                idle_now: None,
+                seq: 0,
+            })),
+            live,
+            // Redone alert outputs at start deliver their webhooks on the caller's runtime.
+            runtime: Mutex::new(tokio::runtime::Handle::try_current().ok()),
+            webhooks: Arc::new(WebhookCounters::default()),
+            #[cfg(test)]
+            crash_after_checkpoint: AtomicBool::new(false),
         });
         let stored = cep.load_stored()?;
+        let recovered = match cep.load_checkpoints() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "the CEP checkpoints cannot be read: starting from the high watermarks, without state");
+                None
+            }
+        };
         let mut engine = cep.engine.lock();
-        for (id, text) in stored {
-            match parse_definition_json(&text).and_then(|d| engine.register(d)) {
-                Ok(_) => tracing::info!(definition = %id, "CEP definition loaded"),
+        let mut header = CheckpointHeader::default();
+        if let Some(rec) = recovered {
+            cep.wal.lock().seq = rec.max_seq;
+            match engine.restore(&rec.state) {
+                Ok(()) => {
+                    let entries = rec.entries.len();
+                    header = rec.header;
+                    for entry in rec.entries {
+                        cep.replay(&mut engine, &entry);
+                        header.positions = entry.positions;
+                        header.writes.extend(entry.writes);
+                    }
+                    tracing::info!(
+                        entries,
+                        positions = header.positions.len(),
+                        writes = header.writes.len(),
+                        "CEP snapshot restored and log replayed"
+                    );
+                }
                 Err(e) => {
-                    tracing::error!(definition = %id, error = %e, "not loading a stored CEP definition")
+                    tracing::error!(error = %e, "the last CEP snapshot cannot be restored: starting from the high watermarks, without state")
+                }
+            }
+        }
+        // The definitions topic is the truth: drop restored definitions deleted or
+        // replaced since the checkpoint, register new ones, apply pause state.
+        for info in engine.definitions() {
+            let keep = stored
+                .iter()
+                .any(|s| s.id == info.id && same_json(&s.json, &info.json));
+            if !keep {
+                engine.remove(&info.id);
+                tracing::info!(definition = %info.id, "checkpointed CEP definition deleted or replaced since: dropped");
+            }
+        }
+        let restored_sources = engine.sources();
+        for s in &stored {
+            let exists = engine.definitions().iter().any(|d| d.id == s.id);
+            if !exists {
+                match parse_definition_json(&s.json).and_then(|d| engine.register(d)) {
+                    Ok(_) => tracing::info!(definition = %s.id, "CEP definition loaded"),
+                    Err(e) => {
+                        tracing::error!(definition = %s.id, error = %e, "not loading a stored CEP definition");
+                        continue;
+                    }
+                }
+            }
+            if s.paused {
+                engine.pause(&s.id);
+            } else {
+                engine.resume(&s.id);
+            }
+        }
+        {
+            let mut positions = cep.positions.lock();
+            for (t, p, o) in &header.positions {
+                if restored_sources.contains(t) {
+                    positions.insert((t.clone(), *p), *o);
                 }
             }
         }
         for topic in engine.sources() {
-            cep.seed_positions(&topic, true);
+            // Sources of definitions registered since the checkpoint: from their high
+            // watermark. (Partitions of restored sources that the checkpoint does not
+            // know were created after it: read from their start.)
+            if !restored_sources.contains(&topic) {
+                cep.seed_positions(&topic, false);
+            }
         }
         drop(engine);
+        for w in &header.writes {
+            match cep.redo(w) {
+                Ok((present, appended)) => tracing::info!(
+                    topic = %w.topic,
+                    partition = w.partition,
+                    present,
+                    appended,
+                    "CEP outputs of the last checkpoint checked"
+                ),
+                Err(e) => {
+                    tracing::error!(topic = %w.topic, partition = w.partition, error = %e, "CEP outputs of the last checkpoint not redone")
+                }
+            }
+        }
         Ok(cep)
     }
 
     /// The live definitions of the definitions topic, oldest registration first.
-    fn load_stored(&self) -> anyhow::Result<Vec<(String, String)>> {
+    fn load_stored(&self) -> anyhow::Result<Vec<Stored>> {
         let Some(p) = self.broker.partition(DEFINITIONS_TOPIC, 0) else {
             return Ok(Vec::new());
         };
         let hw = p.high_watermark();
+        // id -> (offset of first registration, latest value)
         let mut latest: HashMap<String, (i64, Option<String>)> = HashMap::new();
         let mut pos = p.log.log_start_offset();
         while pos < hw {
@@ -160,19 +518,139 @@ impl Cep {
                         .as_ref()
                         .and_then(|v| std::str::from_utf8(v).ok())
                         .map(str::to_string);
-                    latest.insert(key.to_string(), (r.offset, value));
+                    // A pause or resume keeps the registration's place in the order.
+                    let update = value.is_some() && matches!(latest.get(key), Some((_, Some(_))));
+                    match latest.get_mut(key) {
+                        Some(entry) if update => entry.1 = value,
+                        _ => {
+                            latest.insert(key.to_string(), (r.offset, value));
+                        }
+                    }
                 }
             }
             if pos == before {
                 break;
             }
         }
-        let mut live: Vec<(i64, String, String)> = latest
-            .into_iter()
-            .filter_map(|(id, (offset, v))| v.map(|v| (offset, id, v)))
-            .collect();
-        live.sort();
-        Ok(live.into_iter().map(|(_, id, v)| (id, v)).collect())
+        let mut live: Vec<(i64, Stored)> = Vec::new();
+        for (id, (offset, v)) in latest {
+            let Some(v) = v else { continue };
+            let (json, paused) = match serde_json::from_str::<Value>(&v) {
+                // {"definition": {...}, "paused": bool}; older records hold the definition itself.
+                Ok(Value::Object(o)) if o.contains_key("definition") && !o.contains_key("id") => {
+                    let def = match o.get("definition") {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(d) => d.to_string(),
+                        None => continue,
+                    };
+                    (
+                        def,
+                        o.get("paused").and_then(Value::as_bool).unwrap_or(false),
+                    )
+                }
+                _ => (v, false),
+            };
+            live.push((offset, Stored { id, json, paused }));
+        }
+        live.sort_by_key(|(o, _)| *o);
+        Ok(live.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// The latest snapshot of the checkpoint topic (highest sequence number) and the log
+    /// entries after it. A periodic snapshot is written by another thread while log
+    /// entries go on, so entries after it in sequence may precede it in the log.
+    fn load_checkpoints(&self) -> anyhow::Result<Option<Recovered>> {
+        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) else {
+            return Ok(None);
+        };
+        let hw = p.high_watermark();
+        let mut pos = p.log.log_start_offset();
+        let mut best: Option<(CheckpointHeader, Vec<u8>)> = None;
+        let mut entries: Vec<LogEntry> = Vec::new();
+        let mut max_seq = 0u64;
+        while pos < hw {
+            let read = p.log.read(pos, READ_BYTES, true)?;
+            if read.batches.is_empty() {
+                break;
+            }
+            let before = pos;
+            for chunk in &read.batches {
+                let (recs, next) = decode_chunk(chunk, pos, hw);
+                pos = next;
+                for r in recs {
+                    let Some(value) = r.value else { continue };
+                    if value.starts_with(SNAPSHOT_MAGIC) {
+                        let (header, state) = decode_snapshot(&value)
+                            .map_err(|e| anyhow::anyhow!("snapshot at offset {}: {e}", r.offset))?;
+                        max_seq = max_seq.max(header.seq);
+                        if best.as_ref().is_none_or(|(h, _)| header.seq >= h.seq) {
+                            best = Some((header, state));
+                        }
+                    } else if let Some(json) = value.strip_prefix(LOG_ENTRY_MAGIC) {
+                        let entry: LogEntry = serde_json::from_slice(json).map_err(|e| {
+                            anyhow::anyhow!("log entry at offset {}: {e}", r.offset)
+                        })?;
+                        max_seq = max_seq.max(entry.seq);
+                        entries.push(entry);
+                    } else {
+                        anyhow::bail!(
+                            "unknown record at offset {} of {CHECKPOINT_TOPIC}",
+                            r.offset
+                        );
+                    }
+                }
+            }
+            if pos == before {
+                break;
+            }
+        }
+        let Some((header, state)) = best else {
+            return Ok(None);
+        };
+        entries.retain(|e| e.seq > header.seq);
+        entries.sort_by_key(|e| e.seq);
+        Ok(Some(Recovered {
+            header,
+            state,
+            entries,
+            max_seq,
+        }))
+    }
+
+    /// Re-runs a recorded pass on `engine` (its outputs were recorded with it).
+    fn replay(&self, engine: &mut Engine, entry: &LogEntry) {
+        let mut dropped = Vec::new();
+        if let Some(t) = entry.idle_now_ms {
+            let _ = engine.on_processing_time(t);
+        }
+        for (topic, partition, from, to) in &entry.reads {
+            let Some(part) = self.broker.partition(topic, *partition) else {
+                tracing::warn!(topic = %topic, partition, "CEP replay: the source partition is gone");
+                continue;
+            };
+            let mut pos = *from;
+            while pos < *to {
+                let read = match part.log.read(pos, READ_BYTES, true) {
+                    Ok(r) if !r.batches.is_empty() => r,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(topic = %topic, partition, error = %e, "CEP replay cannot read");
+                        break;
+                    }
+                };
+                let before = pos;
+                for chunk in &read.batches {
+                    let (recs, next) = decode_chunk(chunk, pos, *to);
+                    pos = next;
+                    process_records(engine, &part, &recs, &mut dropped);
+                    dropped.clear();
+                }
+                if pos == before {
+                    break;
+                }
+            }
+        }
+        let _ = engine.on_processing_time(entry.now_ms);
     }
 
     /// Sets the position of each existing partition of `topic` to its high watermark
@@ -213,6 +691,14 @@ impl Cep {
             .map_err(|e| e.to_string())
     }
 
+    /// The stored form of a definition.
+    fn stored_value(json: &str, paused: bool) -> Vec<u8> {
+        let def = serde_json::from_str::<Value>(json).unwrap_or(Value::String(json.to_string()));
+        json!({ "definition": def, "paused": paused })
+            .to_string()
+            .into_bytes()
+    }
+
     /// Parses and registers a definition and stores it. Blocking.
     pub fn register(&self, text: &str, sql: bool) -> Result<String, Failure> {
         let def: Definition = if sql {
@@ -221,6 +707,16 @@ impl Cep {
             parse_definition_json(text)
         }
         .map_err(|e| Failure::cep(StatusCode::BAD_REQUEST, &e))?;
+        if let Definition::Alert(a) = &def {
+            if let Some(url) = &a.emit.webhook {
+                httpc::parse_url(url).map_err(|e| {
+                    Failure(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": format!("emit.webhook: {e}"), "field": "emit.webhook"}),
+                    )
+                })?;
+            }
+        }
         let json = def.to_json();
         let _admin = self.admin.lock();
         let id = {
@@ -234,6 +730,7 @@ impl Cep {
                 };
                 Failure::cep(status, &e)
             })?;
+            self.admin_epoch.fetch_add(1, Ordering::AcqRel);
             if let Some(info) = engine.definitions().into_iter().find(|d| d.id == id) {
                 for t in &info.sources {
                     self.seed_positions(t, !before.contains(t));
@@ -241,8 +738,10 @@ impl Cep {
             }
             id
         };
-        if let Err(e) = self.persist(&id, Some(json.as_bytes())) {
-            self.engine.lock().remove(&id);
+        if let Err(e) = self.persist(&id, Some(&Self::stored_value(&json, false))) {
+            let mut engine = self.engine.lock();
+            engine.remove(&id);
+            self.admin_epoch.fetch_add(1, Ordering::AcqRel);
             return Err(Failure::msg(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("storing the definition: {e}"),
@@ -271,7 +770,11 @@ impl Cep {
                 format!("storing the deletion: {e}"),
             )
         })?;
-        self.engine.lock().remove(id);
+        {
+            let mut engine = self.engine.lock();
+            engine.remove(id);
+            self.admin_epoch.fetch_add(1, Ordering::AcqRel);
+        }
         tracing::info!(definition = %id, kind = %info.kind, "CEP definition removed");
         Ok(true)
     }
@@ -306,40 +809,86 @@ impl Cep {
             .map(Self::describe)
     }
 
-    pub fn set_paused(&self, id: &str, paused: bool) -> bool {
+    /// Pauses or resumes a definition and stores that. Blocking. False: unknown id.
+    pub fn set_paused(&self, id: &str, paused: bool) -> Result<bool, Failure> {
+        let _admin = self.admin.lock();
+        let Some(info) = self
+            .engine
+            .lock()
+            .definitions()
+            .into_iter()
+            .find(|d| d.id == id)
+        else {
+            return Ok(false);
+        };
+        if info.paused != paused {
+            self.persist(id, Some(&Self::stored_value(&info.json, paused)))
+                .map_err(|e| {
+                    Failure::msg(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("storing the pause state: {e}"),
+                    )
+                })?;
+        }
         let mut engine = self.engine.lock();
-        if paused {
+        self.admin_epoch.fetch_add(1, Ordering::AcqRel);
+        Ok(if paused {
             engine.pause(id)
         } else {
             engine.resume(id)
-        }
+        })
+    }
+
+    /// Records of `topic` not read by the stage yet.
+    fn lag(&self, topic: &str, positions: &HashMap<(String, i32), i64>) -> i64 {
+        let Some(meta) = self.broker.topic(topic) else {
+            return 0;
+        };
+        (0..meta.partitions)
+            .filter_map(|p| {
+                let part = self.broker.partition(topic, p)?;
+                let pos = positions
+                    .get(&(topic.to_string(), p))
+                    .copied()
+                    .unwrap_or_else(|| part.log.log_start_offset());
+                Some((part.high_watermark() - pos).max(0))
+            })
+            .sum()
     }
 
     pub fn stats(&self) -> Value {
-        let defs: Vec<Value> = self
-            .engine
-            .lock()
-            .stats()
+        let (rows, infos) = {
+            let engine = self.engine.lock();
+            (engine.stats(), engine.definitions())
+        };
+        let positions = self.positions.lock().clone();
+        let defs: Vec<Value> = rows
             .into_iter()
             .map(|s| {
+                let sources = infos
+                    .iter()
+                    .find(|i| i.id == s.id)
+                    .map(|i| i.sources.clone())
+                    .unwrap_or_default();
+                let lag: i64 = sources.iter().map(|t| self.lag(t, &positions)).sum();
                 json!({
                     "id": s.id,
                     "events_in": s.stats.events_in,
+                    "matches_out": s.stats.outputs,
                     "outputs": s.stats.outputs,
+                    "partial_matches": s.partial_matches,
+                    "lag": lag,
                     "evictions": s.stats.evictions,
                     "late": s.stats.late,
                     "not_json": s.stats.not_json,
                     "invalid_time": s.stats.invalid_time,
                     "suppressed": s.stats.suppressed,
-                    "partial_matches": s.partial_matches,
                     "keys": s.keys,
                     "windows_open": s.windows_open,
                 })
             })
             .collect();
-        let mut sources: Vec<(String, i32, i64)> = self
-            .positions
-            .lock()
+        let mut sources: Vec<(String, i32, i64)> = positions
             .iter()
             .map(|((t, p), o)| (t.clone(), *p, *o))
             .collect();
@@ -351,7 +900,15 @@ impl Cep {
                 json!({"topic": t, "partition": p, "position": o, "high_watermark": hw})
             })
             .collect();
-        json!({ "definitions": defs, "sources": sources })
+        json!({
+            "definitions": defs,
+            "sources": sources,
+            "live_subscribers": self.live.receiver_count(),
+            "webhooks": {
+                "sent": self.webhooks.sent.load(Ordering::Relaxed),
+                "failed": self.webhooks.failed.load(Ordering::Relaxed),
+            },
+        })
     }
 
     /// The source partitions with the position to read from (positions of new ones set).
@@ -381,8 +938,8 @@ impl Cep {
 
     /// One pass over every source partition; true if any record was read. Blocking.
     fn pass(&self) -> bool {
-        let mut progressed = false;
         let mut outputs = Vec::new();
+        let mut reads: Vec<ReadRange> = Vec::new();
         for (part, pos) in self.source_partitions() {
             let hw = part.high_watermark();
             if pos >= hw {
@@ -401,101 +958,448 @@ impl Cep {
                 for chunk in &read.batches {
                     let (recs, after) = decode_chunk(chunk, next, hw);
                     next = after;
-                    for r in recs {
-                        let headers: Vec<(&str, &[u8])> = r
-                            .headers
-                            .iter()
-                            .filter_map(|h| {
-                                std::str::from_utf8(&h.key)
-                                    .ok()
-                                    .map(|k| (k, h.value.as_deref().unwrap_or(&[])))
-                            })
-                            .collect();
-                        let rec = weir_cep::SourceRecord {
-                            topic: &part.topic,
-                            partition: part.index,
-                            offset: r.offset,
-                            timestamp_ms: r.timestamp,
-                            key: r.key.as_deref(),
-                            value: r.value.as_deref().unwrap_or(&[]),
-                            headers: &headers,
-                        };
-                        outputs.extend(engine.process(&rec));
-                    }
+                    process_records(&mut engine, &part, &recs, &mut outputs);
+                }
+                if next > pos {
+                    // Under the engine lock: a snapshot never sees the engine past
+                    // records whose position is not recorded.
+                    reads.push((part.topic.clone(), part.index, pos, next));
+                    self.positions
+                        .lock()
+                        .insert((part.topic.clone(), part.index), next);
                 }
             }
-            if next > pos {
-                progressed = true;
-                self.positions
-                    .lock()
-                    .insert((part.topic.clone(), part.index), next);
-            }
         }
-        outputs.extend(self.engine.lock().on_processing_time(now_ms()));
-        self.write(outputs);
+        let now = now_ms();
+        outputs.extend(self.engine.lock().on_processing_time(now));
+        let progressed = !reads.is_empty();
+        self.commit(outputs, reads, now);
         progressed
     }
 
-    /// Appends outputs to their topics. Failures are logged (outputs are lost).
-    fn write(&self, outputs: Vec<Output>) {
+    /// Records the pass (a snapshot or a log entry, with the planned writes), then
+    /// writes the outputs.
+    fn commit(&self, outputs: Vec<Output>, reads: Vec<ReadRange>, now: i64) {
+        let epoch = self.admin_epoch.load(Ordering::Acquire);
+        let busy = !outputs.is_empty() || !reads.is_empty();
+        // A change of definitions or pause state (or a gap in the log): a snapshot now,
+        // on this thread. Otherwise, periodically: a log entry, then a snapshot encoded
+        // and written by another thread.
+        let (forced, periodic) = {
+            let wal = self.wal.lock();
+            (
+                wal.snapshot_epoch != epoch,
+                busy && (wal.last_snapshot.elapsed()
+                    >= SNAPSHOT_INTERVAL.max(wal.snapshot_cost * SNAPSHOT_COST_FACTOR)
+                    || wal.entries >= SNAPSHOT_EVERY),
+            )
+        };
+        let snapshot = forced;
+        if !busy && !snapshot {
+            // Timers ran without effect on outputs; the next log entry replays the
+            // latest such clock reading before its own reads (later readings subsume
+            // earlier ones).
+            self.wal.lock().idle_now = Some(now);
+            return;
+        }
+        let writes = self.plan(outputs);
+        let recorded = if snapshot {
+            self.write_snapshot(&writes)
+        } else {
+            self.write_log_entry(reads, now, &writes).map(|()| {
+                if periodic {
+                    self.start_snapshot();
+                }
+            })
+        };
+        if let Err(e) = recorded {
+            // The next pass writes a snapshot (the log has a gap).
+            self.wal.lock().snapshot_epoch = u64::MAX;
+            tracing::error!(error = %e, "CEP pass not recorded: outputs written anyway; a crash before the next snapshot may duplicate them");
+        }
+        #[cfg(test)]
+        if self.crash_after_checkpoint.load(Ordering::Acquire) {
+            return;
+        }
+        for w in &writes {
+            match self.append_planned(w, &w.records) {
+                Ok(base) => self.publish(w, base),
+                Err(e) => {
+                    tracing::error!(topic = %w.topic, partition = w.partition, error = %e, "CEP outputs not written")
+                }
+            }
+        }
+    }
+
+    /// Assigns outputs to partitions (creating output topics) and notes their end offsets.
+    fn plan(&self, outputs: Vec<Output>) -> Vec<PlannedWrite> {
         let mut by_topic: BTreeMap<String, Vec<Output>> = BTreeMap::new();
         for o in outputs {
             by_topic.entry(o.topic.clone()).or_default().push(o);
         }
+        let mut writes = Vec::new();
         for (topic, outs) in by_topic {
-            if let Err(e) = self.write_topic(&topic, outs) {
-                tracing::error!(topic = %topic, error = %e, "CEP outputs not written");
+            if is_internal_topic(&topic) || topic == DEFINITIONS_TOPIC || topic == CHECKPOINT_TOPIC
+            {
+                tracing::error!(topic = %topic, dropped = outs.len(), "CEP outputs cannot go to an internal topic");
+                continue;
+            }
+            let meta = match self.broker.topic(&topic) {
+                Some(m) => m,
+                None => match self.broker.auto_create(&topic) {
+                    Ok(m) => m,
+                    Err((_, m)) => {
+                        tracing::error!(topic = %topic, error = %m, dropped = outs.len(), "CEP output topic cannot be created");
+                        continue;
+                    }
+                },
+            };
+            let count = meta.partitions.max(1);
+            let mut by_partition: BTreeMap<i32, Vec<PlannedRecord>> = BTreeMap::new();
+            for o in outs {
+                let p = match &o.key {
+                    Some(k) => partition_for_key(k, count as usize),
+                    None => {
+                        (self.next_partition.fetch_add(1, Ordering::Relaxed) % count as usize)
+                            as i32
+                    }
+                };
+                let webhook = match &o.kind {
+                    OutputKind::Alert { webhook } => webhook.clone(),
+                    _ => None,
+                };
+                by_partition.entry(p).or_default().push(PlannedRecord {
+                    key: o.key,
+                    value: o.value,
+                    timestamp_ms: o.timestamp_ms,
+                    kind: kind_name(&o.kind).to_string(),
+                    definition_id: o.definition_id,
+                    webhook,
+                });
+            }
+            for (p, records) in by_partition {
+                let Some(part) = self.broker.partition(&topic, p) else {
+                    tracing::error!(topic = %topic, partition = p, dropped = records.len(), "CEP output partition is not open");
+                    continue;
+                };
+                writes.push(PlannedWrite {
+                    topic: topic.clone(),
+                    partition: p,
+                    end_offset: part.log.log_end_offset(),
+                    records,
+                });
             }
         }
+        writes
     }
 
-    fn write_topic(&self, topic: &str, outs: Vec<Output>) -> Result<(), String> {
-        if is_internal_topic(topic) || topic == DEFINITIONS_TOPIC {
-            return Err("outputs cannot go to an internal topic".into());
-        }
-        let meta = match self.broker.topic(topic) {
-            Some(m) => m,
-            None => self.broker.auto_create(topic).map_err(|(_, m)| m)?,
+    fn positions_vec(&self) -> Vec<(String, i32, i64)> {
+        self.positions
+            .lock()
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .collect()
+    }
+
+    /// Appends one record to the checkpoint topic; durably when `durable`. Returns its offset.
+    fn append_checkpoint(&self, key: &[u8], value: &[u8], durable: bool) -> Result<i64, String> {
+        let p = self
+            .broker
+            .partition(CHECKPOINT_TOPIC, 0)
+            .ok_or_else(|| format!("{CHECKPOINT_TOPIC} is not open"))?;
+        append_checkpoint_to(&p, key, value, durable)
+    }
+
+    /// Appends a snapshot (state, positions, planned writes), durably, and trims the
+    /// checkpoint log to start at it.
+    fn write_snapshot(&self, writes: &[PlannedWrite]) -> Result<(), String> {
+        let started = Instant::now();
+        let (state, positions, epoch) = {
+            // All under the engine lock (pass updates positions under it too).
+            let engine = self.engine.lock();
+            (
+                engine.checkpoint(),
+                self.positions_vec(),
+                self.admin_epoch.load(Ordering::Acquire),
+            )
         };
-        let count = meta.partitions.max(1);
-        let mut by_partition: BTreeMap<i32, Vec<Output>> = BTreeMap::new();
-        for o in outs {
-            let p = match &o.key {
-                Some(k) => partition_for_key(k, count as usize),
-                None => {
-                    (self.next_partition.fetch_add(1, Ordering::Relaxed) % count as usize) as i32
-                }
-            };
-            by_partition.entry(p).or_default().push(o);
+        let seq = {
+            // A sequence number of its own: greater than that of any periodic
+            // snapshot captured before (which may still be being written).
+            let mut wal = self.wal.lock();
+            wal.seq += 1;
+            wal.seq
+        };
+        let header = CheckpointHeader {
+            seq,
+            positions,
+            writes: writes.to_vec(),
+        };
+        let value = encode_snapshot(&header, &state)?;
+        let offset = self.append_checkpoint(b"snapshot", &value, true)?;
+        let cost = started.elapsed();
+        tracing::debug!(
+            bytes = value.len(),
+            ms = cost.as_millis() as u64,
+            "CEP snapshot written"
+        );
+        {
+            let mut wal = self.wal.lock();
+            wal.snapshot_epoch = epoch;
+            wal.last_snapshot = Instant::now();
+            wal.snapshot_cost = cost;
+            wal.entries = 0;
+            wal.idle_now = None;
         }
-        let now = now_ms();
-        for (p, outs) in by_partition {
-            let part = self
-                .broker
-                .partition(topic, p)
-                .ok_or_else(|| format!("{topic}-{p} is not open"))?;
-            let mut set = Vec::new();
-            let mut b = BatchBuilder::new(Compression::None);
-            for o in &outs {
-                if !b.is_empty() && b.uncompressed_size() + o.value.len() > OUTPUT_BATCH_BYTES {
-                    let full = std::mem::replace(&mut b, BatchBuilder::new(Compression::None));
-                    set.extend_from_slice(&full.build().map_err(|e| e.to_string())?);
-                }
-                b.push(o.timestamp_ms, o.key.as_deref(), Some(&o.value), &[]);
+        if let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) {
+            if let Err(e) = p.log.delete_before(offset) {
+                tracing::warn!(error = %e, "CEP checkpoint log not trimmed");
             }
-            if !b.is_empty() {
-                set.extend_from_slice(&b.build().map_err(|e| e.to_string())?);
-            }
-            let appended = part.append(&mut set, now).map_err(|(_, m)| m)?;
-            part.log
-                .wait_durable(appended.last_offset)
-                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
 
+    /// Captures the state (after the log entry just written) and writes it as a snapshot
+    /// on another thread; then trims the log to the entries after it. At most one runs.
+    fn start_snapshot(&self) {
+        let mut slot = self.snapshot_thread.lock();
+        if slot.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(h) = slot.take() {
+            let _ = h.join();
+        }
+        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) else {
+            return;
+        };
+        let started = Instant::now();
+        let (captured, positions, seq) = {
+            let engine = self.engine.lock();
+            let seq = {
+                let mut wal = self.wal.lock();
+                wal.entries = 0;
+                wal.last_snapshot = Instant::now();
+                wal.seq
+            };
+            (engine.capture(), self.positions_vec(), seq)
+        };
+        // Entries after the captured state are appended from here on.
+        let trim_to = p.log.log_end_offset();
+        let wal = self.wal.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cep-snapshot".into())
+            .spawn(move || {
+                let state = captured.encode();
+                let header = CheckpointHeader {
+                    seq,
+                    positions,
+                    writes: Vec::new(),
+                };
+                let result = encode_snapshot(&header, &state).and_then(|value| {
+                    append_checkpoint_to(&p, b"snapshot", &value, true).map(|_| value.len())
+                });
+                match result {
+                    Ok(bytes) => {
+                        let cost = started.elapsed();
+                        tracing::debug!(bytes, ms = cost.as_millis() as u64, seq, "CEP snapshot written");
+                        wal.lock().snapshot_cost = cost;
+                        if let Err(e) = p.log.delete_before(trim_to) {
+                            tracing::warn!(error = %e, "CEP checkpoint log not trimmed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "CEP snapshot not written (the log entries since the last one are kept)")
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => *slot = Some(h),
+            Err(e) => tracing::warn!(error = %e, "cannot start the CEP snapshot thread"),
+        }
+    }
+
+    /// Appends a log entry (ranges read, clock, positions, planned writes); durably if
+    /// outputs follow it.
+    fn write_log_entry(
+        &self,
+        reads: Vec<ReadRange>,
+        now: i64,
+        writes: &[PlannedWrite],
+    ) -> Result<(), String> {
+        let (seq, idle_now_ms) = {
+            let mut wal = self.wal.lock();
+            wal.seq += 1;
+            wal.entries += 1;
+            (wal.seq, wal.idle_now.take())
+        };
+        let entry = LogEntry {
+            seq,
+            idle_now_ms,
+            reads,
+            now_ms: now,
+            positions: self.positions_vec(),
+            writes: writes.to_vec(),
+        };
+        let mut value = LOG_ENTRY_MAGIC.to_vec();
+        serde_json::to_writer(&mut value, &entry)
+            .map_err(|e| format!("encoding a log entry: {e}"))?;
+        let key = format!("log/{}/{seq}", now_ms());
+        self.append_checkpoint(key.as_bytes(), &value, !writes.is_empty())?;
+        Ok(())
+    }
+
+    /// Appends `records` to the planned partition, durably; returns the first offset.
+    fn append_planned(&self, w: &PlannedWrite, records: &[PlannedRecord]) -> Result<i64, String> {
+        let part = self
+            .broker
+            .partition(&w.topic, w.partition)
+            .ok_or_else(|| format!("{}-{} is not open", w.topic, w.partition))?;
+        let mut set = Vec::new();
+        let mut b = BatchBuilder::new(Compression::None);
+        for r in records {
+            if !b.is_empty() && b.uncompressed_size() + r.value.len() > OUTPUT_BATCH_BYTES {
+                let full = std::mem::replace(&mut b, BatchBuilder::new(Compression::None));
+                set.extend_from_slice(&full.build().map_err(|e| e.to_string())?);
+            }
+            b.push(r.timestamp_ms, r.key.as_deref(), Some(&r.value), &[]);
+        }
+        if !b.is_empty() {
+            set.extend_from_slice(&b.build().map_err(|e| e.to_string())?);
+        }
+        if set.is_empty() {
+            return Ok(part.log.log_end_offset());
+        }
+        let appended = part.append(&mut set, now_ms()).map_err(|(_, m)| m)?;
+        part.log
+            .wait_durable(appended.last_offset)
+            .map_err(|e| e.to_string())?;
+        Ok(appended.base_offset)
+    }
+
+    /// Completes a checkpoint's planned write: appends the planned records not found, in
+    /// order, from its end offset on. Returns (records present, records appended).
+    fn redo(&self, w: &PlannedWrite) -> Result<(usize, usize), String> {
+        let part = self
+            .broker
+            .partition(&w.topic, w.partition)
+            .ok_or_else(|| format!("{}-{} does not exist any more", w.topic, w.partition))?;
+        let end = part.log.log_end_offset();
+        let mut pos = w.end_offset.max(part.log.log_start_offset());
+        let mut found = 0usize;
+        while pos < end && found < w.records.len() {
+            let read = part
+                .log
+                .read(pos, READ_BYTES, true)
+                .map_err(|e| format!("reading {}-{} at {pos}: {e}", w.topic, w.partition))?;
+            if read.batches.is_empty() {
+                break;
+            }
+            let before = pos;
+            for chunk in &read.batches {
+                let (recs, next) = decode_chunk(chunk, pos, end);
+                pos = next;
+                for r in recs {
+                    let Some(want) = w.records.get(found) else {
+                        break;
+                    };
+                    if r.key.as_deref() == want.key.as_deref()
+                        && r.value.as_deref() == Some(want.value.as_slice())
+                    {
+                        found += 1;
+                    }
+                }
+            }
+            if pos == before {
+                break;
+            }
+        }
+        let missing = &w.records[found..];
+        if !missing.is_empty() {
+            let base = self.append_planned(w, missing)?;
+            let rest = PlannedWrite {
+                records: missing.to_vec(),
+                ..w.clone()
+            };
+            self.publish(&rest, base);
+        }
+        Ok((found, missing.len()))
+    }
+
+    /// Tells live subscribers about written outputs and delivers webhooks.
+    fn publish(&self, w: &PlannedWrite, base_offset: i64) {
+        for (i, r) in w.records.iter().enumerate() {
+            if self.live.receiver_count() > 0 {
+                let kind = match r.kind.as_str() {
+                    "match" => "match",
+                    "late" => "late",
+                    "dead_letter" => "dead_letter",
+                    "window_result" => "window_result",
+                    "alert" => "alert",
+                    _ => "output",
+                };
+                let _ = self.live.send(Arc::new(Published {
+                    definition_id: r.definition_id.clone(),
+                    kind,
+                    topic: w.topic.clone(),
+                    partition: w.partition,
+                    offset: base_offset + i as i64,
+                    timestamp_ms: r.timestamp_ms,
+                    key: r.key.clone(),
+                    value: r.value.clone(),
+                }));
+            }
+            if let Some(url) = &r.webhook {
+                self.deliver_webhook(url.clone(), r.value.clone());
+            }
+        }
+    }
+
+    fn deliver_webhook(&self, url: String, body: Vec<u8>) {
+        let Some(rt) = self.runtime.lock().clone() else {
+            tracing::warn!(url = %url, "no runtime for webhook delivery (stage not started)");
+            self.webhooks.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let counters = self.webhooks.clone();
+        rt.spawn(async move {
+            let target = match httpc::parse_url(&url) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "alert webhook not delivered");
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let mut last = String::new();
+            for attempt in 0..WEBHOOK_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+                match httpc::request(
+                    &target.authority,
+                    "POST",
+                    &target.path,
+                    Some(("application/json", &body)),
+                    WEBHOOK_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(r) if r.is_success() => {
+                        counters.sent.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(r) => last = format!("answered {}", r.status),
+                    Err(e) => last = format!("{e:#}"),
+                }
+            }
+            tracing::warn!(url = %url, error = %last, "alert webhook not delivered after {WEBHOOK_ATTEMPTS} attempts");
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
     /// Starts the engine stage on the current tokio runtime.
     pub fn start_stage(self: &Arc<Self>) {
+        *self.runtime.lock() = Some(tokio::runtime::Handle::current());
         let cep = self.clone();
         let handle = tokio::spawn(async move { cep.run().await });
         *self.task.lock() = Some(handle);
@@ -540,7 +1444,93 @@ impl Cep {
         if let Some(h) = handle {
             let _ = h.await;
         }
+        let snapshot = self.snapshot_thread.lock().take();
+        if let Some(h) = snapshot {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
     }
+}
+
+/// Appends one record to the checkpoint partition; durably when `durable`. Returns its offset.
+fn append_checkpoint_to(
+    p: &Partition,
+    key: &[u8],
+    value: &[u8],
+    durable: bool,
+) -> Result<i64, String> {
+    let now = now_ms();
+    let compression = if value.len() > 4096 {
+        Compression::Lz4
+    } else {
+        Compression::None
+    };
+    let mut b = BatchBuilder::new(compression);
+    b.push(now, Some(key), Some(value), &[]);
+    let mut set = b.build().map_err(|e| e.to_string())?;
+    let appended = p.append(&mut set, now).map_err(|(_, m)| m)?;
+    if durable {
+        p.log
+            .wait_durable(appended.last_offset)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(appended.base_offset)
+}
+
+/// Feeds decoded records of `part` to the engine.
+fn process_records(
+    engine: &mut Engine,
+    part: &Partition,
+    recs: &[records::Record],
+    outputs: &mut Vec<Output>,
+) {
+    for r in recs {
+        let headers: Vec<(&str, &[u8])> = r
+            .headers
+            .iter()
+            .filter_map(|h| {
+                std::str::from_utf8(&h.key)
+                    .ok()
+                    .map(|k| (k, h.value.as_deref().unwrap_or(&[])))
+            })
+            .collect();
+        let rec = weir_cep::SourceRecord {
+            topic: &part.topic,
+            partition: part.index,
+            offset: r.offset,
+            timestamp_ms: r.timestamp,
+            key: r.key.as_deref(),
+            value: r.value.as_deref().unwrap_or(&[]),
+            headers: &headers,
+        };
+        outputs.extend(engine.process(&rec));
+    }
+}
+
+/// `WCP1`, the header's length (u32 big-endian), the header (JSON), the engine state.
+fn encode_snapshot(header: &CheckpointHeader, state: &[u8]) -> Result<Vec<u8>, String> {
+    let h = serde_json::to_vec(header).map_err(|e| format!("encoding a checkpoint: {e}"))?;
+    let len = u32::try_from(h.len()).map_err(|_| "checkpoint header too large".to_string())?;
+    let mut out = Vec::with_capacity(8 + h.len() + state.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(state);
+    Ok(out)
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<(CheckpointHeader, Vec<u8>), String> {
+    let rest = bytes
+        .strip_prefix(SNAPSHOT_MAGIC)
+        .ok_or("not a checkpoint (bad magic)")?;
+    let len_bytes: [u8; 4] = rest
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("truncated checkpoint")?;
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    let header = rest.get(4..4 + len).ok_or("truncated checkpoint header")?;
+    let header: CheckpointHeader =
+        serde_json::from_slice(header).map_err(|e| format!("bad checkpoint header: {e}"))?;
+    Ok((header, rest[4 + len..].to_vec()))
 }
 
 /// The records of a chunk of batches with offsets in `from..hw`, and the offset to
@@ -583,15 +1573,22 @@ fn decode_chunk(chunk: &Bytes, from: i64, hw: i64) -> (Vec<records::Record>, i64
 // ---------------------------------------------------------------- HTTP
 
 pub fn router(cep: Arc<Cep>) -> Router {
-    let mut r = Router::new().route("/api/cep/stats", get(stats));
-    for base in ["/api/cep/patterns", "/api/analytics/queries"] {
-        r = r
-            .route(base, get(list).post(create))
-            .route(&format!("{base}/{{id}}"), get(get_one).delete(delete_one))
-            .route(&format!("{base}/{{id}}/pause"), post(pause))
-            .route(&format!("{base}/{{id}}/resume"), post(resume));
-    }
-    r.with_state(cep)
+    Router::new()
+        .route("/api/openapi.json", get(openapi_json))
+        .route("/api/cep/stats", get(stats))
+        .route("/api/cep/matches", get(matches))
+        .route("/api/cep/patterns", get(list).post(create))
+        .route("/api/cep/patterns/{id}", get(get_one).delete(delete_one))
+        .route("/api/cep/patterns/{id}/pause", post(pause))
+        .route("/api/cep/patterns/{id}/resume", post(resume))
+        .route("/api/analytics/queries", get(list).post(create))
+        .route(
+            "/api/analytics/queries/{id}",
+            get(get_one).delete(delete_one),
+        )
+        .route("/api/analytics/queries/{id}/pause", post(pause))
+        .route("/api/analytics/queries/{id}/resume", post(resume))
+        .with_state(cep)
 }
 
 async fn create(State(cep): State<Arc<Cep>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -637,23 +1634,222 @@ async fn delete_one(State(cep): State<Arc<Cep>>, Path(id): Path<String>) -> Resp
 }
 
 async fn pause(State(cep): State<Arc<Cep>>, Path(id): Path<String>) -> Response {
-    set_paused(&cep, &id, true)
+    set_paused(cep, id, true).await
 }
 
 async fn resume(State(cep): State<Arc<Cep>>, Path(id): Path<String>) -> Response {
-    set_paused(&cep, &id, false)
+    set_paused(cep, id, false).await
 }
 
-fn set_paused(cep: &Cep, id: &str, paused: bool) -> Response {
-    if cep.set_paused(id, paused) {
-        axum::Json(json!({ "id": id, "paused": paused })).into_response()
-    } else {
-        not_found(id)
+async fn set_paused(cep: Arc<Cep>, id: String, paused: bool) -> Response {
+    let id2 = id.clone();
+    match tokio::task::spawn_blocking(move || cep.set_paused(&id2, paused)).await {
+        Ok(Ok(true)) => axum::Json(json!({ "id": id, "paused": paused })).into_response(),
+        Ok(Ok(false)) => not_found(&id),
+        Ok(Err(f)) => f.into_response(),
+        Err(e) => Failure::msg(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
 async fn stats(State(cep): State<Arc<Cep>>) -> Response {
     axum::Json(cep.stats()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct MatchesQuery {
+    pattern: Option<String>,
+}
+
+/// Server-Sent Events from an mpsc receiver.
+struct LiveStream(mpsc::Receiver<SseEvent>);
+
+impl futures_core::Stream for LiveStream {
+    type Item = Result<SseEvent, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|o| o.map(Ok))
+    }
+}
+
+async fn matches(State(cep): State<Arc<Cep>>, Query(q): Query<MatchesQuery>) -> Response {
+    if let Some(id) = &q.pattern {
+        if cep.get(id).is_none() {
+            return not_found(id);
+        }
+    }
+    let mut rx = cep.live.subscribe();
+    let (tx, out) = mpsc::channel::<SseEvent>(256);
+    let filter = q.pattern.clone();
+    let greeting = match &filter {
+        Some(id) => format!("subscribed to {id}"),
+        None => "subscribed to every definition".to_string(),
+    };
+    tokio::spawn(async move {
+        if tx
+            .send(SseEvent::default().comment(greeting))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let ev = tokio::select! {
+                _ = tx.closed() => return,
+                r = rx.recv() => match r {
+                    Ok(p) => {
+                        if filter.as_deref().is_some_and(|f| f != p.definition_id) {
+                            continue;
+                        }
+                        SseEvent::default()
+                            .event(p.kind)
+                            .id(format!("{}/{}/{}", p.topic, p.partition, p.offset))
+                            .data(p.to_json().to_string())
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => SseEvent::default()
+                        .event("lagged")
+                        .data(json!({ "missed": n }).to_string()),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    });
+    Sse::new(LiveStream(out))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn openapi_json() -> Response {
+    axum::Json(openapi()).into_response()
+}
+
+/// The OpenAPI 3.1 document of the HTTP listener (health, metrics, ingest, CEP).
+pub fn openapi() -> Value {
+    fn op(summary: &str, responses: &[(&str, &str)]) -> Value {
+        let mut r = serde_json::Map::new();
+        for (code, desc) in responses {
+            r.insert(code.to_string(), json!({ "description": desc }));
+        }
+        json!({ "summary": summary, "responses": r })
+    }
+    fn with_params(mut v: Value, names: &[&str]) -> Value {
+        let params: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        v["parameters"] = Value::Array(params);
+        v
+    }
+    let definition_body = json!({
+        "required": true,
+        "content": {
+            "application/json": {"schema": {"type": "object", "description": "a pattern, windowed query or alert rule (see cep/src/lib.rs)"}},
+            "application/sql": {"schema": {"type": "string", "description": "INSERT INTO ... SELECT ... MATCH_RECOGNIZE (...)"}}
+        }
+    });
+    let mut paths = serde_json::Map::new();
+    paths.insert(
+        "/health".into(),
+        json!({"get": op("Liveness", &[("200", "ok")])}),
+    );
+    paths.insert(
+        "/metrics".into(),
+        json!({"get": op("Prometheus metrics", &[("200", "text exposition format")])}),
+    );
+    paths.insert(
+        "/ingest/{topic}".into(),
+        with_params(
+            json!({"post": op("Ingest events (JSON, NDJSON or text) into a topic", &[("200", "records appended"), ("400", "invalid body"), ("413", "body too large")])}),
+            &["topic"],
+        ),
+    );
+    paths.insert(
+        "/ingest/{topic}/ws".into(),
+        with_params(
+            json!({"get": op("Ingest events over a WebSocket", &[("101", "switching protocols"), ("400", "not a WebSocket upgrade")])}),
+            &["topic"],
+        ),
+    );
+    paths.insert(
+        "/api/collectors".into(),
+        json!({
+            "get": op("List ingest collectors", &[("200", "collectors")]),
+            "post": op("Add an ingest collector", &[("201", "added"), ("400", "invalid collector")]),
+        }),
+    );
+    paths.insert(
+        "/api/collectors/{name}".into(),
+        with_params(
+            json!({"delete": op("Remove an ingest collector", &[("204", "removed"), ("404", "unknown collector")])}),
+            &["name"],
+        ),
+    );
+    paths.insert(
+        "/api/openapi.json".into(),
+        json!({"get": op("This document", &[("200", "OpenAPI 3.1")])}),
+    );
+    paths.insert(
+        "/api/cep/stats".into(),
+        json!({"get": op("Per definition: events in, matches out, partial matches held, lag; per source partition: the stage's position", &[("200", "stats")])}),
+    );
+    paths.insert(
+        "/api/cep/matches".into(),
+        json!({"get": {
+            "summary": "Live Server-Sent Events stream of the outputs written from now on",
+            "parameters": [{"name": "pattern", "in": "query", "required": false, "schema": {"type": "string"}, "description": "only this definition's outputs"}],
+            "responses": {
+                "200": {"description": "text/event-stream; events match, window_result, alert, late, dead_letter, lagged", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "404": {"description": "unknown definition"}
+            }
+        }}),
+    );
+    for (base, what) in [
+        ("/api/cep/patterns", "pattern"),
+        ("/api/analytics/queries", "windowed query or alert rule"),
+    ] {
+        let mut create = op(
+            &format!("Register a {what} (any definition kind is accepted)"),
+            &[
+                ("201", "registered: {\"id\"}"),
+                (
+                    "400",
+                    "invalid definition: {\"error\", \"field\", \"position\"}; nothing registered",
+                ),
+                ("409", "the id is taken"),
+            ],
+        );
+        create["requestBody"] = definition_body.clone();
+        paths.insert(
+            base.into(),
+            json!({"get": op("List the definitions", &[("200", "definitions")]), "post": create}),
+        );
+        paths.insert(
+            format!("{base}/{{id}}"),
+            with_params(
+                json!({
+                    "get": op("One definition", &[("200", "the definition"), ("404", "unknown id")]),
+                    "delete": op("Delete a definition", &[("204", "deleted"), ("404", "unknown id")]),
+                }),
+                &["id"],
+            ),
+        );
+        for action in ["pause", "resume"] {
+            paths.insert(
+                format!("{base}/{{id}}/{action}"),
+                with_params(
+                    json!({"post": op(&format!("{action} a definition (kept across restarts)"), &[("200", "{\"id\", \"paused\"}"), ("404", "unknown id")])}),
+                    &["id"],
+                ),
+            );
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Weir HTTP API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+    })
 }
 
 #[cfg(test)]
@@ -829,5 +2025,396 @@ mod tests {
         let tb = reopen(tb);
         let cep = Cep::open(tb.broker.clone()).unwrap();
         assert_eq!(cep.list().as_array().unwrap().len(), 0);
+    }
+
+    fn login_at(user: &str, ok: bool, ts: i64) -> String {
+        login(user, ok, ts)
+    }
+
+    #[test]
+    fn crash_after_checkpoint_is_redone_once_and_state_survives() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        cep.register(BRUTE, false).unwrap();
+        // alice matches once carol's events move the watermark past her success;
+        // carol's two failures are a partial match held across the crash.
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("alice", false, 1000),
+                login_at("alice", false, 2000),
+                login_at("alice", false, 3000),
+                login_at("alice", true, 4000),
+                login_at("carol", false, 10_000),
+                login_at("carol", false, 11_000),
+            ],
+        );
+        cep.crash_after_checkpoint.store(true, Ordering::Release);
+        while cep.pass() {}
+        // The checkpoint holds alice's match; the crash came before it was written.
+        assert_eq!(read_all(&tb.broker, "alerts"), Vec::<Value>::new());
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let alice = json!({"user": "alice", "fails": 3, "first_fail": 1000});
+        assert_eq!(read_all(&tb.broker, "alerts"), vec![alice.clone()]);
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("carol", false, 12_000),
+                login_at("carol", true, 13_000),
+                login_at("zed", false, 100_000),
+            ],
+        );
+        while cep.pass() {}
+        let carol = json!({"user": "carol", "fails": 3, "first_fail": 10_000});
+        assert_eq!(
+            read_all(&tb.broker, "alerts"),
+            vec![alice.clone(), carol.clone()]
+        );
+        // A pass recorded as a log entry (not a snapshot), then a crash before its write:
+        // the restart replays the entry on the snapshot (erin's failure is state only the
+        // replay rebuilds) and redoes the write.
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("dave", false, 110_000),
+                login_at("dave", false, 111_000),
+                login_at("dave", false, 112_000),
+                login_at("dave", true, 113_000),
+                login_at("erin", false, 120_000),
+            ],
+        );
+        cep.crash_after_checkpoint.store(true, Ordering::Release);
+        while cep.pass() {}
+        assert_eq!(
+            cep.wal.lock().entries,
+            1,
+            "the pass was recorded as a log entry"
+        );
+        assert_eq!(read_all(&tb.broker, "alerts").len(), 2);
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let dave = json!({"user": "dave", "fails": 3, "first_fail": 110_000});
+        assert_eq!(
+            read_all(&tb.broker, "alerts"),
+            vec![alice.clone(), carol.clone(), dave.clone()]
+        );
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("erin", false, 121_000),
+                login_at("erin", false, 122_000),
+                login_at("erin", true, 123_000),
+                login_at("zed", false, 200_000),
+            ],
+        );
+        while cep.pass() {}
+        let erin = json!({"user": "erin", "fails": 3, "first_fail": 120_000});
+        let all = vec![alice, carol, dave, erin];
+        assert_eq!(read_all(&tb.broker, "alerts"), all);
+        let ck = tb.broker.partition(CHECKPOINT_TOPIC, 0).unwrap();
+        assert!(
+            ck.log.log_start_offset() > 0,
+            "the checkpoint log is trimmed at snapshots"
+        );
+        // A restart after the write: the redo finds the records, nothing is repeated.
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        while cep.pass() {}
+        assert_eq!(read_all(&tb.broker, "alerts"), all);
+        assert_eq!(cep.stats()["definitions"][0]["lag"], 0);
+    }
+
+    #[test]
+    fn periodic_snapshot_on_its_thread_then_crash_after_a_log_entry() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        cep.register(BRUTE, false).unwrap();
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("alice", false, 1000),
+                login_at("alice", false, 2000),
+                login_at("alice", false, 3000),
+                login_at("alice", true, 4000),
+            ],
+        );
+        while cep.pass() {} // the registration's snapshot, on this thread
+                            // Make the next pass take a periodic snapshot (log entry, then the thread).
+        if let Some(past) = Instant::now().checked_sub(SNAPSHOT_INTERVAL * 2) {
+            cep.wal.lock().last_snapshot = past;
+        }
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("carol", false, 10_000),
+                login_at("carol", false, 11_000),
+            ],
+        );
+        while cep.pass() {}
+        let handle = cep.snapshot_thread.lock().take();
+        handle.expect("a snapshot thread").join().unwrap();
+        let ck = tb.broker.partition(CHECKPOINT_TOPIC, 0).unwrap();
+        let start = ck.log.log_start_offset();
+        assert!(
+            start > 0,
+            "trimmed to the entries after the periodic snapshot"
+        );
+        // A pass recorded after the snapshot, then a crash before its outputs.
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("carol", false, 12_000),
+                login_at("carol", true, 13_000),
+            ],
+        );
+        produce(&tb.broker, "auth", &[login_at("zed", false, 100_000)]);
+        cep.crash_after_checkpoint.store(true, Ordering::Release);
+        while cep.pass() {}
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let alice = json!({"user": "alice", "fails": 3, "first_fail": 1000});
+        let carol = json!({"user": "carol", "fails": 3, "first_fail": 10_000});
+        assert_eq!(
+            read_all(&tb.broker, "alerts"),
+            vec![alice.clone(), carol.clone()]
+        );
+        while cep.pass() {}
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        while cep.pass() {}
+        assert_eq!(read_all(&tb.broker, "alerts"), vec![alice, carol]);
+    }
+
+    #[test]
+    fn redo_appends_only_the_missing_suffix() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let rec = |i: i64| PlannedRecord {
+            key: Some(b"k".to_vec()),
+            value: format!("{{\"n\":{i}}}").into_bytes(),
+            timestamp_ms: i,
+            definition_id: "d".into(),
+            kind: "match".into(),
+            webhook: None,
+        };
+        produce(&tb.broker, "out", &[r#"{"before":true}"#.to_string()]);
+        let w = PlannedWrite {
+            topic: "out".into(),
+            partition: 0,
+            end_offset: 1,
+            records: vec![rec(1), rec(2), rec(3)],
+        };
+        // The first planned record made it, then another client's record.
+        cep.append_planned(&w, &w.records[..1]).unwrap();
+        produce(&tb.broker, "out", &[r#"{"other":true}"#.to_string()]);
+        assert_eq!(cep.redo(&w).unwrap(), (1, 2));
+        assert_eq!(cep.redo(&w).unwrap(), (3, 0));
+        assert_eq!(
+            read_all(&tb.broker, "out"),
+            vec![
+                json!({"before": true}),
+                json!({"n": 1}),
+                json!({"other": true}),
+                json!({"n": 2}),
+                json!({"n": 3})
+            ]
+        );
+        let (h, state) = decode_snapshot(
+            &encode_snapshot(
+                &CheckpointHeader {
+                    seq: 9,
+                    positions: vec![("auth".into(), 0, 7)],
+                    writes: vec![w.clone()],
+                },
+                b"{}",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (h.seq, h.positions, h.writes, state),
+            (9, vec![("auth".to_string(), 0, 7)], vec![w], b"{}".to_vec())
+        );
+        assert!(decode_snapshot(b"WCP1\0\0\0\x09{}").is_err());
+        assert!(decode_snapshot(b"nope").is_err());
+    }
+
+    #[test]
+    fn pause_state_and_order_survive_restarts() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        cep.register(BRUTE, false).unwrap();
+        let other = BRUTE.replace("\"brute-force\"", "\"second\"");
+        cep.register(&other, false).unwrap();
+        assert!(cep.set_paused("brute-force", true).unwrap());
+        assert!(!cep.set_paused("nope", true).unwrap());
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let l = cep.list();
+        assert_eq!(
+            (l[0]["id"].as_str(), l[0]["paused"].as_bool()),
+            (Some("brute-force"), Some(true))
+        );
+        assert_eq!(
+            (l[1]["id"].as_str(), l[1]["paused"].as_bool()),
+            (Some("second"), Some(false))
+        );
+        // Paused: records are read but not matched, also after the restart.
+        let events: Vec<String> = vec![
+            login("alice", false, 1000),
+            login("alice", false, 2000),
+            login("alice", false, 3000),
+            login("alice", true, 4000),
+            login("zed", false, 100_000),
+        ];
+        produce(&tb.broker, "auth", &events);
+        while cep.pass() {}
+        let stats = cep.stats();
+        assert_eq!(stats["definitions"][0]["events_in"], 0, "{stats}");
+        assert_eq!(stats["definitions"][1]["matches_out"], 1, "{stats}");
+        assert!(cep.set_paused("brute-force", false).unwrap());
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        assert_eq!(cep.list()[0]["paused"], false);
+    }
+
+    #[test]
+    fn live_subscribers_see_written_outputs_and_stats_show_lag() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        cep.register(BRUTE, false).unwrap();
+        let mut rx = cep.live.subscribe();
+        let events: Vec<String> = vec![
+            login("alice", false, 1000),
+            login("alice", false, 2000),
+            login("alice", false, 3000),
+            login("alice", true, 4000),
+            login("zed", false, 100_000),
+        ];
+        produce(&tb.broker, "auth", &events);
+        let s = cep.stats();
+        assert_eq!(s["definitions"][0]["lag"], 5, "{s}");
+        assert_eq!(s["live_subscribers"], 1, "{s}");
+        while cep.pass() {}
+        let s = cep.stats();
+        assert_eq!(s["definitions"][0]["lag"], 0, "{s}");
+        // zed's event waits for the watermark.
+        assert_eq!(s["definitions"][0]["events_in"], 4, "{s}");
+        assert_eq!(s["definitions"][0]["matches_out"], 1, "{s}");
+        let p = rx.try_recv().unwrap();
+        assert_eq!(
+            p.to_json(),
+            json!({"pattern": "brute-force", "kind": "match", "topic": "alerts", "partition": 0,
+                   "offset": 0, "timestamp": p.timestamp_ms, "key": "alice",
+                   "value": {"user": "alice", "fails": 3, "first_fail": 1000}})
+        );
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn webhook_urls_are_checked_at_registration() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        cep.register(BRUTE, false).unwrap();
+        let rule = |url: &str| {
+            format!(
+                r#"{{"id": "hook", "source": {{"definition": "brute-force"}}, "condition": "fails >= 3",
+                    "severity": "high", "emit": {{"topic": "pages", "webhook": "{url}"}}}}"#
+            )
+        };
+        let e = cep
+            .register(&rule("https://example.com/x"), false)
+            .unwrap_err();
+        assert_eq!(e.0, StatusCode::BAD_REQUEST);
+        assert_eq!(e.1["field"], "emit.webhook", "{}", e.1);
+        assert!(cep.get("hook").is_none());
+        cep.register(&rule("http://127.0.0.1:1/x"), false).unwrap();
+    }
+
+    /// Every `route(PATH, methods)` call of the HTTP listener's routers, from their source.
+    fn registered_routes() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for src in [
+            include_str!("http.rs"),
+            include_str!("ingest.rs"),
+            include_str!("cep.rs"),
+        ] {
+            // `.route(` then, after any whitespace (rustfmt may break the line), a literal.
+            let marker = concat!(".rou", "te(");
+            let mut rest = src;
+            while let Some(i) = rest.find(marker) {
+                rest = rest[i + marker.len()..].trim_start();
+                let Some(lit) = rest.strip_prefix('"') else {
+                    continue;
+                };
+                rest = lit;
+                let Some(end) = rest.find('"') else { break };
+                let path = rest[..end].to_string();
+                let args_end = [concat!(".rou", "te("), ".with_state(", ".layer(", ";"]
+                    .iter()
+                    .filter_map(|m| rest.find(m))
+                    .min()
+                    .unwrap_or(rest.len());
+                let args = &rest[end..args_end];
+                for m in ["get", "post", "put", "delete", "patch"] {
+                    let call = format!("{m}(");
+                    let found = args.match_indices(&call).any(|(j, _)| {
+                        j == 0
+                            || !args.as_bytes()[j - 1].is_ascii_alphanumeric()
+                                && args.as_bytes()[j - 1] != b'_'
+                    });
+                    if found {
+                        out.push((path.clone(), m.to_string()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn openapi_lists_every_registered_route() {
+        let routes = registered_routes();
+        assert!(
+            routes.len() >= 20,
+            "route scan found too little: {routes:?}"
+        );
+        assert!(routes.contains(&("/api/cep/matches".into(), "get".into())));
+        assert!(routes.contains(&("/api/collectors".into(), "post".into())));
+        let doc = openapi();
+        for (path, method) in &routes {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} is not in /api/openapi.json"
+            );
+        }
+        // And nothing documented that is not served.
+        let paths = doc["paths"].as_object().unwrap();
+        let documented: usize = paths
+            .values()
+            .map(|p| {
+                p.as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| *k != "parameters")
+                    .count()
+            })
+            .sum();
+        assert_eq!(documented, routes.len(), "{routes:?}");
     }
 }

@@ -44,6 +44,8 @@ enum Command {
     /// Load generator: throughput and tail latency beside the machine's limits.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
+    /// Register, list, remove and follow CEP definitions over the broker's HTTP API.
+    Cep(cli::cep::CepArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
             Command::Groups(g) => cli::groups::run(&args.bootstrap, g).await,
             Command::Cluster(c) => cli::cluster::run(&args.bootstrap, c).await,
             Command::Bench(b) => cli::bench::run(&args.bootstrap, b).await,
+            Command::Cep(c) => cli::cep::run(c).await,
         }
     });
     match result {

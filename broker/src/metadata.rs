@@ -149,6 +149,7 @@ pub fn is_internal_topic(name: &str) -> bool {
             | "__transaction_state"
             | "__share_group_state"
             | "__cep_definitions"
+            | "__cep_checkpoints"
             | METADATA_TOPIC
     )
 }

@@ -434,7 +434,14 @@ impl Engine {
     /// The full state (definitions, partial matches, windows, watermarks, offsets) as bytes
     /// (JSON). `restore` on any engine brings it back.
     pub fn checkpoint(&self) -> Vec<u8> {
-        let snap = Snapshot {
+        self.capture().encode()
+    }
+
+    /// The state of [`Engine::checkpoint`], captured without encoding it (events are
+    /// shared, not copied), so that [`Captured::encode`], the costly part, can run on
+    /// another thread while the engine goes on.
+    pub fn capture(&self) -> Captured {
+        Captured(Snapshot {
             version: 1,
             limits: self.limits,
             defs: self
@@ -453,8 +460,7 @@ impl Engine {
                 })
                 .collect(),
             offsets: self.offsets(),
-        };
-        serde_json::to_vec(&snap).unwrap_or_default()
+        })
     }
 
     /// Replaces this engine's definitions and state with a checkpoint's (limits stay).
@@ -508,6 +514,16 @@ impl Engine {
         }
         *self = e;
         Ok(())
+    }
+}
+
+/// An engine state captured by [`Engine::capture`].
+pub struct Captured(Snapshot);
+
+impl Captured {
+    /// The checkpoint bytes ([`Engine::restore`] reads them).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.0).unwrap_or_default()
     }
 }
 

@@ -24,6 +24,74 @@ pub struct SourceRecord<'a> {
     pub headers: &'a [(&'a str, &'a [u8])],
 }
 
+/// Serde for byte strings in checkpoints: UTF-8 as a JSON string (compact, and much
+/// faster than an array of numbers), anything else as an array of numbers. Both forms
+/// are read back.
+pub mod bytes_text {
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(b) {
+            Ok(t) => s.serialize_str(t),
+            Err(_) => s.collect_seq(b.iter()),
+        }
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string or an array of bytes")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            Ok(v.as_bytes().to_vec())
+        }
+
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Vec<u8>, E> {
+            Ok(v.into_bytes())
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_any(BytesVisitor)
+    }
+
+    /// The same for `Option<Vec<u8>>` (None is null).
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(b: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+            match b {
+                Some(b) => super::serialize(b, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+            #[derive(Deserialize)]
+            struct W(#[serde(with = "super")] Vec<u8>);
+            Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+        }
+    }
+}
+
 /// An owned copy of a record (kept in state and checkpoints).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RawRecord {
@@ -31,7 +99,9 @@ pub struct RawRecord {
     pub partition: i32,
     pub offset: i64,
     pub timestamp_ms: i64,
+    #[serde(with = "bytes_text::option")]
     pub key: Option<Vec<u8>>,
+    #[serde(with = "bytes_text")]
     pub value: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
 }
@@ -298,5 +368,39 @@ impl<'de> Visitor<'de> for ValVisitor {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Val, A::Error> {
         let j = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
         Ok(Val::Json(Arc::new(j)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_records_round_trip_as_text_or_bytes() {
+        for (key, value) in [
+            (Some(b"k".to_vec()), br#"{"a":"\"x\""}"#.to_vec()),
+            (None, vec![0xff, 0, 1]),
+        ] {
+            let r = RawRecord {
+                topic: Arc::from("t"),
+                partition: 1,
+                offset: 2,
+                timestamp_ms: 3,
+                key,
+                value,
+                headers: vec![],
+            };
+            let j = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<RawRecord>(&j).unwrap(), r, "{j}");
+        }
+        // Older checkpoints hold arrays of numbers.
+        let old = r#"{"topic":"t","partition":0,"offset":0,"timestamp_ms":0,"key":[107],"value":[123,125],"headers":[]}"#;
+        let r: RawRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (r.key.as_deref(), r.value.as_slice()),
+            (Some(&b"k"[..]), &b"{}"[..])
+        );
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(j.contains(r#""value":"{}""#), "{j}");
     }
 }

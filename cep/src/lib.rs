@@ -17,7 +17,8 @@
 //!   abandons partial matches and releases matches they held back).
 //! * [`Engine::stats`]: per definition events in, outputs, partial matches held, keys,
 //!   open windows, evictions, late, not-JSON, invalid event time, suppressed alerts.
-//! * [`Engine::checkpoint`]` -> Vec<u8>` / [`Engine::restore`]: the full state (definitions,
+//! * [`Engine::checkpoint`]` -> Vec<u8>` / [`Engine::restore`] (or [`Engine::capture`] then
+//!   [`Captured::encode`], to encode on another thread): the full state (definitions,
 //!   partial matches, held matches, reorder buffers, windows, anomaly history, alert
 //!   suppression, watermarks, per-source-partition offsets) as JSON bytes. Checkpoint
 //!   together with the outputs; after a restore, replay from [`Engine::offsets`] (or
@@ -145,7 +146,7 @@ pub mod window;
 
 pub use def::{parse_definition_json, Definition};
 pub use emit::{Output, OutputKind};
-pub use engine::{DefinitionInfo, DefinitionStats, Engine, Limits, Stats};
+pub use engine::{Captured, DefinitionInfo, DefinitionStats, Engine, Limits, Stats};
 pub use error::{CepError, Position};
 pub use event::SourceRecord;
 pub use sql::parse_sql;
@@ -156,5 +157,6 @@ mod tests {
     fn engine_is_send() {
         fn is_send<T: Send>() {}
         is_send::<crate::Engine>();
+        is_send::<crate::Captured>();
     }
 }

@@ -414,6 +414,9 @@ impl PatternRt {
     // ------------------------------------------------------------ checkpoint
 
     pub fn snapshot(&self) -> PatternSnap {
+        // Partial matches share path prefixes and events: each node and event is
+        // written once, in a table, and referenced by index.
+        let mut table = NodeTable::default();
         let mut keys: Vec<(String, KeySnap)> = self
             .keys
             .iter()
@@ -422,17 +425,23 @@ impl PatternRt {
                     k.to_string(),
                     KeySnap {
                         last: e.last,
-                        runs: e.st.runs.iter().map(RunSnap::of).collect(),
-                        pending: e.st.pending.iter().map(|c| path_snap(&c.path)).collect(),
+                        runs: e
+                            .st
+                            .runs
+                            .iter()
+                            .map(|r| RunSnap::of(r, &mut table))
+                            .collect(),
+                        pending: Vec::new(),
+                        pending_nodes: e.st.pending.iter().map(|c| table.intern(&c.path)).collect(),
                     },
                 )
             })
             .collect();
         keys.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut buffer: Vec<(i64, u64, Event)> = self
+        let mut buffer: Vec<(i64, u64, Arc<Event>)> = self
             .buffer
             .iter()
-            .map(|b| (b.time, b.arrival, (*b.ev).clone()))
+            .map(|b| (b.time, b.arrival, b.ev.clone()))
             .collect();
         buffer.sort_by_key(|b| (b.0, b.1));
         PatternSnap {
@@ -443,10 +452,41 @@ impl PatternRt {
             since_sweep: self.since_sweep,
             buffer,
             keys,
+            nodes: table.nodes,
+            events: table.events,
         }
     }
 
     pub fn restore(&mut self, s: PatternSnap, reparse: &dyn Fn(&Event) -> Arc<Event>) {
+        let events: Vec<Arc<Event>> = s.events.iter().map(|e| reparse(e)).collect();
+        // Nodes refer to earlier nodes only; a bad index drops what refers to it.
+        let mut built: Vec<Option<Arc<Node>>> = Vec::with_capacity(s.nodes.len());
+        for n in &s.nodes {
+            let prev = match n.prev {
+                Some(i) if i < built.len() => match &built[i] {
+                    Some(p) => Some(p.clone()),
+                    None => {
+                        built.push(None);
+                        continue;
+                    }
+                },
+                Some(_) => {
+                    built.push(None);
+                    continue;
+                }
+                None => None,
+            };
+            built.push(events.get(n.ev).map(|ev| {
+                Arc::new(Node {
+                    ev: ev.clone(),
+                    seq: n.seq,
+                    time: n.time,
+                    step: n.step,
+                    prev,
+                })
+            }));
+        }
+        let node = |i: usize| built.get(i).and_then(|n| n.clone());
         self.clock = s.clock;
         self.arrival = s.arrival;
         self.seq = s.seq;
@@ -468,13 +508,24 @@ impl PatternRt {
                 let runs = ks
                     .runs
                     .into_iter()
-                    .filter_map(|r| r.to_run(reparse))
+                    .filter_map(|mut r| {
+                        let path = match r.node {
+                            Some(i) => node(i),
+                            None => build_path(std::mem::take(&mut r.path), reparse),
+                        }?;
+                        Some(r.to_run(path))
+                    })
                     .collect();
-                let pending = ks
+                let mut pending: Vec<Completed> = ks
                     .pending
                     .into_iter()
                     .filter_map(|p| build_path(p, reparse).map(Completed::from_path))
                     .collect();
+                pending.extend(
+                    ks.pending_nodes
+                        .into_iter()
+                        .filter_map(|i| node(i).map(Completed::from_path)),
+                );
                 (
                     k.into_boxed_str(),
                     KeyEntry {
@@ -515,19 +566,76 @@ pub struct RunSnap {
     start_seq: u64,
     start_time: i64,
     len: u32,
+    /// Older snapshots: the path's events in full.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     path: Vec<NodeSnap>,
+    /// The path's last node in the snapshot's node table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<usize>,
 }
 
-fn path_snap(n: &Node) -> Vec<NodeSnap> {
-    n.to_vec()
-        .into_iter()
-        .map(|n| NodeSnap {
-            ev: (*n.ev).clone(),
-            seq: n.seq,
-            time: n.time,
-            step: n.step,
-        })
-        .collect()
+/// A path node in a snapshot: its event and the previous node, by index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRec {
+    ev: usize,
+    seq: u64,
+    time: i64,
+    step: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prev: Option<usize>,
+}
+
+/// Builds a snapshot's node and event tables (each shared node and event once).
+#[derive(Default)]
+struct NodeTable {
+    nodes: Vec<NodeRec>,
+    events: Vec<Arc<Event>>,
+    node_ix: HashMap<*const Node, usize>,
+    event_ix: HashMap<*const Event, usize>,
+}
+
+impl NodeTable {
+    /// The index of `last` (adding it and its ancestors not in the table yet).
+    fn intern(&mut self, last: &Arc<Node>) -> usize {
+        if let Some(&i) = self.node_ix.get(&Arc::as_ptr(last)) {
+            return i;
+        }
+        // Newest first, up to the first ancestor already in the table.
+        let mut chain: Vec<&Node> = Vec::new();
+        let mut known: Option<usize> = None;
+        let mut cur: Option<&Node> = Some(last);
+        while let Some(n) = cur {
+            if let Some(&i) = self.node_ix.get(&(n as *const Node)) {
+                known = Some(i);
+                break;
+            }
+            chain.push(n);
+            cur = n.prev.as_deref();
+        }
+        let mut prev = known;
+        for n in chain.into_iter().rev() {
+            let ev = match self.event_ix.get(&Arc::as_ptr(&n.ev)) {
+                Some(&e) => e,
+                None => {
+                    self.events.push(n.ev.clone());
+                    let e = self.events.len() - 1;
+                    self.event_ix.insert(Arc::as_ptr(&n.ev), e);
+                    e
+                }
+            };
+            self.nodes.push(NodeRec {
+                ev,
+                seq: n.seq,
+                time: n.time,
+                step: n.step,
+                prev,
+            });
+            let i = self.nodes.len() - 1;
+            self.node_ix.insert(n as *const Node, i);
+            prev = Some(i);
+        }
+        prev.unwrap_or(0)
+    }
 }
 
 fn build_path(p: Vec<NodeSnap>, reparse: &dyn Fn(&Event) -> Arc<Event>) -> Option<Arc<Node>> {
@@ -545,7 +653,7 @@ fn build_path(p: Vec<NodeSnap>, reparse: &dyn Fn(&Event) -> Arc<Event>) -> Optio
 }
 
 impl RunSnap {
-    fn of(r: &Run) -> RunSnap {
+    fn of(r: &Run, table: &mut NodeTable) -> RunSnap {
         RunSnap {
             step: r.step,
             count: r.count,
@@ -554,12 +662,13 @@ impl RunSnap {
             start_seq: r.start_seq,
             start_time: r.start_time,
             len: r.len,
-            path: path_snap(&r.path),
+            path: Vec::new(),
+            node: Some(table.intern(&r.path)),
         }
     }
     #[allow(clippy::wrong_self_convention)]
-    fn to_run(self, reparse: &dyn Fn(&Event) -> Arc<Event>) -> Option<Run> {
-        Some(Run {
+    fn to_run(self, path: Arc<Node>) -> Run {
+        Run {
             step: self.step,
             count: self.count,
             waiting: self.waiting,
@@ -567,8 +676,8 @@ impl RunSnap {
             start_seq: self.start_seq,
             start_time: self.start_time,
             len: self.len,
-            path: build_path(self.path, reparse)?,
-        })
+            path,
+        }
     }
 }
 
@@ -576,7 +685,12 @@ impl RunSnap {
 pub struct KeySnap {
     last: i64,
     runs: Vec<RunSnap>,
+    /// Older snapshots: held matches' paths in full.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pending: Vec<Vec<NodeSnap>>,
+    /// Held matches' last nodes in the snapshot's node table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending_nodes: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -586,6 +700,10 @@ pub struct PatternSnap {
     seq: u64,
     last_sweep: i64,
     since_sweep: u64,
-    buffer: Vec<(i64, u64, Event)>,
+    buffer: Vec<(i64, u64, Arc<Event>)>,
     keys: Vec<(String, KeySnap)>,
+    #[serde(default)]
+    nodes: Vec<NodeRec>,
+    #[serde(default)]
+    events: Vec<Arc<Event>>,
 }

@@ -2,6 +2,7 @@
 //! [`crate::client`], so they work against Apache Kafka and Redpanda too.
 
 pub mod bench;
+pub mod cep;
 pub mod cluster;
 pub mod consume;
 pub mod groups;
