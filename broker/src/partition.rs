@@ -389,8 +389,7 @@ impl Partition {
             Step::Proposed(ticket) => {
                 // The leader wrote the entry in the Ready that followed the proposal.
                 let meta = handle
-                    .with(|group, _| group.log().meta(ticket.index))
-                    .map_err(|e| (ResponseError::KafkaStorageError, format!("{e:#}")))?
+                    .inspect(|group| group.log().meta(ticket.index))
                     .filter(|m| m.term == ticket.term)
                     .ok_or((
                         ResponseError::NotLeaderOrFollower,

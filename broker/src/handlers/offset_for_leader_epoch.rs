@@ -81,9 +81,7 @@ fn end_offset(
         if requested < 0 {
             return Ok((UNDEFINED_EPOCH, UNDEFINED_OFFSET));
         }
-        let found = replica
-            .with(|g, _| g.log().epoch_end(requested as u64))
-            .map_err(|_| ResponseError::KafkaStorageError)?;
+        let found = replica.inspect(|g| g.log().epoch_end(requested as u64));
         return Ok(match found {
             Some((term, end)) => (term as i32, end),
             None => (UNDEFINED_EPOCH, UNDEFINED_OFFSET),

@@ -118,22 +118,6 @@ impl ReplicaGroup {
         self.log().offset_after(idx)
     }
 
-    /// Voters that this leader has heard from within an election timeout,
-    /// itself included (Kafka's in-sync replicas, for `min.insync.replicas`).
-    pub fn live_voters(&self) -> usize {
-        let raft = &self.node.raft;
-        if raft.state != StateRole::Leader {
-            return 0;
-        }
-        let mut live = 0;
-        for (id, pr) in raft.prs().iter() {
-            if *id == raft.id || pr.recent_active {
-                live += 1;
-            }
-        }
-        live
-    }
-
     pub fn voters(&self) -> Vec<u64> {
         self.node.raft.prs().conf().voters().ids().iter().collect()
     }
@@ -181,10 +165,6 @@ impl ReplicaGroup {
             Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
             Err(e) => Err(e).context("raft step"),
         }
-    }
-
-    pub fn report_unreachable(&mut self, peer: u64) {
-        self.node.report_unreachable(peer);
     }
 
     /// Proposes on any node: a follower forwards the proposal to the leader it

@@ -86,8 +86,9 @@ impl<S: StateMachine> GroupHandle<S> {
             .count()
     }
 
-    pub fn voters(&self) -> Vec<u64> {
-        self.inner.lock().group.voters()
+    /// Reads the group under its lock without handling a Ready (nothing changes).
+    pub fn inspect<R>(&self, f: impl FnOnce(&ReplicaGroup) -> R) -> R {
+        f(&self.inner.lock().group)
     }
 
     /// Runs `f` with the group and its state machine under the group's lock, then

@@ -240,10 +240,6 @@ impl RaftLog {
         self.state.term
     }
 
-    pub fn voters(&self) -> &[u64] {
-        &self.state.voters
-    }
-
     /// Persists entries from a Ready. Entries at or below the last index replace
     /// the conflicting tail (the log and the sidecar are truncated first). All
     /// records of the Ready are written with one `append`.

@@ -43,7 +43,6 @@ pub struct Inbound {
 }
 
 pub struct Transport {
-    me: PeerInfo,
     outbound: HashMap<u64, mpsc::UnboundedSender<(GroupKey, Message)>>,
     /// What each peer said about itself in its Hello (known once it connected).
     peers: Arc<RwLock<HashMap<u64, PeerInfo>>>,
@@ -74,7 +73,6 @@ impl Transport {
             tokio::spawn(writer(me.clone(), id, addr.clone(), rx));
         }
         Ok(Arc::new(Transport {
-            me,
             outbound,
             peers: known,
         }))
@@ -86,18 +84,10 @@ impl Transport {
         }
     }
 
-    pub fn peer(&self, id: u64) -> Option<PeerInfo> {
-        self.peers.read().get(&id).cloned()
-    }
-
     pub fn peers(&self) -> Vec<PeerInfo> {
         let mut v: Vec<PeerInfo> = self.peers.read().values().cloned().collect();
         v.sort_by_key(|p| p.node_id);
         v
-    }
-
-    pub fn me(&self) -> &PeerInfo {
-        &self.me
     }
 }
 
