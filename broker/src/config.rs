@@ -65,6 +65,8 @@ pub const KAFKA_DEFAULTS: &[(&str, &str, &str)] = &[
     ("compression.type", "producer", "Default compression.type (producer keeps batches as sent)."),
     ("log.retention.check.interval.ms", "300000", "How often retention and compaction run."),
     ("transaction.max.timeout.ms", "900000", "Largest transaction.timeout.ms InitProducerId accepts."),
+    ("offsets.topic.num.partitions", "16", "Partitions of __consumer_offsets when a cluster creates it; each partition's Raft leader coordinates its groups (a single node keeps one partition)."),
+    ("offsets.topic.replication.factor", "3", "Replication factor of __consumer_offsets in a cluster (at most the number of nodes)."),
     ("offsets.retention.minutes", "10080", "How long committed offsets of an empty group are kept."),
     ("group.initial.rebalance.delay.ms", "0", "Delay before the first rebalance of a new group."),
     ("ingest.max.body.bytes", "10485760", "Largest body POST /ingest/{topic} accepts (413 past it), and largest WebSocket message."),

@@ -56,6 +56,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         tracing::info!(controller = broker.controller_id(), "controller elected");
+        // Consumer groups live in the replicated __consumer_offsets; a node that
+        // loses the race to create it finds it created.
+        let mut created = tokio::task::block_in_place(|| broker.ensure_offsets_topic());
+        for _ in 0..10 {
+            if created.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            created = tokio::task::block_in_place(|| broker.ensure_offsets_topic());
+        }
+        if let Err((code, msg)) = created {
+            tracing::error!(
+                ?code,
+                msg,
+                "creating __consumer_offsets failed; groups are unavailable until it exists"
+            );
+        }
+        broker
+            .follow_group_coordination()
+            .context("following group coordination")?;
     }
     let mut opened = tokio::task::block_in_place(|| crate::cep::Cep::open(broker.clone()));
     // Cluster mode: every node creates CEP's internal topic at start and all but

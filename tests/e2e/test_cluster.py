@@ -350,3 +350,117 @@ def test_min_insync_replicas_refuses_acks_all_but_not_acks_1(cluster):
 
     assert [e.code() if e else None for e in produce("all")] == [KafkaError.NOT_ENOUGH_REPLICAS]
     assert produce("1") == [None]
+
+
+def group_coordinator(cluster: Cluster, group: str, exclude: int | None = None) -> int:
+    """The node id FindCoordinator names for `group` (via DescribeGroups)."""
+    result = {}
+
+    def found():
+        admin = cluster.admin(exclude)  # kept alive until the answer arrives
+        futures = admin.describe_consumer_groups([group], request_timeout=5)
+        try:
+            desc = futures[group].result(10)
+        except Exception:  # coordinator moving or loading: ask again
+            return False
+        if desc.coordinator is None or desc.coordinator.id == exclude:
+            return False
+        result["id"] = desc.coordinator.id
+        return True
+    wait_until(found, 60, f"a coordinator for group {group}")
+    return result["id"]
+
+
+def consume_in_group(bootstrap: str, group: str, topic: str, count: int, timeout: float = 60):
+    """Reads `count` records as a member of `group`, commits synchronously and leaves."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 1000,
+                  "session.timeout.ms": 6000})
+    c.subscribe([topic])
+    got: list[tuple[int, int, int]] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is None or m.error():
+            continue
+        got.append((m.partition(), m.offset(), int(m.value())))
+    assert len(got) == count, f"read {len(got)} of {count} records in group {group}"
+    committed = None
+    while committed is None and time.monotonic() < deadline:
+        try:
+            committed = c.commit(asynchronous=False)
+        except Exception:  # coordinator moving: librdkafka finds the new one
+            time.sleep(0.5)
+    assert committed is not None, "the offset commit never succeeded"
+    c.close()
+    # Partitions this member read nothing from have no position to commit (-1001).
+    return got, {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
+
+
+def test_consumer_group_offsets_survive_sigkill_of_their_coordinator(cluster):
+    """__consumer_offsets is replicated and the coordinator follows its partition's leader: after a
+    SIGKILL of the group's coordinator another node coordinates it with every committed offset."""
+    topic, partitions, total = unique_topic("grp"), 3, 600
+    create(cluster, topic, partitions)
+    p = Producer({"bootstrap.servers": cluster.bootstrap(), "acks": "all"})
+    for i in range(total):
+        p.produce(topic, str(i).encode(), partition=i % partitions)
+    assert p.flush(30) == 0
+
+    group = unique_topic("group")
+    first, committed = consume_in_group(cluster.bootstrap(), group, topic, 300)
+    # The positions after the first 300 records are committed.
+    assert sum(committed.values()) == 300, committed
+
+    coordinator = group_coordinator(cluster, group)
+    cluster.nodes[coordinator].kill()
+    new_coordinator = group_coordinator(cluster, group, exclude=coordinator)
+    assert new_coordinator != coordinator
+
+    rest, committed_after = consume_in_group(cluster.bootstrap(exclude=coordinator), group, topic, 300)
+    # The second member starts exactly where the first committed: nothing read twice, nothing skipped.
+    for part in range(partitions):
+        offsets = sorted(o for q, o, _ in rest if q == part)
+        if offsets:
+            assert offsets[0] == committed.get(part, 0), (part, offsets[:3], committed)
+    values = sorted(v for _, _, v in first + rest)
+    assert values == list(range(total))
+    # A partition the second member read nothing from keeps the first member's commit.
+    committed_after = {**committed, **committed_after}
+    assert sum(committed_after.values()) == total
+
+    # The killed node comes back; the group's offsets are the same whichever node coordinates.
+    cluster.nodes[coordinator].start()
+    group_coordinator(cluster, group)
+    c = Consumer({"bootstrap.servers": cluster.bootstrap(), "group.id": group})
+    got = c.committed([TopicPartition(topic, q) for q in range(partitions)], timeout=30)
+    c.close()
+    assert {tp.partition: tp.offset for tp in got} == committed_after
+
+
+def offsets_partition(group: str, partitions: int = 16) -> int:
+    """Kafka's partition of __consumer_offsets for `group`: abs(String.hashCode) % partitions."""
+    h = 0
+    for unit in group.encode("utf-16-be").hex(" ", 2).split():
+        h = (31 * h + int(unit, 16)) & 0xFFFFFFFF
+    if h >= 1 << 31:
+        h -= 1 << 32
+    return 0 if h == -(1 << 31) else abs(h) % partitions
+
+
+def test_group_coordination_follows_offsets_partition_leaders(cluster):
+    """Every node leads some of __consumer_offsets' partitions, and a group's coordinator is the
+    leader of the group's partition."""
+    cluster.wait_leaders("__consumer_offsets", 16)
+    md = cluster.admin().list_topics("__consumer_offsets", timeout=10).topics["__consumer_offsets"]
+    assert {p.leader for p in md.partitions.values()} == set(cluster.nodes)
+    assert all(len(p.replicas) == 3 for p in md.partitions.values())
+    topic = unique_topic("coord")
+    create(cluster, topic, 1)
+    for i in range(4):
+        group = unique_topic(f"g{i}")
+        c = Consumer({"bootstrap.servers": cluster.bootstrap(), "group.id": group})
+        c.commit(offsets=[TopicPartition(topic, 0, 7)], asynchronous=False)
+        c.close()
+        leader = cluster.leader_of("__consumer_offsets", offsets_partition(group))
+        assert group_coordinator(cluster, group) == leader

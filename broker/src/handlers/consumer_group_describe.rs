@@ -41,7 +41,20 @@ pub fn handle(
             if id.0.is_empty() {
                 return base.with_error_code(ResponseError::InvalidGroupId.code());
             }
-            let described = broker.groups.read(|g| g.describe_consumer(&id.0));
+            let described = match broker
+                .groups
+                .read_for(&id.0, |g| g.describe_consumer(&id.0))
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    return base.with_error_code(e.code()).with_error_message(Some(
+                        StrBytes::from_string(format!(
+                            "this broker does not coordinate group {}",
+                            &*id.0
+                        )),
+                    ))
+                }
+            };
             let d = match described {
                 Ok(d) => d,
                 Err(e) => {

@@ -63,9 +63,20 @@ pub fn handle(
         client_host: format!("/{}", ctx.peer.ip()),
     };
     let topics = BrokerTopics(broker);
+    let group_id = params.group_id.clone();
     let (result, durable) = broker
         .groups
-        .run(|g| g.consumer_heartbeat(params, &topics, now_ms()));
+        .run_for(&group_id, |g| {
+            g.consumer_heartbeat(params, &topics, now_ms())
+        })
+        .unwrap_or_else(|e| {
+            let refused = HeartbeatResult {
+                error: e.code(),
+                message: Some(format!("this broker does not coordinate group {group_id}")),
+                ..Default::default()
+            };
+            (refused, crate::coordinator::Durable::default())
+        });
     Box::pin(async move {
         let result = match durable.wait().await {
             Ok(()) => result,

@@ -8,12 +8,20 @@ use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse, Respon
 use std::sync::Arc;
 
 pub fn handle(broker: &Arc<Broker>, _ctx: &RequestContext, req: DeleteGroupsRequest) -> Pending {
-    let (codes, durable) = broker.groups.run(|g| {
-        req.groups_names
-            .iter()
-            .map(|id| g.delete_group(&id.0))
-            .collect::<Vec<i16>>()
-    });
+    let mut durable = crate::coordinator::Durable::default();
+    let codes: Vec<i16> = req
+        .groups_names
+        .iter()
+        .map(
+            |id| match broker.groups.run_for(&id.0, |g| g.delete_group(&id.0)) {
+                Ok((code, written)) => {
+                    durable.merge(written);
+                    code
+                }
+                Err(e) => e.code(),
+            },
+        )
+        .collect();
     Box::pin(async move {
         if let Err(e) = durable.wait().await {
             tracing::error!(error = %e, "group deletion not durable");

@@ -18,8 +18,11 @@ pub fn handle(
         .groups
         .into_iter()
         .map(|id| {
-            let summary = broker.groups.read(|g| g.describe(&id.0));
             let base = DescribedGroup::default().with_group_id(id.clone());
+            let summary = match broker.groups.read_for(&id.0, |g| g.describe(&id.0)) {
+                Ok(s) => s,
+                Err(e) => return base.with_error_code(e.code()),
+            };
             let Some(s) = summary else {
                 let dead = base.with_group_state(StrBytes::from_static_str("Dead"));
                 // v6 (KIP-1043) says the group does not exist; older versions answer Dead.

@@ -1,5 +1,7 @@
-//! FindCoordinator: this node coordinates every group (single node). Batched
-//! lookups (v4+) answer one entry per key.
+//! FindCoordinator: a single node coordinates every group. In a cluster a
+//! group's coordinator is the leader of its `__consumer_offsets` partition, and
+//! transactional ids (key type 1) go to the controller. Batched lookups (v4+)
+//! answer one entry per key.
 
 use super::RequestContext;
 use crate::state::Broker;
@@ -8,47 +10,82 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 
+/// Kafka's CoordinatorType of a transactional id.
+const TRANSACTION: i8 = 1;
+
+struct Answer {
+    node: BrokerId,
+    host: StrBytes,
+    port: i32,
+    error: i16,
+    message: Option<StrBytes>,
+}
+
+fn lookup(broker: &Broker, key_type: i8, key: &str) -> Answer {
+    let node = if key_type == TRANSACTION {
+        match broker.controller_id() {
+            -1 => Err("no controller elected yet".to_string()),
+            id => Ok(id),
+        }
+    } else {
+        broker.group_coordinator_of(key)
+    };
+    let found = node.and_then(|id| {
+        broker
+            .broker_address(id)
+            .map(|(host, port)| (id, host, port))
+            .ok_or_else(|| format!("coordinator {id} is not reachable yet"))
+    });
+    match found {
+        Ok((id, host, port)) => Answer {
+            node: BrokerId(id),
+            host: StrBytes::from_string(host),
+            port,
+            error: 0,
+            message: None,
+        },
+        Err(message) => Answer {
+            node: BrokerId(-1),
+            host: StrBytes::default(),
+            port: -1,
+            error: ResponseError::CoordinatorNotAvailable.code(),
+            message: Some(StrBytes::from_string(message)),
+        },
+    }
+}
+
 pub fn handle(
     broker: &Broker,
     ctx: &RequestContext,
     req: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    // Cluster mode: the controller coordinates every group, so that all nodes
-    // agree on one coordinator. While none is elected, the answer is an error.
-    let id = broker.controller_id();
-    let (node, host, port, error, message) = match broker.broker_address(id) {
-        Some((host, port)) => (BrokerId(id), StrBytes::from_string(host), port, 0, None),
-        None => (
-            BrokerId(-1),
-            StrBytes::default(),
-            -1,
-            ResponseError::CoordinatorNotAvailable.code(),
-            Some(StrBytes::from_static_str("no controller elected yet")),
-        ),
-    };
     if ctx.version() >= 4 {
         let coordinators = req
             .coordinator_keys
             .into_iter()
             .map(|key| {
+                let a = lookup(broker, req.key_type, &key);
                 Coordinator::default()
                     .with_key(key)
-                    .with_node_id(node)
-                    .with_host(host.clone())
-                    .with_port(port)
-                    .with_error_code(error)
-                    .with_error_message(message.clone())
+                    .with_node_id(a.node)
+                    .with_host(a.host)
+                    .with_port(a.port)
+                    .with_error_code(a.error)
+                    .with_error_message(a.message)
             })
             .collect();
         FindCoordinatorResponse::default().with_coordinators(coordinators)
     } else {
+        // key_type exists from v1 on (v0 asks for groups only).
+        let key_type = if ctx.version() >= 1 { req.key_type } else { 0 };
+        let a = lookup(broker, key_type, &req.key);
         // error_message exists from v1 on; setting it in v0 fails encoding.
         FindCoordinatorResponse::default()
-            .with_node_id(node)
-            .with_host(host)
-            .with_port(port)
-            .with_error_code(error)
-            .with_error_message(if ctx.version() >= 1 { message } else { None })
+            .with_node_id(a.node)
+            .with_host(a.host)
+            .with_port(a.port)
+            .with_error_code(a.error)
+            .with_error_message(if ctx.version() >= 1 { a.message } else { None })
     }
 }
 

@@ -8,7 +8,7 @@ use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 
 pub fn handle(broker: &Broker, _ctx: &RequestContext, req: HeartbeatRequest) -> HeartbeatResponse {
     let instance = req.group_instance_id.map(|s| s.to_string());
-    let (error, _) = broker.groups.run(|g| {
+    let error = match broker.groups.run_for(&req.group_id.0, |g| {
         g.heartbeat(
             &req.group_id.0,
             &req.member_id,
@@ -16,6 +16,9 @@ pub fn handle(broker: &Broker, _ctx: &RequestContext, req: HeartbeatRequest) -> 
             req.generation_id,
             now_ms(),
         )
-    });
+    }) {
+        Ok((error, _)) => error,
+        Err(e) => e.code(),
+    };
     HeartbeatResponse::default().with_error_code(error)
 }

@@ -41,7 +41,19 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: JoinGroupRequest)
         require_known_member_id: version >= 4,
     };
     let member_id = params.member_id.clone();
-    let (reply, _) = broker.groups.run(|g| g.join(params, now_ms()));
+    let group_id = params.group_id.clone();
+    let reply = match broker
+        .groups
+        .run_for(&group_id, |g| g.join(params, now_ms()))
+    {
+        Ok((reply, _)) => reply,
+        Err(e) => {
+            let result = JoinResult::error(e.code(), &member_id);
+            return Box::pin(
+                async move { Some(ResponseKind::JoinGroup(response(result, version))) },
+            );
+        }
+    };
     Box::pin(async move {
         let lost = || JoinResult::error(ResponseError::CoordinatorNotAvailable.code(), &member_id);
         let result = reply.wait(lost).await;

@@ -22,9 +22,12 @@ pub fn handle(broker: &Broker, ctx: &RequestContext, req: LeaveGroupRequest) -> 
     } else {
         vec![(req.member_id.to_string(), None)]
     };
-    let (codes, _) = broker
-        .groups
-        .run(|g| g.leave(&req.group_id.0, &members, now_ms()));
+    let codes = match broker.groups.run_for(&req.group_id.0, |g| {
+        g.leave(&req.group_id.0, &members, now_ms())
+    }) {
+        Ok((codes, _)) => codes,
+        Err(e) => vec![e.code(); members.len().max(1)],
+    };
     if version >= 3 {
         let responses = req
             .members

@@ -60,10 +60,11 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: OffsetCommitReque
     let now = now_ms();
     let (outcome, durable) = broker
         .groups
-        .run(|g| match g.validate_commit(&params, now) {
+        .run_for(&group_id, |g| match g.validate_commit(&params, now) {
             Ok(()) => Ok(g.commit(&group_id, to_commit, now)),
             Err(e) => Err(e.code()),
-        });
+        })
+        .unwrap_or_else(|e| (Err(e.code()), crate::coordinator::Durable::default()));
     Box::pin(async move {
         let stored = durable.wait().await;
         if let Err(e) = &stored {

@@ -28,7 +28,10 @@ pub fn handle(broker: &Arc<Broker>, _ctx: &RequestContext, req: OffsetDeleteRequ
         .collect();
     let (result, durable) = broker
         .groups
-        .run(|g| g.delete_offsets(&req.group_id.0, topics));
+        .run_for(&req.group_id.0, |g| {
+            g.delete_offsets(&req.group_id.0, topics)
+        })
+        .unwrap_or_else(|e| (Err(e), crate::coordinator::Durable::default()));
     Box::pin(async move {
         if let Err(e) = durable.wait().await {
             tracing::error!(error = %e, "offset deletion not durable");

@@ -7,6 +7,7 @@
 use super::RequestContext;
 use crate::coordinator::group::Committed;
 use crate::state::Broker;
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
@@ -16,8 +17,14 @@ use kafka_protocol::protocol::StrBytes;
 
 type Fetched = Vec<(String, Vec<(i32, Option<Committed>)>)>;
 
-fn fetch(broker: &Broker, group: &str, topics: Option<Vec<(String, Vec<i32>)>>) -> Fetched {
-    broker.groups.read(|g| g.fetch(group, topics))
+/// The group's committed offsets, or the error when this broker does not
+/// coordinate the group.
+fn fetch(
+    broker: &Broker,
+    group: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<Fetched, ResponseError> {
+    broker.groups.read_for(group, |g| g.fetch(group, topics))
 }
 
 fn parts(c: &Option<Committed>) -> (i64, i32, String) {
@@ -39,13 +46,16 @@ pub fn handle(
             .into_iter()
             .map(|g| {
                 // v9 (KIP-848): a consumer group member's epoch must be current.
-                let check = broker.groups.read(|groups| {
-                    groups.validate_offset_fetch(
-                        &g.group_id.0,
-                        g.member_id.as_deref(),
-                        g.member_epoch,
-                    )
-                });
+                let check = broker
+                    .groups
+                    .read_for(&g.group_id.0, |groups| {
+                        groups.validate_offset_fetch(
+                            &g.group_id.0,
+                            g.member_id.as_deref(),
+                            g.member_epoch,
+                        )
+                    })
+                    .and_then(|checked| checked);
                 if let Err(e) = check {
                     return OffsetFetchResponseGroup::default()
                         .with_group_id(g.group_id)
@@ -56,7 +66,14 @@ pub fn handle(
                         .map(|t| (t.name.0.to_string(), t.partition_indexes))
                         .collect()
                 });
-                let fetched = fetch(broker, &g.group_id.0, topics);
+                let fetched = match fetch(broker, &g.group_id.0, topics) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        return OffsetFetchResponseGroup::default()
+                            .with_group_id(g.group_id)
+                            .with_error_code(e.code())
+                    }
+                };
                 let topics = fetched
                     .into_iter()
                     .map(|(name, ps)| {
@@ -93,7 +110,10 @@ pub fn handle(
         None if version >= 2 => None,
         None => Some(Vec::new()),
     };
-    let fetched = fetch(broker, &req.group_id.0, topics);
+    let fetched = match fetch(broker, &req.group_id.0, topics.clone()) {
+        Ok(f) => f,
+        Err(e) => return refused(e, version, topics),
+    };
     let topics = fetched
         .into_iter()
         .map(|(name, ps)| {
@@ -115,6 +135,40 @@ pub fn handle(
             OffsetFetchResponseTopic::default()
                 .with_name(TopicName(StrBytes::from_string(name)))
                 .with_partitions(partitions)
+        })
+        .collect();
+    OffsetFetchResponse::default().with_topics(topics)
+}
+
+/// The answer before v8 when this broker does not coordinate the group: the
+/// top-level error from v2 on; v0 and v1 have none, so every asked partition
+/// carries it (as Kafka answers).
+fn refused(
+    e: ResponseError,
+    version: i16,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> OffsetFetchResponse {
+    if version >= 2 {
+        return OffsetFetchResponse::default().with_error_code(e.code());
+    }
+    let topics = topics
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, partitions)| {
+            OffsetFetchResponseTopic::default()
+                .with_name(TopicName(StrBytes::from_string(name)))
+                .with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|index| {
+                            OffsetFetchResponsePartition::default()
+                                .with_partition_index(index)
+                                .with_committed_offset(-1)
+                                .with_metadata(Some(StrBytes::default()))
+                                .with_error_code(e.code())
+                        })
+                        .collect(),
+                )
         })
         .collect();
     OffsetFetchResponse::default().with_topics(topics)

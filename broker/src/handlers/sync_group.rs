@@ -26,7 +26,19 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: SyncGroupRequest)
             .map(|a| (a.member_id.to_string(), a.assignment))
             .collect(),
     };
-    let (reply, _) = broker.groups.run(|g| g.sync(params, now_ms()));
+    let group_id = params.group_id.clone();
+    let reply = match broker
+        .groups
+        .run_for(&group_id, |g| g.sync(params, now_ms()))
+    {
+        Ok((reply, _)) => reply,
+        Err(e) => {
+            let result = SyncResult::error(e.code());
+            return Box::pin(
+                async move { Some(ResponseKind::SyncGroup(response(result, version))) },
+            );
+        }
+    };
     Box::pin(async move {
         let result = reply
             .wait(|| SyncResult::error(ResponseError::CoordinatorNotAvailable.code()))
