@@ -16,6 +16,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod partition;
 pub mod producer_state;
+pub mod reassign;
 pub mod replication;
 pub mod server;
 pub mod state;

@@ -47,6 +47,19 @@ enum MetaRecord {
     ProducerIdBlock {
         end: i64,
     },
+    /// A partition's replicas are to become `target` (AlterPartitionReassignments;
+    /// a target equal to the current replicas cancels a reassignment).
+    ReassignmentStarted {
+        name: String,
+        partition: i32,
+        target: Vec<i32>,
+    },
+    /// The partition's Raft voters are now `replicas`.
+    ReassignmentCompleted {
+        name: String,
+        partition: i32,
+        replicas: Vec<i32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +72,12 @@ pub struct TopicMeta {
     pub configs: BTreeMap<String, String>,
     /// Node ids holding each partition (cluster mode); empty on a single node.
     pub replicas: Vec<Vec<i32>>,
+    /// The replicas each partition was created with: its Raft group's
+    /// configuration before the first entry, which a replica added later starts
+    /// from (it then applies every configuration change in the log).
+    pub initial_replicas: Vec<Vec<i32>>,
+    /// Partitions being reassigned, with their target replicas.
+    pub reassigning: BTreeMap<i32, Vec<i32>>,
 }
 
 #[derive(Debug, Default)]
@@ -98,7 +117,9 @@ impl MetaState {
                         partitions,
                         replication_factor,
                         configs,
+                        initial_replicas: replicas.clone(),
                         replicas,
+                        reassigning: BTreeMap::new(),
                     },
                 );
             }
@@ -115,6 +136,7 @@ impl MetaState {
                 if let Some(t) = self.topics.get_mut(&name) {
                     if total > t.partitions {
                         if !t.replicas.is_empty() || !replicas.is_empty() {
+                            t.initial_replicas.extend(replicas.iter().cloned());
                             t.replicas.extend(replicas);
                         }
                         t.partitions = total;
@@ -128,6 +150,32 @@ impl MetaState {
             }
             MetaRecord::ProducerIdBlock { end } => {
                 self.producer_id_end = self.producer_id_end.max(end)
+            }
+            MetaRecord::ReassignmentStarted {
+                name,
+                partition,
+                target,
+            } => {
+                if let Some(t) = self.topics.get_mut(&name) {
+                    if (0..t.partitions).contains(&partition) && !target.is_empty() {
+                        t.reassigning.insert(partition, target);
+                    }
+                }
+            }
+            MetaRecord::ReassignmentCompleted {
+                name,
+                partition,
+                replicas,
+            } => {
+                if let Some(t) = self.topics.get_mut(&name) {
+                    let idx = partition as usize;
+                    // Only the completion of the reassignment still pending counts
+                    // (a newer target may have replaced it).
+                    if t.reassigning.get(&partition) == Some(&replicas) && idx < t.replicas.len() {
+                        t.reassigning.remove(&partition);
+                        t.replicas[idx] = replicas;
+                    }
+                }
             }
         }
     }
@@ -274,7 +322,9 @@ impl MetadataStore {
                     MetaRecord::TopicCreated { name, .. }
                     | MetaRecord::TopicDeleted { name }
                     | MetaRecord::PartitionsCreated { name, .. }
-                    | MetaRecord::TopicConfigsReplaced { name, .. } => Some(name.clone()),
+                    | MetaRecord::TopicConfigsReplaced { name, .. }
+                    | MetaRecord::ReassignmentStarted { name, .. }
+                    | MetaRecord::ReassignmentCompleted { name, .. } => Some(name.clone()),
                     _ => None,
                 };
                 self.state.write().apply(parsed);
@@ -415,6 +465,36 @@ impl MetadataStore {
         self.commit(MetaRecord::PartitionsCreated {
             name: name.to_string(),
             total,
+            replicas,
+        })
+    }
+
+    /// Records that partition `partition` of `name` is to move to `target`.
+    pub fn start_reassignment(
+        &self,
+        name: &str,
+        partition: i32,
+        target: Vec<i32>,
+    ) -> anyhow::Result<()> {
+        let _guard = self.write.lock();
+        self.commit(MetaRecord::ReassignmentStarted {
+            name: name.to_string(),
+            partition,
+            target,
+        })
+    }
+
+    /// Records that the partition's voters reached `replicas`.
+    pub fn complete_reassignment(
+        &self,
+        name: &str,
+        partition: i32,
+        replicas: Vec<i32>,
+    ) -> anyhow::Result<()> {
+        let _guard = self.write.lock();
+        self.commit(MetaRecord::ReassignmentCompleted {
+            name: name.to_string(),
+            partition,
             replicas,
         })
     }

@@ -121,9 +121,13 @@ impl Partition {
         config: EffectiveConfig,
         node: &RaftNode,
         replicas: &[i32],
+        initial: &[i32],
     ) -> anyhow::Result<Self> {
         let voters: Vec<u64> = replicas.iter().map(|&r| r as u64).collect();
-        let raft_log = RaftLog::open(log.clone(), &voters)?;
+        // A new replica starts from the configuration before the first entry and
+        // applies the log's configuration changes in order.
+        let initial: Vec<u64> = initial.iter().map(|&r| r as u64).collect();
+        let raft_log = RaftLog::open(log.clone(), &initial)?;
         let producers = producer_states_from(&log);
         let waiters: Arc<Mutex<Vec<Arc<Notify>>>> = Arc::new(Mutex::new(Vec::new()));
         let wake = waiters.clone();

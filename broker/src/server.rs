@@ -76,6 +76,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         broker
             .follow_group_coordination()
             .context("following group coordination")?;
+        broker
+            .follow_reassignments()
+            .context("following partition reassignments")?;
     }
     let mut opened = tokio::task::block_in_place(|| crate::cep::Cep::open(broker.clone()));
     // Cluster mode: every node creates CEP's internal topic at start and all but

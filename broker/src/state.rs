@@ -140,6 +140,7 @@ impl Broker {
                 if let Err(e) = self.open_partitions(&topic, 0) {
                     tracing::error!(topic = name, error = %format!("{e:#}"), "opening replicas");
                 }
+                self.drop_moved_replicas(&topic);
                 let effective = EffectiveConfig::resolve(&self.config, &topic.configs);
                 for index in 0..topic.partitions {
                     if let Some(p) = self.partition(name, index) {
@@ -159,6 +160,45 @@ impl Broker {
                     if let Err(e) = self.logs.remove(name, index) {
                         tracing::error!(topic = name, partition = index, error = %e, "removing a deleted topic's log");
                     }
+                }
+            }
+        }
+    }
+
+    /// Cluster mode: removes local replicas that a completed reassignment moved
+    /// away from this node (their Raft group no longer counts this node).
+    fn drop_moved_replicas(&self, topic: &TopicMeta) {
+        if self.raft.is_none() {
+            return;
+        }
+        let me = self.node_id();
+        let local: Vec<i32> = match self.partitions.read().get(&topic.name) {
+            Some(ps) => ps.keys().copied().collect(),
+            None => return,
+        };
+        for index in local {
+            let keep = self.replicas_of(topic, index).contains(&me)
+                || topic
+                    .reassigning
+                    .get(&index)
+                    .is_some_and(|t| t.contains(&me));
+            if keep {
+                continue;
+            }
+            let removed = self
+                .partitions
+                .write()
+                .get_mut(&topic.name)
+                .and_then(|ps| ps.remove(&index));
+            if let Some(p) = removed {
+                if let Some(node) = &self.raft {
+                    node.remove_group(&(Arc::from(topic.name.as_str()), index));
+                }
+                p.wake_waiters();
+                drop(p);
+                tracing::info!(topic = %topic.name, partition = index, "replica moved to other nodes; removing it here");
+                if let Err(e) = self.logs.remove(&topic.name, index) {
+                    tracing::error!(topic = %topic.name, partition = index, error = %e, "removing a moved replica's log");
                 }
             }
         }
@@ -189,9 +229,18 @@ impl Broker {
                 continue;
             }
             let replicas = self.replicas_of(topic, index);
-            if self.raft.is_some() && !replicas.contains(&self.node_id()) {
+            let hosted = replicas.contains(&self.node_id())
+                || topic
+                    .reassigning
+                    .get(&index)
+                    .is_some_and(|t| t.contains(&self.node_id()));
+            if self.raft.is_some() && !hosted {
                 continue; // hosted elsewhere
             }
+            let initial = match topic.initial_replicas.get(index as usize) {
+                Some(r) if !r.is_empty() => r.clone(),
+                _ => replicas.clone(),
+            };
             let log = self
                 .logs
                 .get_or_create(&topic.name, index, log_config.clone())
@@ -207,6 +256,7 @@ impl Broker {
                     effective.clone(),
                     node,
                     &replicas,
+                    &initial,
                 )?,
             };
             let partition = Arc::new(partition);
@@ -249,6 +299,23 @@ impl Broker {
                 0 => -1,
                 id => id as i32,
             },
+        }
+    }
+
+    /// The leader of a partition and its epoch ((-1, -1) when unknown): from the
+    /// local replica, or (cluster mode, no replica here) from the leader's own
+    /// recent report over the Raft transport.
+    pub fn partition_leader(&self, topic: &str, index: i32) -> (i32, i32) {
+        if let Some(p) = self.partition(topic, index) {
+            return (p.leader_id(self.node_id()), p.current_leader_epoch());
+        }
+        let reported = self
+            .raft
+            .as_ref()
+            .and_then(|node| node.transport.reported_leader(&(Arc::from(topic), index)));
+        match reported {
+            Some((node, term)) => (node as i32, term as i32),
+            None => (-1, -1),
         }
     }
 
@@ -356,6 +423,8 @@ impl Broker {
                 replication_factor: rf,
                 configs,
                 replicas: Vec::new(),
+                initial_replicas: Vec::new(),
+                reassigning: BTreeMap::new(),
             });
         }
         let replicas = if self.raft.is_some() {

@@ -464,3 +464,89 @@ def test_group_coordination_follows_offsets_partition_leaders(cluster):
         c.close()
         leader = cluster.leader_of("__consumer_offsets", offsets_partition(group))
         assert group_coordinator(cluster, group) == leader
+
+
+def reassign(cluster: Cluster, topic: str, partition: int, replicas: list[int] | None):
+    """AlterPartitionReassignments through kafka-python's admin client (a real Kafka admin)."""
+    from kafka import KafkaAdminClient
+    from kafka import TopicPartition as KTP
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap())
+    try:
+        return admin.alter_partition_reassignments({KTP(topic, partition): replicas})
+    finally:
+        admin.close()
+
+
+def ongoing(cluster: Cluster) -> dict:
+    from kafka import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap())
+    try:
+        return admin.list_partition_reassignments()
+    finally:
+        admin.close()
+
+
+def replicas_of(cluster: Cluster, topic: str, partition: int) -> list[int]:
+    md = cluster.admin().list_topics(topic, timeout=10)
+    return list(md.topics[topic].partitions[partition].replicas)
+
+
+def test_reassignment_raises_the_replication_factor_and_moves_replicas(cluster):
+    """AlterPartitionReassignments: RF 1 -> 3 (new replicas copy the log, then vote), after which
+    the original replica's node can be killed without losing a record; then RF 3 -> 2 moves the
+    partition off a node, whose copy is deleted, and the remaining copies stay byte-identical."""
+    topic = unique_topic("reassign")
+    admin = cluster.admin()
+    # min.insync.replicas=1 so that acks=all works with the single replica it starts with.
+    admin.create_topics([NewTopic(topic, 1, 1, config={"min.insync.replicas": "1"})])[topic].result(30)
+    cluster.wait_leaders(topic, 1)
+    [original] = replicas_of(cluster, topic, 0)
+    p = Producer({"bootstrap.servers": cluster.bootstrap(), "acks": "all"})
+    for i in range(500):
+        p.produce(topic, str(i).encode(), partition=0)
+    assert p.flush(30) == 0
+
+    # Bad targets are refused with a reason and change nothing.
+    from kafka.errors import InvalidReplicationAssignmentError
+    result = reassign(cluster, topic, 0, [original, 99])
+    assert list(result.values()) == [InvalidReplicationAssignmentError], result
+    assert replicas_of(cluster, topic, 0) == [original]
+
+    everyone = [original] + [n for n in cluster.nodes if n != original]
+    result = reassign(cluster, topic, 0, everyone)
+    assert list(result.values()) == [None], result
+    wait_until(lambda: not ongoing(cluster) and sorted(replicas_of(cluster, topic, 0)) == sorted(everyone),
+               60, "the replication factor to reach 3")
+    wait_identical(cluster, topic, 1)
+
+    # The new replicas are voters: with the original node gone, acks=all still commits.
+    cluster.nodes[original].kill()
+    cluster.wait_leaders(topic, 1, exclude=original)
+    p = Producer({"bootstrap.servers": cluster.bootstrap(exclude=original), "acks": "all",
+                  "message.timeout.ms": 30000})
+    for i in range(500, 600):
+        p.produce(topic, str(i).encode(), partition=0)
+    assert p.flush(40) == 0
+    got = read_all(cluster.bootstrap(exclude=original), topic, 1, 600)
+    assert [v for _, v in got[0]] == list(range(600))
+    cluster.nodes[original].start()
+    cluster.wait_leaders(topic, 1)
+
+    # RF 3 -> 2: the dropped node's replica leaves the group and its files go.
+    dropped = everyone[-1]
+    keep = [n for n in everyone if n != dropped]
+    assert list(reassign(cluster, topic, 0, keep).values()) == [None]
+    wait_until(lambda: not ongoing(cluster) and sorted(replicas_of(cluster, topic, 0)) == sorted(keep),
+               60, "the replication factor to drop to 2")
+    wait_until(lambda: not (cluster.nodes[dropped].data_dir / f"{topic}-0").exists(), 30,
+               "the dropped replica's files removed")
+    p = Producer({"bootstrap.servers": cluster.bootstrap(), "acks": "all"})
+    for i in range(600, 700):
+        p.produce(topic, str(i).encode(), partition=0)
+    assert p.flush(30) == 0
+    def same():
+        blobs = {cluster.segment_bytes(n, topic, 0) for n in keep}
+        return len(blobs) == 1
+    wait_until(same, 30, "the remaining replicas byte-identical")
+    got = read_all(cluster.bootstrap(), topic, 1, 700)
+    assert [v for _, v in got[0]] == list(range(700))

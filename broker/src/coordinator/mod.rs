@@ -741,12 +741,7 @@ impl Broker {
             return Err(format!("{OFFSETS_TOPIC} is not created yet"));
         };
         let index = records::partition_for(group, topic.partitions.max(0) as usize) as i32;
-        let Some(partition) = self.partition(OFFSETS_TOPIC, index) else {
-            return Err(format!(
-                "{OFFSETS_TOPIC}-{index} has no replica on this node"
-            ));
-        };
-        match partition.leader_id(self.node_id()) {
+        match self.partition_leader(OFFSETS_TOPIC, index).0 {
             -1 => Err(format!("{OFFSETS_TOPIC}-{index} has no leader yet")),
             id => Ok(id),
         }

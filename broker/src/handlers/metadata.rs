@@ -103,7 +103,6 @@ fn lookup_or_create(
 }
 
 fn topic_entry(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
-    let me = broker.node_id();
     let partitions = (0..topic.partitions)
         .map(|index| {
             let replicas: Vec<BrokerId> = broker
@@ -111,10 +110,7 @@ fn topic_entry(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
                 .into_iter()
                 .map(BrokerId)
                 .collect();
-            let (leader, epoch) = match broker.partition(&topic.name, index) {
-                Some(p) => (p.leader_id(me), p.current_leader_epoch()),
-                None => (-1, -1),
-            };
+            let (leader, epoch) = broker.partition_leader(&topic.name, index);
             // A leader clients cannot reach yet is no leader to them.
             let leader = if leader >= 0 && broker.broker_address(leader).is_none() {
                 -1

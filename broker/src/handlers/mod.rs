@@ -13,6 +13,7 @@ use std::sync::Arc;
 #[cfg(test)]
 pub(crate) mod admin_test_support;
 pub mod alter_configs;
+pub mod alter_partition_reassignments;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
@@ -26,6 +27,7 @@ pub mod find_coordinator;
 pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod list_offsets;
+pub mod list_partition_reassignments;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
@@ -117,6 +119,16 @@ pub async fn dispatch(
         RequestKind::DescribeLogDirs(r) => ready(ResponseKind::DescribeLogDirs(
             describe_log_dirs::handle(b, ctx, r),
         )),
+        RequestKind::AlterPartitionReassignments(r) => {
+            ready(ResponseKind::AlterPartitionReassignments(
+                alter_partition_reassignments::handle(b, ctx, r),
+            ))
+        }
+        RequestKind::ListPartitionReassignments(r) => {
+            ready(ResponseKind::ListPartitionReassignments(
+                list_partition_reassignments::handle(b, ctx, r),
+            ))
+        }
         RequestKind::JoinGroup(r) => join_group::handle(b, ctx, r),
         RequestKind::SyncGroup(r) => sync_group::handle(b, ctx, r),
         RequestKind::Heartbeat(r) => ready(ResponseKind::Heartbeat(heartbeat::handle(b, ctx, r))),

@@ -34,13 +34,31 @@ pub enum Outcome {
     Pending,
 }
 
+/// Where a reconfiguration toward a target replica set stands (see
+/// [`ReplicaGroup::reconfigure_step`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconfig {
+    /// Only the leader changes the configuration.
+    NotLeader,
+    /// A change was proposed, or one is still being applied.
+    InProgress(String),
+    /// Waiting for a new replica to catch up before it may vote.
+    CatchingUp(u64),
+    /// The voters are exactly the target.
+    Done,
+}
+
+/// A learner this close to the leader's last index may become a voter.
+const CAUGHT_UP_ENTRIES: u64 = 64;
+
 /// What one pass over a Ready produced.
 #[derive(Default)]
 pub struct ReadyOutput {
     pub messages: Vec<Message>,
     /// Entries this node persisted, with the offsets they were given.
     pub persisted: Vec<(Entry, EntryMeta)>,
-    /// Committed entries to apply, in order.
+    /// Committed entries to apply, in order (configuration changes are applied
+    /// by the group itself and not listed).
     pub committed: Vec<Entry>,
     /// The log was truncated (a divergent tail dropped): derived state such as
     /// producer sequences must be rebuilt.
@@ -120,6 +138,108 @@ impl ReplicaGroup {
 
     pub fn voters(&self) -> Vec<u64> {
         self.node.raft.prs().conf().voters().ids().iter().collect()
+    }
+
+    pub fn learners(&self) -> Vec<u64> {
+        let mut l: Vec<u64> = self.node.raft.prs().conf().learners().iter().copied().collect();
+        l.sort_unstable();
+        l
+    }
+
+    /// One step of moving the voters to `target`, one single-node change at a
+    /// time (each is safe on its own, so no joint consensus is needed): add the
+    /// missing replicas as learners, promote each once it has caught up, then
+    /// remove the replicas not in the target; a leader that is to be removed
+    /// first hands leadership to a caught-up target voter. Call it again until
+    /// it returns `Done`.
+    pub fn reconfigure_step(&mut self, target: &[u64]) -> anyhow::Result<Reconfig> {
+        if !self.is_leader() || target.is_empty() {
+            return Ok(Reconfig::NotLeader);
+        }
+        let raft = &self.node.raft;
+        if raft.pending_conf_index > raft.raft_log.applied {
+            return Ok(Reconfig::InProgress("a configuration change is being applied".into()));
+        }
+        let last = raft.raft_log.last_index();
+        let voters = self.voters();
+        let learners = self.learners();
+        let change = |node: u64, ty: ConfChangeType| {
+            let mut cc = ConfChange::default();
+            cc.node_id = node;
+            cc.set_change_type(ty);
+            cc
+        };
+        let propose = |g: &mut Self, cc: ConfChange, what: String| -> anyhow::Result<Reconfig> {
+            g.node
+                .propose_conf_change(Vec::new(), cc)
+                .with_context(|| format!("proposing: {what}"))?;
+            Ok(Reconfig::InProgress(what))
+        };
+        for &n in target {
+            if !voters.contains(&n) && !learners.contains(&n) {
+                return propose(self, change(n, ConfChangeType::AddLearnerNode), format!("adding {n} as a learner"));
+            }
+        }
+        for &n in target {
+            if learners.contains(&n) {
+                let matched = self.node.raft.prs().get(n).map_or(0, |p| p.matched);
+                if matched + CAUGHT_UP_ENTRIES < last {
+                    return Ok(Reconfig::CatchingUp(n));
+                }
+                return propose(self, change(n, ConfChangeType::AddNode), format!("promoting {n} to voter"));
+            }
+        }
+        let me = self.id();
+        for &n in voters.iter().chain(learners.iter()) {
+            if target.contains(&n) {
+                continue;
+            }
+            if n == me {
+                // Hand over to a target voter that has every entry.
+                let to = target.iter().copied().find(|&t| {
+                    self.node.raft.prs().get(t).is_some_and(|p| p.matched == last)
+                });
+                if let Some(to) = to {
+                    if self.node.raft.lead_transferee.is_none() {
+                        self.node.transfer_leader(to);
+                    }
+                    return Ok(Reconfig::InProgress(format!("handing leadership to {to}")));
+                }
+                return Ok(Reconfig::InProgress("waiting for a target replica to catch up".into()));
+            }
+            return propose(self, change(n, ConfChangeType::RemoveNode), format!("removing {n}"));
+        }
+        Ok(Reconfig::Done)
+    }
+
+    /// Applies committed configuration changes (each once: the state file
+    /// records the last one applied) and drops them from `committed`.
+    fn apply_conf_changes(&mut self, committed: &mut Vec<Entry>) -> anyhow::Result<()> {
+        if committed.iter().all(|e| e.get_entry_type() == EntryType::EntryNormal) {
+            return Ok(());
+        }
+        for e in committed.iter() {
+            let ty = e.get_entry_type();
+            if ty == EntryType::EntryNormal || e.index <= self.log().conf().2 {
+                continue;
+            }
+            let cs = if ty == EntryType::EntryConfChange {
+                let mut cc = ConfChange::default();
+                protobuf::Message::merge_from_bytes(&mut cc, &e.data)
+                    .context("decoding a configuration change")?;
+                self.node.apply_conf_change(&cc)
+            } else {
+                let mut cc = ConfChangeV2::default();
+                protobuf::Message::merge_from_bytes(&mut cc, &e.data)
+                    .context("decoding a configuration change")?;
+                self.node.apply_conf_change(&cc)
+            }
+            .context("applying a configuration change")?;
+            tracing::info!(index = e.index, voters = ?cs.voters, learners = ?cs.learners, "configuration changed");
+            self.node.mut_store().set_conf(&cs, e.index)?;
+        }
+        committed.retain(|e| e.get_entry_type() == EntryType::EntryNormal);
+        Ok(())
     }
 
     pub fn tick(&mut self) -> bool {
@@ -263,6 +383,9 @@ impl ReplicaGroup {
         }
         out.messages.extend(light.take_messages());
         out.committed.extend(light.take_committed_entries());
+        let mut committed = std::mem::take(&mut out.committed);
+        self.apply_conf_changes(&mut committed)?;
+        out.committed = committed;
         self.node.advance_apply();
         Ok(out)
     }

@@ -44,13 +44,18 @@ pub struct GroupHandle<S> {
     is_leader: AtomicBool,
     stopped: AtomicBool,
     /// The replica that should lead when it can (0: none).
-    preferred: u64,
+    preferred: AtomicU64,
     /// When this node last received anything from each peer.
     last_heard: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
     on_progress: Box<dyn Fn() + Send + Sync>,
 }
 
 impl<S: StateMachine> GroupHandle<S> {
+    /// The replica leadership returns to (the first of a reassigned set).
+    pub fn set_preferred(&self, node: u64) {
+        self.preferred.store(node, Ordering::Relaxed);
+    }
+
     pub fn key(&self) -> &GroupKey {
         &self.key
     }
@@ -159,11 +164,12 @@ impl<S: StateMachine> GroupHandle<S> {
         let live = self
             .last_heard
             .lock()
-            .get(&self.preferred)
+            .get(&self.preferred.load(Ordering::Relaxed))
             .is_some_and(|t| t.elapsed() < Duration::from_millis(TICK_MS * 5));
         let mut inner = self.inner.lock();
-        if inner.group.transfer_to_preferred(self.preferred, live) {
-            tracing::info!(partition = %format!("{}-{}", self.key.0, self.key.1), to = self.preferred, "moving leadership to the preferred replica");
+        let preferred = self.preferred.load(Ordering::Relaxed);
+        if inner.group.transfer_to_preferred(preferred, live) {
+            tracing::info!(partition = %format!("{}-{}", self.key.0, self.key.1), to = preferred, "moving leadership to the preferred replica");
             if let Err(e) = self.drive_locked(&mut inner) {
                 self.fail(e);
             }
@@ -264,6 +270,8 @@ trait Driven: Send + Sync {
     fn rebalance(&self);
     fn step(&self, msg: Message);
     fn close(&self);
+    /// The group's key and term while this node leads it.
+    fn led(&self) -> Option<(GroupKey, u64)>;
 }
 
 impl<S: StateMachine> Driven for GroupHandle<S> {
@@ -278,6 +286,9 @@ impl<S: StateMachine> Driven for GroupHandle<S> {
     }
     fn close(&self) {
         GroupHandle::close(self)
+    }
+    fn led(&self) -> Option<(GroupKey, u64)> {
+        self.is_leader().then(|| (self.key.clone(), self.term()))
     }
 }
 
@@ -314,6 +325,13 @@ impl RaftNode {
                 // The commit index is written every 5 s (as Kafka checkpoints its
                 // high watermark), so a restarted node serves up to it at once.
                 let checkpoint = ticks % 50 == 0;
+                // Peers learn which groups this node leads (for partitions
+                // they hold no replica of) every half second.
+                if ticks % 5 == 0 {
+                    let led: Vec<(GroupKey, u64)> =
+                        groups.iter().filter_map(|g| g.led()).collect();
+                    node.transport.report_leaders(&led);
+                }
                 for g in groups {
                     g.tick();
                     if checkpoint {
@@ -376,7 +394,7 @@ impl RaftNode {
             term: AtomicU64::new(0),
             is_leader: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
-            preferred,
+            preferred: AtomicU64::new(preferred),
             last_heard: self.last_heard.clone(),
             on_progress,
         });

@@ -21,6 +21,13 @@
 //! that depends on them leaves (Raft's rule), and fsync'd when the partition
 //! fsyncs its entries (`flush.messages=1`, and always for the metadata log); the
 //! commit index is persisted lazily (Raft recovers it from the leader).
+//!
+//! Configuration changes (replicas added or removed) are Raft entries without
+//! records: their sidecar record covers no offsets, and their payload is kept in
+//! a second small file, `raft.confs`, written before the sidecar record. The
+//! configuration they produce is written to the state file when they are
+//! applied, with the index of the last one applied, so a restart neither loses
+//! nor re-applies one.
 
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
@@ -36,6 +43,7 @@ use weir_storage::Log;
 
 const ENTRIES_FILE: &str = "raft.entries";
 const STATE_FILE: &str = "raft.state";
+const CONFS_FILE: &str = "raft.confs";
 const RECORD_LEN: usize = 32;
 const MAX_ENTRIES_PER_READ: u64 = 1024;
 
@@ -55,6 +63,9 @@ struct PersistedState {
     commit: u64,
     voters: Vec<u64>,
     learners: Vec<u64>,
+    /// The last configuration change entry applied to `voters`/`learners`.
+    #[serde(default)]
+    conf_index: u64,
     /// The entry before the first one in the sidecar (a "snapshot" of the prefix
     /// that retention or an adopted single-node log already holds).
     snapshot_index: u64,
@@ -70,6 +81,8 @@ pub struct RaftLog {
     state: PersistedState,
     /// `metas[k]` describes entry `state.snapshot_index + 1 + k`.
     metas: Vec<EntryMeta>,
+    /// Configuration change entries: index -> (type, payload).
+    confs: std::collections::BTreeMap<u64, (EntryType, Bytes)>,
     /// The commit index last written to the state file.
     persisted_commit: u64,
     /// fsync the term and vote as they change. Follows the partition's flush
@@ -97,6 +110,7 @@ impl RaftLog {
                     commit: 0,
                     voters: voters.to_vec(),
                     learners: Vec::new(),
+                    conf_index: 0,
                     snapshot_index: 0,
                     snapshot_term: 0,
                     base_offset: log.log_end_offset(),
@@ -104,6 +118,7 @@ impl RaftLog {
                 write_state(&state_path, &state, true)?;
                 // A stale sidecar without a state file belongs to nothing.
                 let _ = std::fs::remove_file(dir.join(ENTRIES_FILE));
+                let _ = std::fs::remove_file(dir.join(CONFS_FILE));
                 state
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", state_path.display())),
@@ -136,6 +151,7 @@ impl RaftLog {
             expected_index += 1;
             expected_base = end;
         }
+        let confs = read_confs(&dir.join(CONFS_FILE))?;
         let mut raft_log = RaftLog {
             log,
             dir,
@@ -143,8 +159,16 @@ impl RaftLog {
             persisted_commit: state.commit,
             state,
             metas,
+            confs,
             sync_state: true,
         };
+        // Payloads of entries past the recovered sidecar (or torn) are dropped.
+        let last = raft_log.last_index();
+        let stale = raft_log.confs.range(last + 1..).count();
+        if stale > 0 || !confs_file_matches(&raft_log.dir.join(CONFS_FILE), &raft_log.confs)? {
+            raft_log.confs.retain(|&i, _| i <= last);
+            raft_log.rewrite_confs()?;
+        }
         let valid_len = (raft_log.metas.len() * RECORD_LEN) as u64;
         if raw.len() as u64 != valid_len {
             tracing::warn!(
@@ -277,9 +301,15 @@ impl RaftLog {
         let mut buf = BytesMut::with_capacity(size);
         // Records per entry, to derive each entry's offsets from the one append.
         let mut counts = Vec::with_capacity(entries.len());
+        let mut conf_records = Vec::new();
         for e in entries {
             if e.get_entry_type() != EntryType::EntryNormal {
-                bail!("configuration change entries are not supported yet");
+                // No records: the payload goes to the confs file.
+                conf_records.extend_from_slice(&encode_conf(e.index, e.get_entry_type(), &e.data));
+                self.confs
+                    .insert(e.index, (e.get_entry_type(), e.data.clone()));
+                counts.push(0);
+                continue;
             }
             let mut records = 0i64;
             for batch in records::batches(&e.data) {
@@ -289,8 +319,19 @@ impl RaftLog {
             counts.push(records);
             buf.extend_from_slice(&e.data);
         }
+        if !conf_records.is_empty() {
+            let path = self.dir.join(CONFS_FILE);
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            f.write_all(&conf_records)
+                .and_then(|_| f.sync_data())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         let mut next = self.end_offset();
-        if size > 0 {
+        if buf.len() > 0 {
             let epoch = i32::try_from(term).context("raft term beyond the leader epoch range")?;
             let info = self
                 .log
@@ -340,9 +381,48 @@ impl RaftLog {
         self.entries_file
             .set_len((keep * RECORD_LEN) as u64)
             .context("truncating the raft sidecar")?;
+        if self.confs.range(index + 1..).next().is_some() {
+            self.confs.retain(|&i, _| i <= index);
+            self.rewrite_confs()?;
+        }
         self.log
             .truncate_to(end)
             .context("truncating the partition log")?;
+        Ok(())
+    }
+
+    /// Rewrites the confs file from memory (after a truncation; rare).
+    fn rewrite_confs(&self) -> anyhow::Result<()> {
+        let path = self.dir.join(CONFS_FILE);
+        let tmp = path.with_extension("confs.tmp");
+        let mut bytes = Vec::new();
+        for (index, (ty, data)) in &self.confs {
+            bytes.extend_from_slice(&encode_conf(*index, *ty, data));
+        }
+        std::fs::write(&tmp, &bytes)
+            .and_then(|_| File::open(&tmp)?.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
+
+    /// The configuration in effect (voters, learners) and the index of the last
+    /// configuration change applied to it.
+    pub fn conf(&self) -> (Vec<u64>, Vec<u64>, u64) {
+        (
+            self.state.voters.clone(),
+            self.state.learners.clone(),
+            self.state.conf_index,
+        )
+    }
+
+    /// Records the configuration produced by applying the change at `index`
+    /// (written and fsync'd at once: a restart must start from it).
+    pub fn set_conf(&mut self, cs: &ConfState, index: u64) -> anyhow::Result<()> {
+        self.state.voters = cs.voters.clone();
+        self.state.learners = cs.learners.clone();
+        self.state.conf_index = index;
+        write_state(&self.dir.join(STATE_FILE), &self.state, true)?;
+        self.persisted_commit = self.state.commit;
         Ok(())
     }
 
@@ -500,8 +580,16 @@ impl raft::Storage for RaftLog {
             let mut e = Entry::default();
             e.index = index;
             e.term = meta.term;
-            e.set_entry_type(EntryType::EntryNormal);
-            e.data = join(&parts);
+            match self.confs.get(&index) {
+                Some((ty, data)) => {
+                    e.set_entry_type(*ty);
+                    e.data = data.clone();
+                }
+                None => {
+                    e.set_entry_type(EntryType::EntryNormal);
+                    e.data = join(&parts);
+                }
+            }
             size += e.data.len() as u64;
             // At least one entry, as raft-rs requires.
             if !out.is_empty() && size > max_size {
@@ -540,6 +628,57 @@ impl raft::Storage for RaftLog {
             RaftStorageError::SnapshotTemporarilyUnavailable,
         ))
     }
+}
+
+/// One record of the confs file: `[index u64][type u32][len u32][payload]`.
+fn encode_conf(index: u64, ty: EntryType, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + data.len());
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(&(ty as u32).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Reads the confs file, keeping the longest well-formed prefix.
+fn read_confs(path: &Path) -> anyhow::Result<std::collections::BTreeMap<u64, (EntryType, Bytes)>> {
+    let mut confs = std::collections::BTreeMap::new();
+    let raw = match std::fs::read(path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(confs),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut at = 0usize;
+    while raw.len() >= at + 16 {
+        let index = u64::from_le_bytes(raw[at..at + 8].try_into()?);
+        let ty = u32::from_le_bytes(raw[at + 8..at + 12].try_into()?);
+        let len = u32::from_le_bytes(raw[at + 12..at + 16].try_into()?) as usize;
+        let Some(data) = raw.get(at + 16..at + 16 + len) else {
+            break; // torn tail
+        };
+        let ty = match ty {
+            1 => EntryType::EntryConfChange,
+            2 => EntryType::EntryConfChangeV2,
+            _ => break,
+        };
+        confs.insert(index, (ty, Bytes::copy_from_slice(data)));
+        at += 16 + len;
+    }
+    Ok(confs)
+}
+
+/// Whether the file holds exactly `confs` (false after a torn write).
+fn confs_file_matches(
+    path: &Path,
+    confs: &std::collections::BTreeMap<u64, (EntryType, Bytes)>,
+) -> anyhow::Result<bool> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let expected: u64 = confs.values().map(|(_, d)| 16 + d.len() as u64).sum();
+    Ok(len == expected)
 }
 
 /// Replaces the state file atomically (write, rename); `sync` also makes it

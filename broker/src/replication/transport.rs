@@ -7,6 +7,9 @@
 //! `Hello` (JSON: node id and the Kafka address clients should use for it); then
 //! `Raft` frames: `[u16 topic length][topic][i32 partition][raft Message, protobuf]`.
 //! Messages lost with a broken connection are not retried here: Raft resends.
+//! `Leaders` frames (JSON: the groups the sender leads, with their terms) are
+//! sent every half second so that a node can name the leader of a partition it
+//! holds no replica of (Metadata, FindCoordinator).
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -24,6 +27,9 @@ use tokio::sync::mpsc;
 
 const KIND_HELLO: u8 = 0;
 const KIND_RAFT: u8 = 1;
+const KIND_LEADERS: u8 = 2;
+/// A leader report older than this is not trusted (reports come every 500 ms).
+const LEADER_REPORT_TTL: Duration = Duration::from_secs(2);
 /// Raft messages are bounded by `max_size_per_msg` (1 MiB of entries) plus headers.
 const MAX_FRAME: usize = 64 << 20;
 
@@ -42,10 +48,26 @@ pub struct Inbound {
     pub msg: Message,
 }
 
+enum Outbound {
+    Raft(GroupKey, Message),
+    Leaders(Arc<Vec<u8>>),
+}
+
+/// Groups a peer reported leading: key -> (node, term, when reported).
+type LeaderReports = Arc<RwLock<HashMap<GroupKey, (u64, u64, std::time::Instant)>>>;
+
+#[derive(Serialize, Deserialize)]
+struct LeaderReport {
+    topic: String,
+    partition: i32,
+    term: u64,
+}
+
 pub struct Transport {
-    outbound: HashMap<u64, mpsc::UnboundedSender<(GroupKey, Message)>>,
+    outbound: HashMap<u64, mpsc::UnboundedSender<Outbound>>,
     /// What each peer said about itself in its Hello (known once it connected).
     peers: Arc<RwLock<HashMap<u64, PeerInfo>>>,
+    reports: LeaderReports,
 }
 
 impl Transport {
@@ -62,7 +84,8 @@ impl Transport {
             .with_context(|| format!("binding the raft listener {listen}"))?;
         let known = Arc::new(RwLock::new(HashMap::new()));
         known.write().insert(me.node_id, me.clone());
-        tokio::spawn(accept_loop(listener, inbox, known.clone()));
+        let reports: LeaderReports = Arc::new(RwLock::new(HashMap::new()));
+        tokio::spawn(accept_loop(listener, inbox, known.clone(), reports.clone()));
         let mut outbound = HashMap::new();
         for (&id, addr) in peers {
             if id == me.node_id {
@@ -75,13 +98,41 @@ impl Transport {
         Ok(Arc::new(Transport {
             outbound,
             peers: known,
+            reports,
         }))
     }
 
     pub fn send(&self, group: &GroupKey, msg: Message) {
         if let Some(tx) = self.outbound.get(&msg.to) {
-            let _ = tx.send((group.clone(), msg));
+            let _ = tx.send(Outbound::Raft(group.clone(), msg));
         }
+    }
+
+    /// Tells every peer which groups this node leads (with their terms).
+    pub fn report_leaders(&self, led: &[(GroupKey, u64)]) {
+        let report: Vec<LeaderReport> = led
+            .iter()
+            .map(|((topic, partition), term)| LeaderReport {
+                topic: topic.to_string(),
+                partition: *partition,
+                term: *term,
+            })
+            .collect();
+        let Ok(body) = serde_json::to_vec(&report) else {
+            return;
+        };
+        let body = Arc::new(body);
+        for tx in self.outbound.values() {
+            let _ = tx.send(Outbound::Leaders(body.clone()));
+        }
+    }
+
+    /// The leader a peer recently reported for `group` (node id, term); the
+    /// highest term wins when two claim it.
+    pub fn reported_leader(&self, group: &GroupKey) -> Option<(u64, u64)> {
+        let reports = self.reports.read();
+        let (node, term, at) = reports.get(group)?;
+        (at.elapsed() < LEADER_REPORT_TTL).then_some((*node, *term))
     }
 
     pub fn peers(&self) -> Vec<PeerInfo> {
@@ -104,11 +155,26 @@ fn encode_raft(buf: &mut BytesMut, group: &GroupKey, msg: &Message) -> anyhow::R
     Ok(())
 }
 
+fn encode(buf: &mut BytesMut, out: Outbound) {
+    match out {
+        Outbound::Raft(g, m) => {
+            if let Err(e) = encode_raft(buf, &g, &m) {
+                tracing::error!(error = %e, "dropping a raft message");
+            }
+        }
+        Outbound::Leaders(body) => {
+            buf.put_u32(1 + body.len() as u32);
+            buf.put_u8(KIND_LEADERS);
+            buf.put_slice(&body);
+        }
+    }
+}
+
 async fn writer(
     me: PeerInfo,
     peer: u64,
     addr: String,
-    mut rx: mpsc::UnboundedReceiver<(GroupKey, Message)>,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
 ) {
     let hello = match serde_json::to_vec(&me) {
         Ok(h) => h,
@@ -140,22 +206,14 @@ async fn writer(
         loop {
             if buf.is_empty() {
                 match rx.recv().await {
-                    Some((g, m)) => {
-                        if let Err(e) = encode_raft(&mut buf, &g, &m) {
-                            tracing::error!(error = %e, "dropping a raft message");
-                        }
-                    }
+                    Some(out) => encode(&mut buf, out),
                     None => return,
                 }
             }
             // Coalesce everything already queued into this write.
             while buf.len() < (4 << 20) {
                 match rx.try_recv() {
-                    Ok((g, m)) => {
-                        if let Err(e) = encode_raft(&mut buf, &g, &m) {
-                            tracing::error!(error = %e, "dropping a raft message");
-                        }
-                    }
+                    Ok(out) => encode(&mut buf, out),
                     Err(_) => break,
                 }
             }
@@ -173,6 +231,7 @@ async fn accept_loop(
     listener: TcpListener,
     inbox: mpsc::UnboundedSender<Inbound>,
     known: Arc<RwLock<HashMap<u64, PeerInfo>>>,
+    reports: LeaderReports,
 ) {
     loop {
         match listener.accept().await {
@@ -180,8 +239,9 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let inbox = inbox.clone();
                 let known = known.clone();
+                let reports = reports.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = reader(stream, inbox, known).await {
+                    if let Err(e) = reader(stream, inbox, known, reports).await {
                         tracing::debug!(%addr, error = %e, "raft connection closed");
                     }
                 });
@@ -198,9 +258,11 @@ async fn reader(
     mut stream: TcpStream,
     inbox: mpsc::UnboundedSender<Inbound>,
     known: Arc<RwLock<HashMap<u64, PeerInfo>>>,
+    reports: LeaderReports,
 ) -> anyhow::Result<()> {
     let mut topics: HashMap<Vec<u8>, Arc<str>> = HashMap::new();
     let mut hello_seen = false;
+    let mut peer: Option<u64> = None;
     loop {
         let len = match stream.read_u32().await {
             Ok(n) => n as usize,
@@ -218,6 +280,7 @@ async fn reader(
             KIND_HELLO => {
                 let info: PeerInfo = serde_json::from_slice(&body).context("bad hello")?;
                 tracing::info!(peer = info.node_id, kafka = %format!("{}:{}", info.kafka_host, info.kafka_port), "raft peer said hello");
+                peer = Some(info.node_id);
                 known.write().insert(info.node_id, info);
                 hello_seen = true;
             }
@@ -251,6 +314,24 @@ async fn reader(
                     .is_err()
                 {
                     return Ok(());
+                }
+            }
+            KIND_LEADERS if hello_seen => {
+                let Some(from) = peer else {
+                    bail!("leader report before hello");
+                };
+                let report: Vec<LeaderReport> =
+                    serde_json::from_slice(&body).context("bad leader report")?;
+                let now = std::time::Instant::now();
+                let mut reports = reports.write();
+                // What the peer no longer claims is forgotten at once.
+                reports.retain(|_, (node, _, _)| *node != from);
+                for r in report {
+                    let key: GroupKey = (Arc::from(r.topic.as_str()), r.partition);
+                    let newer = reports.get(&key).is_none_or(|(_, term, _)| r.term >= *term);
+                    if newer {
+                        reports.insert(key, (from, r.term, now));
+                    }
                 }
             }
             other => bail!("unexpected raft frame kind {other}"),
