@@ -120,8 +120,16 @@ impl Broker {
                 out.push(Ongoing {
                     topic: meta.name.clone(),
                     partition,
-                    adding: target.iter().copied().filter(|r| !current.contains(r)).collect(),
-                    removing: current.iter().copied().filter(|r| !target.contains(r)).collect(),
+                    adding: target
+                        .iter()
+                        .copied()
+                        .filter(|r| !current.contains(r))
+                        .collect(),
+                    removing: current
+                        .iter()
+                        .copied()
+                        .filter(|r| !target.contains(r))
+                        .collect(),
                     replicas,
                 });
             }

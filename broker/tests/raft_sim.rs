@@ -11,7 +11,13 @@
 //!   in every replica's log exactly once at the offset it was acknowledged with;
 //! - committed prefixes are byte-identical across replicas.
 //!
-//! `WEIR_SIM_SEEDS=N` runs N schedules (default 300 here; CI runs 2000 through
+//! A second schedule family adds a fourth node and moves the replica set between
+//! three-node subsets while the faults happen (`ReplicaGroup::reconfigure_step`:
+//! learner, catch-up, promotion, removal, leadership hand-over), with the same
+//! invariants over the final replica set.
+//!
+//! `WEIR_SIM_SEEDS=N` runs N schedules (N/2 of the reconfiguration family;
+//! default 300 here; CI runs 2000 through
 //! `tests/run.sh`), `WEIR_SIM_SEED=S` replays one. A failure prints its seed.
 
 use bytes::Bytes;
@@ -19,6 +25,7 @@ use raft::prelude::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use weir_broker::replication::group::Reconfig;
 use weir_broker::replication::{slog_bridge, Outcome, RaftLog, ReplicaGroup, Ticket};
 use weir_protocol::compression::Compression;
 use weir_protocol::records::{self, BatchBuilder};
@@ -66,6 +73,8 @@ struct Stats {
     isolations: u64,
     truncations: u64,
     terms: u64,
+    /// Replica-set moves completed (reconfiguration schedules).
+    reconfigs: u64,
 }
 
 struct Sim {
@@ -83,6 +92,8 @@ struct Sim {
     /// index -> (term, records) of every entry seen committed anywhere.
     committed: HashMap<u64, (u64, Bytes)>,
     stats: Stats,
+    /// Reconfiguration schedules: the replica set the leader moves toward.
+    target: Option<Vec<u64>>,
     logger: slog::Logger,
     _tmp: tempfile::TempDir,
 }
@@ -112,11 +123,14 @@ fn batch(payload: u64) -> Vec<u8> {
 }
 
 impl Sim {
-    fn new(seed: u64) -> Sim {
+    fn new(seed: u64, reconfigure: bool) -> Sim {
         let tmp = tempfile::tempdir().expect("tempdir");
         let logger = slog_bridge::logger("sim");
         let mut nodes = BTreeMap::new();
-        for id in 1..=3u64 {
+        // Node 4 starts outside the group (its configuration is the initial
+        // one, without it) and joins only through configuration changes.
+        let count = if reconfigure { 4 } else { 3 };
+        for id in 1..=count {
             let dir = tmp.path().join(format!("p-{id}"));
             let group = open_group(&dir, id, &logger);
             nodes.insert(
@@ -141,9 +155,45 @@ impl Sim {
             leader_of_term: HashMap::new(),
             committed: HashMap::new(),
             stats: Stats::default(),
+            target: reconfigure.then(|| vec![1, 2, 3]),
             logger,
             _tmp: tmp,
         }
+    }
+
+    /// The replicas the schedule ends with (all nodes without reconfiguration).
+    fn members(&self) -> Vec<u64> {
+        match &self.target {
+            Some(t) => t.clone(),
+            None => self.nodes.keys().copied().collect(),
+        }
+    }
+
+    /// The leader takes one reconfiguration step; with `chaos`, a finished move
+    /// is sometimes followed by a new random three-node target.
+    fn reconfigure(&mut self, chaos: bool) {
+        let Some(target) = self.target.clone() else {
+            return;
+        };
+        let leader = self
+            .nodes
+            .iter()
+            .find(|(_, n)| n.group.as_ref().is_some_and(|g| g.is_leader()))
+            .map(|(id, _)| *id);
+        let Some(id) = leader else { return };
+        let Some(g) = self.nodes.get_mut(&id).and_then(|n| n.group.as_mut()) else {
+            return;
+        };
+        let step = g
+            .reconfigure_step(&target)
+            .unwrap_or_else(|e| panic!("seed {}: reconfigure failed: {e:#}", self.seed));
+        if step == Reconfig::Done && chaos && self.rng.chance(30) {
+            self.stats.reconfigs += 1;
+            let out = 1 + self.rng.below(4);
+            let next: Vec<u64> = (1..=4).filter(|&n| n != out).collect();
+            self.target = Some(next);
+        }
+        self.drain(id);
     }
 
     fn cut(&self, a: u64, b: u64) -> bool {
@@ -262,6 +312,8 @@ impl Sim {
                     }
                 }
             }
+        } else if roll < 88 && self.target.is_some() {
+            self.reconfigure(chaos);
         } else if roll < 95 && chaos {
             // A client proposes to whoever believes it leads.
             for id in &ids {
@@ -300,16 +352,25 @@ impl Sim {
     /// covers every entry.
     fn settle(&mut self) {
         self.isolated.clear();
-        for _ in 0..20_000 {
+        let members = self.members();
+        let mut target = members.clone();
+        target.sort_unstable();
+        for _ in 0..40_000 {
             self.step(false);
+            // Proposals made by a replica that was removed may never resolve
+            // there: their client never heard back.
+            self.pending.retain(|(node, _, _)| members.contains(node));
             let groups: Vec<&ReplicaGroup> = self
                 .nodes
-                .values()
-                .filter_map(|n| n.group.as_ref())
+                .iter()
+                .filter(|(id, _)| members.contains(id))
+                .filter_map(|(_, n)| n.group.as_ref())
                 .collect();
-            if groups.len() == 3
+            if groups.len() == members.len()
                 && self.pending.is_empty()
-                && groups.iter().any(|g| g.is_leader())
+                && groups
+                    .iter()
+                    .any(|g| g.is_leader() && g.voters() == target && g.learners().is_empty())
                 && groups.iter().all(|g| {
                     g.commit_index() == groups[0].commit_index()
                         && g.log().last_index() == g.commit_index()
@@ -323,11 +384,13 @@ impl Sim {
             .iter()
             .map(|(id, n)| match &n.group {
                 Some(g) => format!(
-                    "node {id}: leader={} term={} commit={} last={}",
+                    "node {id}: leader={} term={} commit={} last={} voters={:?} learners={:?}",
                     g.is_leader(),
                     g.term(),
                     g.commit_index(),
-                    g.log().last_index()
+                    g.log().last_index(),
+                    g.voters(),
+                    g.learners()
                 ),
                 None => format!("node {id}: down"),
             })
@@ -340,9 +403,11 @@ impl Sim {
     }
 
     fn check_final(&self) {
+        let members = self.members();
         let logs: Vec<(u64, &ReplicaGroup)> = self
             .nodes
             .iter()
+            .filter(|(id, _)| members.contains(id))
             .filter_map(|(id, n)| n.group.as_ref().map(|g| (*id, g)))
             .collect();
         // Byte-identical committed prefixes.
@@ -412,8 +477,8 @@ impl Sim {
     }
 }
 
-fn run(seed: u64) -> (usize, Stats) {
-    let mut sim = Sim::new(seed);
+fn run(seed: u64, reconfigure: bool) -> (usize, Stats) {
+    let mut sim = Sim::new(seed, reconfigure);
     for _ in 0..1500 {
         sim.step(true);
     }
@@ -423,11 +488,11 @@ fn run(seed: u64) -> (usize, Stats) {
     (sim.acked.len(), sim.stats)
 }
 
-#[test]
-fn replication_survives_randomized_crashes_partitions_and_delays() {
+/// Runs the seeds of one schedule family and checks that the faults happened.
+fn run_family(reconfigure: bool) {
     if let Ok(seed) = std::env::var("WEIR_SIM_SEED") {
         let seed = seed.parse().expect("WEIR_SIM_SEED is a number");
-        let (acked, stats) = run(seed);
+        let (acked, stats) = run(seed, reconfigure);
         eprintln!("seed {seed}: {acked} acknowledged proposals verified, {stats:?}");
         return;
     }
@@ -435,10 +500,17 @@ fn replication_survives_randomized_crashes_partitions_and_delays() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
+    // Reconfiguration schedules are longer (four nodes, more steps to settle):
+    // half as many keep the two families' run times alike.
+    let seeds = if reconfigure {
+        seeds.div_ceil(2)
+    } else {
+        seeds
+    };
     let mut total = 0;
     let mut sum = Stats::default();
     for seed in 0..seeds {
-        let result = std::panic::catch_unwind(|| run(seed));
+        let result = std::panic::catch_unwind(|| run(seed, reconfigure));
         match result {
             Ok((n, s)) => {
                 total += n;
@@ -446,6 +518,7 @@ fn replication_survives_randomized_crashes_partitions_and_delays() {
                 sum.isolations += s.isolations;
                 sum.truncations += s.truncations;
                 sum.terms += s.terms;
+                sum.reconfigs += s.reconfigs;
             }
             Err(e) => {
                 eprintln!("replay with WEIR_SIM_SEED={seed}");
@@ -463,5 +536,21 @@ fn replication_survives_randomized_crashes_partitions_and_delays() {
         sum.truncations > 0 && sum.crashes > 0 && sum.isolations > 0 && sum.terms > seeds,
         "the schedules injected too few faults: {sum:?}"
     );
+    if reconfigure {
+        assert!(
+            sum.reconfigs > seeds,
+            "too few replica-set moves completed: {sum:?}"
+        );
+    }
     eprintln!("{seeds} schedules, {total} acknowledged proposals verified, {sum:?}");
+}
+
+#[test]
+fn replication_survives_randomized_crashes_partitions_and_delays() {
+    run_family(false);
+}
+
+#[test]
+fn replica_set_moves_survive_randomized_crashes_partitions_and_delays() {
+    run_family(true);
 }

@@ -35,7 +35,8 @@ pub fn handle(
                         (Some(t), Some(meta))
                             if !allow_rf_change
                                 && (0..meta.partitions).contains(&p.partition_index)
-                                && t.len() != broker.replicas_of(&meta, p.partition_index).len() =>
+                                && t.len()
+                                    != broker.replicas_of(&meta, p.partition_index).len() =>
                         {
                             Err((
                                 ResponseError::InvalidReplicationFactor,
@@ -56,7 +57,9 @@ pub fn handle(
                 })
                 .collect();
             ReassignableTopicResponse::default()
-                .with_name(kafka_protocol::messages::TopicName(StrBytes::from_string(name)))
+                .with_name(kafka_protocol::messages::TopicName(StrBytes::from_string(
+                    name,
+                )))
                 .with_partitions(partitions)
         })
         .collect();
@@ -76,7 +79,8 @@ mod tests {
     fn a_single_node_refuses_with_a_reason_in_every_version() {
         for version in advertised_versions(ApiKey::AlterPartitionReassignments) {
             let b = broker();
-            b.create_topic("t", 1, 1, Default::default(), false).unwrap();
+            b.create_topic("t", 1, 1, Default::default(), false)
+                .unwrap();
             let req = AlterPartitionReassignmentsRequest::default().with_topics(vec![
                 ReassignableTopic::default()
                     .with_name(TopicName(StrBytes::from_static_str("t")))

@@ -136,12 +136,23 @@ impl ReplicaGroup {
         self.log().offset_after(idx)
     }
 
+    /// The voters, sorted.
     pub fn voters(&self) -> Vec<u64> {
-        self.node.raft.prs().conf().voters().ids().iter().collect()
+        let mut v: Vec<u64> = self.node.raft.prs().conf().voters().ids().iter().collect();
+        v.sort_unstable();
+        v
     }
 
     pub fn learners(&self) -> Vec<u64> {
-        let mut l: Vec<u64> = self.node.raft.prs().conf().learners().iter().copied().collect();
+        let mut l: Vec<u64> = self
+            .node
+            .raft
+            .prs()
+            .conf()
+            .learners()
+            .iter()
+            .copied()
+            .collect();
         l.sort_unstable();
         l
     }
@@ -158,7 +169,9 @@ impl ReplicaGroup {
         }
         let raft = &self.node.raft;
         if raft.pending_conf_index > raft.raft_log.applied {
-            return Ok(Reconfig::InProgress("a configuration change is being applied".into()));
+            return Ok(Reconfig::InProgress(
+                "a configuration change is being applied".into(),
+            ));
         }
         let last = raft.raft_log.last_index();
         let voters = self.voters();
@@ -177,7 +190,11 @@ impl ReplicaGroup {
         };
         for &n in target {
             if !voters.contains(&n) && !learners.contains(&n) {
-                return propose(self, change(n, ConfChangeType::AddLearnerNode), format!("adding {n} as a learner"));
+                return propose(
+                    self,
+                    change(n, ConfChangeType::AddLearnerNode),
+                    format!("adding {n} as a learner"),
+                );
             }
         }
         for &n in target {
@@ -186,36 +203,67 @@ impl ReplicaGroup {
                 if matched + CAUGHT_UP_ENTRIES < last {
                     return Ok(Reconfig::CatchingUp(n));
                 }
-                return propose(self, change(n, ConfChangeType::AddNode), format!("promoting {n} to voter"));
+                return propose(
+                    self,
+                    change(n, ConfChangeType::AddNode),
+                    format!("promoting {n} to voter"),
+                );
             }
         }
         let me = self.id();
+        if !voters.contains(&me) {
+            // Removed by a change an earlier leader proposed and this one
+            // committed: raft-rs keeps such a leader leading, so hand over.
+            return Ok(self.hand_over(target, last));
+        }
         for &n in voters.iter().chain(learners.iter()) {
             if target.contains(&n) {
                 continue;
             }
             if n == me {
-                // Hand over to a target voter that has every entry.
-                let to = target.iter().copied().find(|&t| {
-                    self.node.raft.prs().get(t).is_some_and(|p| p.matched == last)
-                });
-                if let Some(to) = to {
-                    if self.node.raft.lead_transferee.is_none() {
-                        self.node.transfer_leader(to);
-                    }
-                    return Ok(Reconfig::InProgress(format!("handing leadership to {to}")));
-                }
-                return Ok(Reconfig::InProgress("waiting for a target replica to catch up".into()));
+                return Ok(self.hand_over(target, last));
             }
-            return propose(self, change(n, ConfChangeType::RemoveNode), format!("removing {n}"));
+            return propose(
+                self,
+                change(n, ConfChangeType::RemoveNode),
+                format!("removing {n}"),
+            );
         }
         Ok(Reconfig::Done)
+    }
+
+    /// Hands leadership to a target voter that has every entry (up to `last`).
+    fn hand_over(&mut self, target: &[u64], last: u64) -> Reconfig {
+        let me = self.id();
+        let voters = self.voters();
+        let to = target.iter().copied().find(|&t| {
+            t != me
+                && voters.contains(&t)
+                && self
+                    .node
+                    .raft
+                    .prs()
+                    .get(t)
+                    .is_some_and(|p| p.matched == last)
+        });
+        match to {
+            Some(to) => {
+                if self.node.raft.lead_transferee.is_none() {
+                    self.node.transfer_leader(to);
+                }
+                Reconfig::InProgress(format!("handing leadership to {to}"))
+            }
+            None => Reconfig::InProgress("waiting for a target replica to catch up".into()),
+        }
     }
 
     /// Applies committed configuration changes (each once: the state file
     /// records the last one applied) and drops them from `committed`.
     fn apply_conf_changes(&mut self, committed: &mut Vec<Entry>) -> anyhow::Result<()> {
-        if committed.iter().all(|e| e.get_entry_type() == EntryType::EntryNormal) {
+        if committed
+            .iter()
+            .all(|e| e.get_entry_type() == EntryType::EntryNormal)
+        {
             return Ok(());
         }
         for e in committed.iter() {
@@ -237,6 +285,18 @@ impl ReplicaGroup {
             .context("applying a configuration change")?;
             tracing::info!(index = e.index, voters = ?cs.voters, learners = ?cs.learners, "configuration changed");
             self.node.mut_store().set_conf(&cs, e.index)?;
+            let me = self.id();
+            if self.is_leader() && !cs.voters.contains(&me) {
+                // This leader committed its own removal (proposed by an earlier
+                // leader). raft-rs cannot lead without its own progress, so it
+                // steps down at once; the remaining voters elect a leader.
+                tracing::info!(
+                    index = e.index,
+                    "removed from the group while leading; stepping down"
+                );
+                let term = self.term();
+                self.node.raft.become_follower(term, raft::INVALID_ID);
+            }
         }
         committed.retain(|e| e.get_entry_type() == EntryType::EntryNormal);
         Ok(())

@@ -328,8 +328,7 @@ impl RaftNode {
                 // Peers learn which groups this node leads (for partitions
                 // they hold no replica of) every half second.
                 if ticks % 5 == 0 {
-                    let led: Vec<(GroupKey, u64)> =
-                        groups.iter().filter_map(|g| g.led()).collect();
+                    let led: Vec<(GroupKey, u64)> = groups.iter().filter_map(|g| g.led()).collect();
                     node.transport.report_leaders(&led);
                 }
                 for g in groups {

@@ -170,12 +170,7 @@ fn encode(buf: &mut BytesMut, out: Outbound) {
     }
 }
 
-async fn writer(
-    me: PeerInfo,
-    peer: u64,
-    addr: String,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
-) {
+async fn writer(me: PeerInfo, peer: u64, addr: String, mut rx: mpsc::UnboundedReceiver<Outbound>) {
     let hello = match serde_json::to_vec(&me) {
         Ok(h) => h,
         Err(e) => {
