@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// `1=10.0.0.1:9193,2=10.0.0.2:9193,3=10.0.0.3:9193`.
     #[arg(long, env = "WEIR_PEERS", value_name = "ID=HOST:PORT,...")]
     pub peers: Option<String>,
+    /// Cluster mode: this node joins a running cluster (`weir cluster add-node`
+    /// admits it) instead of founding one; `--peers` lists the running nodes
+    /// and this one.
+    #[arg(long, env = "WEIR_JOIN")]
+    pub join: bool,
     /// A Kafka-named broker setting, e.g. `--set auto.create.topics.enable=false` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -86,6 +91,7 @@ struct FileConfig {
     raft_listen: Option<SocketAddr>,
     /// `peers = { 1 = "127.0.0.1:9193", 2 = ... }` or the flag's string form.
     peers: Option<toml::Value>,
+    join: Option<bool>,
     #[serde(default)]
     kafka: BTreeMap<String, toml::Value>,
     #[serde(default)]
@@ -109,6 +115,11 @@ pub struct BrokerConfig {
     /// HOST:PORT per voter, resolved at each connection attempt (a peer's DNS
     /// name may not resolve until it starts, as in a Kubernetes StatefulSet).
     pub peers: BTreeMap<u64, String>,
+    /// Joining a running cluster (not founding it).
+    pub join: bool,
+    /// The metadata group's founding voters when they differ from `peers` (a
+    /// joining node learns them from its peers before opening the group).
+    pub founders: Option<Vec<u64>>,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
@@ -241,6 +252,8 @@ impl BrokerConfig {
             ingest: file.ingest,
             raft_listen,
             peers,
+            join: args.join || file.join.unwrap_or(false),
+            founders: None,
         };
         // Parse every numeric setting once now so that a typo fails at start, not later.
         for (key, value, _) in KAFKA_DEFAULTS {

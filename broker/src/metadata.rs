@@ -60,6 +60,17 @@ enum MetaRecord {
         partition: i32,
         replicas: Vec<i32>,
     },
+    /// A node joins the cluster (AddRaftVoter): peers connect to `raft_addr`, and
+    /// the controller adds it to the metadata group.
+    NodeRegistered {
+        node_id: i32,
+        raft_addr: String,
+    },
+    /// A node leaves the cluster (RemoveRaftVoter): the controller removes it from
+    /// the metadata group and no new replica is placed on it.
+    NodeRemoved {
+        node_id: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +97,10 @@ struct MetaState {
     topics: BTreeMap<String, TopicMeta>,
     ids: HashMap<Uuid, String>,
     producer_id_end: i64,
+    /// Nodes registered after the cluster was founded: id -> Raft address.
+    registered: BTreeMap<i32, String>,
+    /// Nodes removed from the cluster.
+    removed: std::collections::BTreeSet<i32>,
 }
 
 impl MetaState {
@@ -161,6 +176,14 @@ impl MetaState {
                         t.reassigning.insert(partition, target);
                     }
                 }
+            }
+            MetaRecord::NodeRegistered { node_id, raft_addr } => {
+                self.removed.remove(&node_id);
+                self.registered.insert(node_id, raft_addr);
+            }
+            MetaRecord::NodeRemoved { node_id } => {
+                self.registered.remove(&node_id);
+                self.removed.insert(node_id);
             }
             MetaRecord::ReassignmentCompleted {
                 name,
@@ -482,6 +505,28 @@ impl MetadataStore {
             partition,
             target,
         })
+    }
+
+    /// Records a node joining the cluster with its Raft address.
+    pub fn register_node(&self, node_id: i32, raft_addr: String) -> anyhow::Result<()> {
+        let _guard = self.write.lock();
+        self.commit(MetaRecord::NodeRegistered { node_id, raft_addr })
+    }
+
+    /// Records a node leaving the cluster.
+    pub fn remove_node(&self, node_id: i32) -> anyhow::Result<()> {
+        let _guard = self.write.lock();
+        self.commit(MetaRecord::NodeRemoved { node_id })
+    }
+
+    /// Nodes registered after the founding (id -> Raft address).
+    pub fn registered_nodes(&self) -> BTreeMap<i32, String> {
+        self.state.read().registered.clone()
+    }
+
+    /// Nodes removed from the cluster.
+    pub fn removed_nodes(&self) -> std::collections::BTreeSet<i32> {
+        self.state.read().removed.clone()
     }
 
     /// Records that the partition's voters reached `replicas`.

@@ -137,9 +137,51 @@ impl Broker {
         out
     }
 
+    /// Cluster membership: connects to nodes that joined and forgets nodes that
+    /// left; on the controller, moves the metadata group's voters to the
+    /// founders plus the registered nodes, without the removed ones.
+    pub fn step_membership(&self) {
+        let (Some(node), Some(meta_group)) = (&self.raft, &self.meta_group) else {
+            return;
+        };
+        let me = self.node_id();
+        let registered = self.meta.registered_nodes();
+        let removed = self.meta.removed_nodes();
+        for (id, addr) in &registered {
+            node.transport.add_peer(*id as u64, addr);
+        }
+        for id in &removed {
+            if *id != me {
+                node.transport.remove_peer(*id as u64);
+            }
+        }
+        if !meta_group.is_leader() {
+            return;
+        }
+        let mut target: std::collections::BTreeSet<u64> = meta_group
+            .inspect(|g| g.log().founders())
+            .into_iter()
+            .collect();
+        target.extend(registered.keys().map(|&id| id as u64));
+        for id in &removed {
+            target.remove(&(*id as u64));
+        }
+        let target: Vec<u64> = target.into_iter().collect();
+        match meta_group.with(|g, _| g.reconfigure_step(&target)) {
+            Ok(Ok(Reconfig::InProgress(what))) => {
+                tracing::info!("controller membership: {what}")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "controller membership step failed")
+            }
+        }
+    }
+
     /// One pass: every partition this node leads that has a target takes its
     /// next configuration step; a finished one is recorded as completed.
     pub fn step_reassignments(&self) {
+        self.step_membership();
         for meta in self.meta.topics() {
             for (&index, target) in &meta.reassigning {
                 let Some(partition) = self.partition(&meta.name, index) else {

@@ -7,20 +7,53 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = BrokerConfig::load(&args)?;
+    let mut config = BrokerConfig::load(&args)?;
     let kafka_listen = config.kafka_listen;
     let http_listen = config.http_listen;
     let raft = match config.raft_listen {
         Some(listen) if !config.peers.is_empty() => {
+            // The metadata group's founding voters: recorded in its state once
+            // it exists; a founding node's peers; a joining node learns them
+            // from the running nodes' hellos below.
+            let meta_dir = config
+                .data_dir
+                .join(format!("{}-0", crate::metadata::METADATA_TOPIC));
+            let founders =
+                crate::replication::RaftLog::founders_in(&meta_dir).unwrap_or_else(|| {
+                    if config.join {
+                        Vec::new()
+                    } else {
+                        config.peers.keys().copied().collect()
+                    }
+                });
             let me = crate::replication::transport::PeerInfo {
                 node_id: config.node_id as u64,
                 kafka_host: config.advertised_host.clone(),
                 kafka_port: config.advertised_port,
+                founders: founders.clone(),
             };
             let peers = config.peers.iter().map(|(k, v)| (*k, v.clone())).collect();
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let transport =
                 crate::replication::transport::Transport::start(me, listen, &peers, tx).await?;
+            let founders = if founders.is_empty() {
+                tracing::info!("joining: waiting for a running node to describe the cluster");
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+                loop {
+                    if let Some(f) = transport.founders_from_peers() {
+                        break f;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        anyhow::bail!(
+                            "no running node of the cluster answered within 300 s; check --peers"
+                        );
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            } else {
+                founders
+            };
+            config.founders = Some(founders);
             let node = crate::replication::node::RaftNode::new(config.node_id as u64, transport);
             tracing::info!(node_id = config.node_id, raft = %listen, voters = config.peers.len(), "cluster mode");
             Some((node, rx))

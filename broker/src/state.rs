@@ -57,7 +57,10 @@ impl Broker {
         let (meta, meta_group) = match &raft {
             None => (Arc::new(MetadataStore::open(meta_log)?), None),
             Some(node) => {
-                let voters: Vec<u64> = config.peers.keys().copied().collect();
+                let voters: Vec<u64> = config
+                    .founders
+                    .clone()
+                    .unwrap_or_else(|| config.peers.keys().copied().collect());
                 let raft_log = RaftLog::open(meta_log.clone(), &voters)
                     .context("opening the metadata raft log")?;
                 let committed = raft_log.offset_after(raft_log.commit().min(raft_log.last_index()));
@@ -212,13 +215,19 @@ impl Broker {
         }
     }
 
-    /// Node ids of the cluster's voters (this node alone on a single node).
+    /// Node ids of the cluster's members (this node alone on a single node):
+    /// the metadata group's voters, without nodes being removed.
     pub fn cluster_nodes(&self) -> Vec<i32> {
-        if self.config.peers.is_empty() {
-            vec![self.node_id()]
-        } else {
-            self.config.peers.keys().map(|&id| id as i32).collect()
-        }
+        let Some(meta) = &self.meta_group else {
+            return vec![self.node_id()];
+        };
+        let removed = self.meta.removed_nodes();
+        let voters = meta.inspect(|g| g.voters());
+        voters
+            .into_iter()
+            .map(|id| id as i32)
+            .filter(|id| !removed.contains(id))
+            .collect()
     }
 
     fn open_partitions(&self, topic: &TopicMeta, from: i32) -> anyhow::Result<()> {
@@ -282,12 +291,18 @@ impl Broker {
                 self.config.advertised_host.clone(),
                 self.config.advertised_port,
             )],
-            Some(node) => node
-                .transport
-                .peers()
-                .into_iter()
-                .map(|p| (p.node_id as i32, p.kafka_host, p.kafka_port))
-                .collect(),
+            Some(node) => {
+                // A node that said hello but is not (or no longer) a member is
+                // not offered to clients.
+                let members = self.cluster_nodes();
+                let me = self.node_id();
+                node.transport
+                    .peers()
+                    .into_iter()
+                    .filter(|p| p.node_id as i32 == me || members.contains(&(p.node_id as i32)))
+                    .map(|p| (p.node_id as i32, p.kafka_host, p.kafka_port))
+                    .collect()
+            }
         }
     }
 

@@ -550,3 +550,56 @@ def test_reassignment_raises_the_replication_factor_and_moves_replicas(cluster):
     wait_until(same, 30, "the remaining replicas byte-identical")
     got = read_all(cluster.bootstrap(), topic, 1, 700)
     assert [v for _, v in got[0]] == list(range(700))
+
+
+def weir_cli(cluster: Cluster, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([str(weir_bin()), "--bootstrap", cluster.bootstrap(), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_add_node_and_remove_node(cluster, tmp_path):
+    """`weir cluster add-node` admits a fourth node started with --join (it copies the metadata log,
+    becomes a controller voter, and new topics place replicas on it); `weir cluster remove-node`
+    moves every replica off it and takes it out, losing no record."""
+    raft_port = free_port()
+    peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in cluster.raft_ports.items()) + f",4=127.0.0.1:{raft_port}"
+    node4 = Broker(tmp_path / "node4", extra_args=[
+        "--node-id", "4", "--raft-listen", f"127.0.0.1:{raft_port}", "--peers", peers, "--join",
+        "--set", "default.replication.factor=3", "--set", "min.insync.replicas=2"])
+    node4.start(wait=False)
+    cluster.nodes[4] = node4
+    # Not a member until admitted: clients are not told about it.
+    time.sleep(1)
+    md = cluster.admin().list_topics(timeout=10)
+    assert 4 not in md.brokers
+
+    r = weir_cli(cluster, "cluster", "add-node", "--id", "4", "--raft", f"127.0.0.1:{raft_port}")
+    assert r.returncode == 0, r.stderr
+    node4.wait_ready()
+    wait_until(lambda: 4 in cluster.admin().list_topics(timeout=10).brokers, 30, "node 4 listed as a broker")
+
+    # New topics use the fourth node; it serves produce and fetch like the others.
+    topic, partitions = unique_topic("grow"), 8
+    create(cluster, topic, partitions)
+    md = cluster.admin().list_topics(topic, timeout=10).topics[topic]
+    on4 = [p.id for p in md.partitions.values() if 4 in p.replicas]
+    assert on4, "no replica placed on the new node"
+    p = Producer({"bootstrap.servers": cluster.bootstrap(), "acks": "all"})
+    for i in range(800):
+        p.produce(topic, str(i).encode(), partition=i % partitions)
+    assert p.flush(30) == 0
+
+    # Removing it moves its replicas elsewhere first.
+    r = weir_cli(cluster, "cluster", "remove-node", "4")
+    assert r.returncode == 0, r.stderr
+    assert "removed it from the cluster" in r.stdout
+    md = cluster.admin().list_topics(topic, timeout=10)
+    assert all(4 not in q.replicas for q in md.topics[topic].partitions.values())
+    wait_until(lambda: 4 not in cluster.admin().list_topics(timeout=10).brokers, 30, "node 4 gone from the brokers")
+    wait_until(lambda: not any((node4.data_dir / f"{topic}-{q}").exists() for q in on4), 30,
+               "node 4's replicas deleted")
+    got = read_all(cluster.bootstrap(exclude=4), topic, partitions, 800)
+    assert sorted(v for recs in got.values() for _, v in recs) == list(range(800))
+    # A node that was removed is refused as a member again only through add-node.
+    r = weir_cli(cluster, "cluster", "remove-node", "4")
+    assert r.returncode != 0 and "not a member" in r.stderr, r.stderr

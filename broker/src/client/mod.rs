@@ -1150,6 +1150,174 @@ impl Client {
         }
     }
 
+    /// AlterPartitionReassignments: each `(topic, partition, replicas)` moves the
+    /// partition to `replicas` (`None` cancels). Returns each partition's result.
+    pub async fn alter_reassignments(
+        &self,
+        moves: &[(String, i32, Option<Vec<i32>>)],
+    ) -> Result<Vec<(String, i32, Result<()>)>> {
+        let conn = self.controller_connection().await?;
+        let timeout = self.inner.cfg.request_timeout;
+        let mut by_topic: BTreeMap<&str, Vec<(i32, Option<Vec<i32>>)>> = BTreeMap::new();
+        for (t, p, r) in moves {
+            by_topic
+                .entry(t.as_str())
+                .or_default()
+                .push((*p, r.clone()));
+        }
+        let topics: Vec<alter_partition_reassignments_request::ReassignableTopic> = by_topic
+            .into_iter()
+            .map(|(t, ps)| {
+                alter_partition_reassignments_request::ReassignableTopic::default()
+                    .with_name(topic_name(t))
+                    .with_partitions(
+                        ps.into_iter()
+                            .map(|(p, r)| {
+                                alter_partition_reassignments_request::ReassignablePartition::default()
+                                    .with_partition_index(p)
+                                    .with_replicas(r.map(|r| r.into_iter().map(BrokerId).collect()))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        let (_, resp) = conn
+            .call(ApiKey::AlterPartitionReassignments, |_| {
+                RequestKind::AlterPartitionReassignments(
+                    AlterPartitionReassignmentsRequest::default()
+                        .with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32)
+                        .with_topics(topics.clone()),
+                )
+            })
+            .await?;
+        let ResponseKind::AlterPartitionReassignments(resp) = resp else {
+            return Err(ClientError::Protocol(
+                "AlterPartitionReassignments answered with another response type".into(),
+            ));
+        };
+        if let Some(e) = ClientError::from_code(
+            resp.error_code,
+            resp.error_message.as_ref().map(|m| m.as_str()),
+            "reassigning partitions",
+        ) {
+            return Err(e);
+        }
+        let mut out = Vec::new();
+        for t in resp.responses {
+            for p in t.partitions {
+                let result = match ClientError::from_code(
+                    p.error_code,
+                    p.error_message.as_ref().map(|m| m.as_str()),
+                    format!("reassigning {}-{}", t.name.0.as_str(), p.partition_index),
+                ) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
+                out.push((t.name.0.to_string(), p.partition_index, result));
+            }
+        }
+        Ok(out)
+    }
+
+    /// ListPartitionReassignments of every partition: `(topic, partition,
+    /// replicas, adding, removing)`.
+    pub async fn list_reassignments(
+        &self,
+    ) -> Result<Vec<(String, i32, Vec<i32>, Vec<i32>, Vec<i32>)>> {
+        let conn = self.controller_connection().await?;
+        let (_, resp) = conn
+            .call(ApiKey::ListPartitionReassignments, |_| {
+                RequestKind::ListPartitionReassignments(
+                    ListPartitionReassignmentsRequest::default().with_topics(None),
+                )
+            })
+            .await?;
+        let ResponseKind::ListPartitionReassignments(resp) = resp else {
+            return Err(ClientError::Protocol(
+                "ListPartitionReassignments answered with another response type".into(),
+            ));
+        };
+        if let Some(e) = ClientError::from_code(
+            resp.error_code,
+            resp.error_message.as_ref().map(|m| m.as_str()),
+            "listing reassignments",
+        ) {
+            return Err(e);
+        }
+        let ids = |v: Vec<BrokerId>| v.into_iter().map(|b| b.0).collect::<Vec<i32>>();
+        Ok(resp
+            .topics
+            .into_iter()
+            .flat_map(|t| {
+                let name = t.name.0.to_string();
+                t.partitions.into_iter().map(move |p| {
+                    (
+                        name.clone(),
+                        p.partition_index,
+                        ids(p.replicas),
+                        ids(p.adding_replicas),
+                        ids(p.removing_replicas),
+                    )
+                })
+            })
+            .collect())
+    }
+
+    /// AddRaftVoter: admits node `id`, reachable for Raft at `host:port`.
+    pub async fn add_raft_voter(&self, id: i32, host: &str, port: u16) -> Result<()> {
+        let conn = self.controller_connection().await?;
+        let listener = add_raft_voter_request::Listener::default()
+            .with_name(StrBytes::from_static_str("RAFT"))
+            .with_host(StrBytes::from_string(host.to_string()))
+            .with_port(port);
+        let (_, resp) = conn
+            .call(ApiKey::AddRaftVoter, |_| {
+                RequestKind::AddRaftVoter(
+                    AddRaftVoterRequest::default()
+                        .with_voter_id(id)
+                        .with_timeout_ms(30_000)
+                        .with_listeners(vec![listener.clone()]),
+                )
+            })
+            .await?;
+        let ResponseKind::AddRaftVoter(resp) = resp else {
+            return Err(ClientError::Protocol(
+                "AddRaftVoter answered with another response type".into(),
+            ));
+        };
+        match ClientError::from_code(
+            resp.error_code,
+            resp.error_message.as_ref().map(|m| m.as_str()),
+            format!("adding node {id}"),
+        ) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// RemoveRaftVoter: takes node `id` out of the cluster.
+    pub async fn remove_raft_voter(&self, id: i32) -> Result<()> {
+        let conn = self.controller_connection().await?;
+        let (_, resp) = conn
+            .call(ApiKey::RemoveRaftVoter, |_| {
+                RequestKind::RemoveRaftVoter(RemoveRaftVoterRequest::default().with_voter_id(id))
+            })
+            .await?;
+        let ResponseKind::RemoveRaftVoter(resp) = resp else {
+            return Err(ClientError::Protocol(
+                "RemoveRaftVoter answered with another response type".into(),
+            ));
+        };
+        match ClientError::from_code(
+            resp.error_code,
+            resp.error_message.as_ref().map(|m| m.as_str()),
+            format!("removing node {id}"),
+        ) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// DescribeConfigs of a topic (all its configs).
     pub async fn describe_topic_configs(&self, name: &str) -> Result<Vec<ConfigEntry>> {
         let conn = self.any_connection().await?;

@@ -35,6 +35,10 @@ pub fn client_range(api: ApiKey) -> Option<VersionRange> {
         ApiKey::DeleteRecords => DeleteRecordsRequest::VERSIONS,
         ApiKey::DeleteGroups => DeleteGroupsRequest::VERSIONS,
         ApiKey::OffsetDelete => OffsetDeleteRequest::VERSIONS,
+        ApiKey::AlterPartitionReassignments => AlterPartitionReassignmentsRequest::VERSIONS,
+        ApiKey::ListPartitionReassignments => ListPartitionReassignmentsRequest::VERSIONS,
+        ApiKey::AddRaftVoter => AddRaftVoterRequest::VERSIONS,
+        ApiKey::RemoveRaftVoter => RemoveRaftVoterRequest::VERSIONS,
         _ => return None,
     })
 }

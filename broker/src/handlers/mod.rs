@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub mod add_raft_voter;
 #[cfg(test)]
 pub(crate) mod admin_test_support;
 pub mod alter_configs;
@@ -31,6 +32,7 @@ pub mod list_partition_reassignments;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod remove_raft_voter;
 // Consumer groups (issue 4).
 pub mod delete_groups;
 pub mod describe_groups;
@@ -124,6 +126,12 @@ pub async fn dispatch(
                 alter_partition_reassignments::handle(b, ctx, r),
             ))
         }
+        RequestKind::AddRaftVoter(r) => ready(ResponseKind::AddRaftVoter(add_raft_voter::handle(
+            b, ctx, r,
+        ))),
+        RequestKind::RemoveRaftVoter(r) => ready(ResponseKind::RemoveRaftVoter(
+            remove_raft_voter::handle(b, ctx, r),
+        )),
         RequestKind::ListPartitionReassignments(r) => {
             ready(ResponseKind::ListPartitionReassignments(
                 list_partition_reassignments::handle(b, ctx, r),

@@ -66,6 +66,10 @@ struct PersistedState {
     /// The last configuration change entry applied to `voters`/`learners`.
     #[serde(default)]
     conf_index: u64,
+    /// The configuration before the first entry (empty in files written before
+    /// configuration changes existed: then `voters` never changed).
+    #[serde(default)]
+    initial_voters: Vec<u64>,
     /// The entry before the first one in the sidecar (a "snapshot" of the prefix
     /// that retention or an adopted single-node log already holds).
     snapshot_index: u64,
@@ -111,6 +115,7 @@ impl RaftLog {
                     voters: voters.to_vec(),
                     learners: Vec::new(),
                     conf_index: 0,
+                    initial_voters: voters.to_vec(),
                     snapshot_index: 0,
                     snapshot_term: 0,
                     base_offset: log.log_end_offset(),
@@ -201,6 +206,26 @@ impl RaftLog {
             raft_log.state.commit = last;
         }
         Ok(raft_log)
+    }
+
+    /// The founding voters recorded in the Raft state under `dir`, if any.
+    pub fn founders_in(dir: &Path) -> Option<Vec<u64>> {
+        let bytes = std::fs::read(dir.join(STATE_FILE)).ok()?;
+        let state: PersistedState = serde_json::from_slice(&bytes).ok()?;
+        Some(if state.initial_voters.is_empty() {
+            state.voters
+        } else {
+            state.initial_voters
+        })
+    }
+
+    /// The configuration before the first entry.
+    pub fn founders(&self) -> Vec<u64> {
+        if self.state.initial_voters.is_empty() {
+            self.state.voters.clone()
+        } else {
+            self.state.initial_voters.clone()
+        }
     }
 
     pub fn log(&self) -> &Arc<Log> {

@@ -41,6 +41,10 @@ pub struct PeerInfo {
     pub node_id: u64,
     pub kafka_host: String,
     pub kafka_port: i32,
+    /// The metadata group's founding voters (its configuration before its first
+    /// entry), which a joining node needs to replay the group's log.
+    #[serde(default)]
+    pub founders: Vec<u64>,
 }
 
 pub struct Inbound {
@@ -64,7 +68,9 @@ struct LeaderReport {
 }
 
 pub struct Transport {
-    outbound: HashMap<u64, mpsc::UnboundedSender<Outbound>>,
+    me: PeerInfo,
+    runtime: tokio::runtime::Handle,
+    outbound: RwLock<HashMap<u64, mpsc::UnboundedSender<Outbound>>>,
     /// What each peer said about itself in its Hello (known once it connected).
     peers: Arc<RwLock<HashMap<u64, PeerInfo>>>,
     reports: LeaderReports,
@@ -96,14 +102,51 @@ impl Transport {
             tokio::spawn(writer(me.clone(), id, addr.clone(), rx));
         }
         Ok(Arc::new(Transport {
-            outbound,
+            me,
+            runtime: tokio::runtime::Handle::current(),
+            outbound: RwLock::new(outbound),
             peers: known,
             reports,
         }))
     }
 
+    /// Starts sending to a node that joined the cluster (no-op if known).
+    pub fn add_peer(&self, id: u64, addr: &str) {
+        if id == self.me.node_id || self.outbound.read().contains_key(&id) {
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.outbound.write().insert(id, tx);
+        tracing::info!(peer = id, %addr, "new raft peer");
+        self.runtime
+            .spawn(writer(self.me.clone(), id, addr.to_string(), rx));
+    }
+
+    /// Stops sending to a node that left the cluster and forgets its address.
+    pub fn remove_peer(&self, id: u64) {
+        if self.outbound.write().remove(&id).is_some() {
+            tracing::info!(peer = id, "raft peer removed");
+        }
+        self.peers.write().remove(&id);
+        self.reports.write().retain(|_, (node, _, _)| *node != id);
+    }
+
+    /// Node ids this node sends to.
+    pub fn peer_ids(&self) -> Vec<u64> {
+        self.outbound.read().keys().copied().collect()
+    }
+
+    /// The founding voters of the metadata group, as a peer reported them.
+    pub fn founders_from_peers(&self) -> Option<Vec<u64>> {
+        self.peers
+            .read()
+            .values()
+            .find(|p| p.node_id != self.me.node_id && !p.founders.is_empty())
+            .map(|p| p.founders.clone())
+    }
+
     pub fn send(&self, group: &GroupKey, msg: Message) {
-        if let Some(tx) = self.outbound.get(&msg.to) {
+        if let Some(tx) = self.outbound.read().get(&msg.to) {
             let _ = tx.send(Outbound::Raft(group.clone(), msg));
         }
     }
@@ -122,7 +165,7 @@ impl Transport {
             return;
         };
         let body = Arc::new(body);
-        for tx in self.outbound.values() {
+        for tx in self.outbound.read().values() {
             let _ = tx.send(Outbound::Leaders(body.clone()));
         }
     }
@@ -186,6 +229,9 @@ async fn writer(me: PeerInfo, peer: u64, addr: String, mut rx: mpsc::UnboundedRe
                 tracing::debug!(peer, %addr, error = %e, "raft peer unreachable");
                 // Drop what queued up meanwhile: it is stale, Raft will resend.
                 while rx.try_recv().is_ok() {}
+                if rx.is_closed() {
+                    return; // the peer left the cluster
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
