@@ -603,3 +603,21 @@ def test_add_node_and_remove_node(cluster, tmp_path):
     # A node that was removed is refused as a member again only through add-node.
     r = weir_cli(cluster, "cluster", "remove-node", "4")
     assert r.returncode != 0 and "not a member" in r.stderr, r.stderr
+
+    # The controller quorum is back to three voters: with node 4 stopped and one more node
+    # killed, two of three still commit metadata (two of four would not).
+    node4.stop()
+    del cluster.nodes[4]
+    victim = next(i for i in (1, 2, 3) if i != cluster.admin().list_topics(timeout=10).controller_id)
+    cluster.nodes[victim].kill()
+    after = unique_topic("after")
+    def created():
+        admin = cluster.admin(exclude=victim)  # kept alive until the answer arrives
+        futures = admin.create_topics([NewTopic(after, 1, 2)], operation_timeout=10)
+        try:
+            futures[after].result(15)
+            return True
+        except Exception as e:  # TOPIC_ALREADY_EXISTS after a retried attempt also counts
+            return "already exists" in str(e)
+    wait_until(created, 60, "a topic created with two of the three remaining voters")
+    cluster.nodes[victim].start()

@@ -66,9 +66,33 @@ pub fn handle(
             ),
         );
     }
-    match broker.meta.remove_node(id) {
-        Ok(()) => RemoveRaftVoterResponse::default(),
-        Err(e) => refuse(ResponseError::RequestTimedOut, format!("{e:#}")),
+    if let Err(e) = broker.meta.remove_node(id) {
+        return refuse(ResponseError::RequestTimedOut, format!("{e:#}"));
+    }
+    // Answer once the controller quorum no longer counts the node (as Kafka
+    // does), so that stopping it right after cannot cost the quorum.
+    let Some(meta_group) = &broker.meta_group else {
+        return RemoveRaftVoterResponse::default();
+    };
+    let removed = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if !meta_group.inspect(|g| g.voters()).contains(&(id as u64)) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    });
+    if removed {
+        RemoveRaftVoterResponse::default()
+    } else {
+        refuse(
+            ResponseError::RequestTimedOut,
+            format!(
+                "node {id} is leaving, but the controller quorum has not dropped it within 30 s"
+            ),
+        )
     }
 }
 
