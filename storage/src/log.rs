@@ -756,6 +756,25 @@ impl Log {
         Ok(())
     }
 
+    /// Empties the log and restarts it at `offset` (any offset, also past the
+    /// end): a replica that fell behind its leader's log start adopts the
+    /// leader's start this way, as a Kafka follower does.
+    pub fn reset_to(&self, offset: i64) -> Result<()> {
+        if offset < 0 {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start: self.log_start_offset(),
+                log_end: self.log_end_offset(),
+            });
+        }
+        let config = self.config();
+        let mut st = self.state.write();
+        if st.closed {
+            return Err(self.closed_err());
+        }
+        self.truncate_fully_locked(&mut st, offset, &config)
+    }
+
     /// Deletes every segment and restarts the log, empty, at `offset`. Old files are
     /// unlinked before the new segment is created (never truncated under a reader's
     /// map). On an I/O error midway the log is taken offline (closed): it may have no

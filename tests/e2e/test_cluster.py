@@ -27,7 +27,7 @@ from util import free_port, record_timing, unique_topic, wait_until
 
 
 class Cluster:
-    def __init__(self, root: Path, relays: bool = False, n: int = 3):
+    def __init__(self, root: Path, relays: bool = False, n: int = 3, extra_args: tuple = ()):
         self.raft_ports = {i: free_port() for i in range(1, n + 1)}
         self.relays: dict[tuple[int, int], Relay] = {}
         if relays:
@@ -47,7 +47,7 @@ class Cluster:
                 peers.append(f"{j}=127.0.0.1:{port}")
             args = ["--node-id", str(i), "--raft-listen", f"127.0.0.1:{self.raft_ports[i]}",
                     "--peers", ",".join(peers),
-                    "--set", "default.replication.factor=3", "--set", "min.insync.replicas=2"]
+                    "--set", "default.replication.factor=3", "--set", "min.insync.replicas=2", *extra_args]
             kafka_port = free_port()
             advertised = None
             if relays:
@@ -621,3 +621,52 @@ def test_add_node_and_remove_node(cluster, tmp_path):
             return "already exists" in str(e)
     wait_until(created, 60, "a topic created with two of the three remaining voters")
     cluster.nodes[victim].start()
+
+
+def test_replica_behind_the_leaders_log_start_catches_up(tmp_path):
+    """A replica that was down while retention deleted the records it lacks restarts its log at the
+    leader's log start (a Raft snapshot without data, as a Kafka follower truncates to the leader's
+    log start) and then copies the rest: it leads again with every retained record, in order."""
+    c = Cluster(tmp_path, extra_args=("--set", "log.retention.check.interval.ms=300")).start()
+    try:
+        topic = unique_topic("behind")
+        admin = c.admin()
+        admin.create_topics([NewTopic(topic, 1, 3, config={"segment.bytes": "8192", "retention.bytes": "16384"})])[
+            topic].result(30)
+        c.wait_leaders(topic, 1)
+        preferred = replicas_of(c, topic, 0)[0]
+        wait_until(lambda: c.leader_of(topic, 0) == preferred, 30, "the preferred replica leading")
+        c.nodes[preferred].kill()
+        c.wait_leaders(topic, 1, exclude=preferred)
+        p = Producer({"bootstrap.servers": c.bootstrap(exclude=preferred), "acks": "all", "linger.ms": 0,
+                      "batch.num.messages": 10})
+        for i in range(3000):
+            p.produce(topic, f"{i:08d}".encode() + b"x" * 92, partition=0)
+            if i % 100 == 0:
+                p.flush(30)
+        assert p.flush(30) == 0
+        leader = c.leader_of(topic, 0, exclude=preferred)
+        first_base = lambda node: min(int(f.stem) for f in (c.nodes[node].data_dir / f"{topic}-0").glob("*.log"))
+        wait_until(lambda: first_base(leader) > 0, 30, "retention to delete the leader's first segments")
+
+        c.nodes[preferred].start()
+        # Leadership returns to the preferred replica once it has caught up.
+        wait_until(lambda: c.leader_of(topic, 0) == preferred, 90, "the restarted replica leading again")
+        assert "restarting the log at the leader's" in c.nodes[preferred].log_path.read_text()
+        assert first_base(preferred) > 0
+        cons = Consumer({"bootstrap.servers": c.bootstrap(), "group.id": unique_topic("r"),
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        cons.assign([TopicPartition(topic, 0, -2)])  # OFFSET_BEGINNING: the log start
+        values = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not values or values[-1] != 2999):
+            m = cons.poll(0.5)
+            if m is None or m.error():
+                continue
+            values.append(int(m.value()[:8]))
+        cons.close()
+        assert values and values[-1] == 2999
+        assert values == list(range(values[0], 3000)), "records missing or out of order after the log start"
+    finally:
+        c.stop()
+        c.assert_no_panic()

@@ -409,7 +409,13 @@ impl ReplicaGroup {
         // leader counts itself only once persisted).
         out.messages.extend(rd.take_messages());
         if !rd.snapshot().is_empty() {
-            bail!("raft snapshots are not supported yet");
+            // Behind the leader's log start: restart from the leader's.
+            let snap = rd.snapshot().clone();
+            self.node
+                .mut_store()
+                .apply_snapshot(&snap)
+                .context("installing a raft snapshot")?;
+            out.truncated = true;
         }
         out.committed.extend(rd.take_committed_entries());
         if !rd.entries().is_empty() {

@@ -451,6 +451,42 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Installs a leader's snapshot (see `snapshot`): the log restarts, empty, at
+    /// the offset the next entry starts at, and the Raft state starts after the
+    /// snapshot's index, with its configuration.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> anyhow::Result<()> {
+        let data: SnapshotData =
+            serde_json::from_slice(&snap.data).context("decoding a raft snapshot")?;
+        let meta = snap.get_metadata();
+        tracing::warn!(
+            dir = %self.dir.display(),
+            index = meta.index,
+            offset = data.base_offset,
+            "behind the leader's log start: restarting the log at the leader's"
+        );
+        self.log
+            .reset_to(data.base_offset)
+            .context("restarting the partition log")?;
+        self.metas.clear();
+        self.entries_file
+            .set_len(0)
+            .context("truncating the raft sidecar")?;
+        self.confs.clear();
+        self.rewrite_confs()?;
+        let cs = meta.get_conf_state();
+        self.state.snapshot_index = meta.index;
+        self.state.snapshot_term = meta.term;
+        self.state.base_offset = data.base_offset;
+        self.state.voters = cs.voters.clone();
+        self.state.learners = cs.learners.clone();
+        self.state.conf_index = self.state.conf_index.max(meta.index);
+        self.state.commit = self.state.commit.max(meta.index);
+        self.state.term = self.state.term.max(meta.term);
+        write_state(&self.dir.join(STATE_FILE), &self.state, true)?;
+        self.persisted_commit = self.state.commit;
+        Ok(())
+    }
+
     /// fsyncs the log and the sidecar (under `flush.messages=1` or on request).
     pub fn sync(&self) -> anyhow::Result<()> {
         self.log.flush().context("fsync of the partition log")?;
@@ -646,13 +682,47 @@ impl raft::Storage for RaftLog {
         Ok(self.last_index())
     }
 
+    /// A replica that needs entries whose records retention deleted gets a
+    /// "snapshot" that holds no data: the last entry before the first readable
+    /// one, its term, the configuration, and the offset the next entry starts
+    /// at. The replica empties its log and restarts it at that offset (what a
+    /// Kafka follower does when it falls behind the leader's log start), then
+    /// copies the entries that follow.
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Entries are only dropped by retention; shipping a partition's data as a
-        // snapshot to a replica that fell behind the log start is not built yet.
-        Err(raft::Error::Store(
-            RaftStorageError::SnapshotTemporarilyUnavailable,
-        ))
+        let unavailable = || raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable);
+        let log_start = self.log.log_start_offset();
+        // The first entry whose records are all still in the log.
+        let skip = self.metas.partition_point(|m| m.base < log_start) as u64;
+        let index = (self.state.snapshot_index + skip).min(self.state.commit);
+        if index == 0 || index < self.state.snapshot_index {
+            return Err(unavailable());
+        }
+        let term = if index == self.state.snapshot_index {
+            self.state.snapshot_term
+        } else {
+            self.meta(index).ok_or_else(unavailable)?.term
+        };
+        let mut snap = Snapshot::default();
+        snap.data = serde_json::to_vec(&SnapshotData {
+            base_offset: self.offset_after(index),
+        })
+        .map_err(|_| unavailable())?
+        .into();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(ConfState::from((
+            self.state.voters.clone(),
+            self.state.learners.clone(),
+        )));
+        Ok(snap)
     }
+}
+
+/// What a snapshot carries: where the entry after it starts.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    base_offset: i64,
 }
 
 /// One record of the confs file: `[index u64][type u32][len u32][payload]`.
