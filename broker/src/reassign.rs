@@ -11,7 +11,6 @@
 use crate::metadata::TopicMeta;
 use crate::replication::group::Reconfig;
 use crate::state::{Broker, TopicError};
-use anyhow::Context;
 use kafka_protocol::error::ResponseError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -239,15 +238,6 @@ impl Broker {
     /// Cluster mode: advances reassignments every 200 ms on a thread that ends
     /// with the broker.
     pub fn follow_reassignments(self: &Arc<Self>) -> anyhow::Result<()> {
-        let weak = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("weir-reassign".into())
-            .spawn(move || loop {
-                std::thread::sleep(STEP);
-                let Some(broker) = weak.upgrade() else { return };
-                broker.step_reassignments();
-            })
-            .context("starting the reassignment thread")?;
-        Ok(())
+        self.every("weir-reassign", STEP, Broker::step_reassignments)
     }
 }

@@ -571,6 +571,26 @@ impl Broker {
         Ok(())
     }
 
+    /// Runs `task` every `period` on a thread named `name` that ends with the
+    /// broker (it holds only a weak reference between runs).
+    pub fn every(
+        self: &Arc<Self>,
+        name: &str,
+        period: std::time::Duration,
+        task: fn(&Broker),
+    ) -> anyhow::Result<()> {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || loop {
+                std::thread::sleep(period);
+                let Some(broker) = weak.upgrade() else { return };
+                task(&broker);
+            })
+            .with_context(|| format!("starting the {name} thread"))?;
+        Ok(())
+    }
+
     /// Clean shutdown: every log flushed and marked clean.
     pub fn shutdown(&self) -> anyhow::Result<()> {
         if let Some(node) = &self.raft {

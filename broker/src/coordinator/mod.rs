@@ -719,16 +719,11 @@ impl Broker {
     /// Cluster mode: keeps group coordination in step with partition
     /// leadership, every 100 ms, on a thread that ends with the broker.
     pub fn follow_group_coordination(self: &Arc<Self>) -> anyhow::Result<()> {
-        let weak = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("weir-group-leadership".into())
-            .spawn(move || loop {
-                std::thread::sleep(TICK);
-                let Some(broker) = weak.upgrade() else { return };
-                broker.sync_group_coordination();
-            })
-            .context("starting the group leadership thread")?;
-        Ok(())
+        self.every(
+            "weir-group-leadership",
+            TICK,
+            Broker::sync_group_coordination,
+        )
     }
 
     /// The node coordinating `group`: this node on a single node; in a cluster

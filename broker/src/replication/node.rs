@@ -324,10 +324,10 @@ impl RaftNode {
                 let groups: Vec<Arc<dyn Driven>> = node.groups.read().values().cloned().collect();
                 // The commit index is written every 5 s (as Kafka checkpoints its
                 // high watermark), so a restarted node serves up to it at once.
-                let checkpoint = ticks % 50 == 0;
+                let checkpoint = ticks.is_multiple_of(50);
                 // Peers learn which groups this node leads (for partitions
                 // they hold no replica of) every half second.
-                if ticks % 5 == 0 {
+                if ticks.is_multiple_of(5) {
                     let led: Vec<(GroupKey, u64)> = groups.iter().filter_map(|g| g.led()).collect();
                     node.transport.report_leaders(&led);
                 }

@@ -356,7 +356,7 @@ impl RaftLog {
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         let mut next = self.end_offset();
-        if buf.len() > 0 {
+        if !buf.is_empty() {
             let epoch = i32::try_from(term).context("raft term beyond the leader epoch range")?;
             let info = self
                 .log

@@ -53,7 +53,7 @@ pub struct Inbound {
 }
 
 enum Outbound {
-    Raft(GroupKey, Message),
+    Raft(GroupKey, Box<Message>),
     Leaders(Arc<Vec<u8>>),
 }
 
@@ -147,7 +147,7 @@ impl Transport {
 
     pub fn send(&self, group: &GroupKey, msg: Message) {
         if let Some(tx) = self.outbound.read().get(&msg.to) {
-            let _ = tx.send(Outbound::Raft(group.clone(), msg));
+            let _ = tx.send(Outbound::Raft(group.clone(), Box::new(msg)));
         }
     }
 
