@@ -54,6 +54,53 @@ const WS_QUEUE: usize = 8;
 
 static NEXT_PARTITION: AtomicUsize = AtomicUsize::new(0);
 
+/// The runtime that forwarded appends run on (file collectors call the sink
+/// from threads of their own); set when ingest starts.
+static RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+
+/// Cluster mode: a Kafka client for records whose partition another node
+/// leads (connected on first use).
+static FORWARDER: parking_lot::Mutex<Option<Arc<crate::client::Client>>> =
+    parking_lot::Mutex::new(None);
+
+/// How long an ingest append waits for a majority (cluster) or a forwarded produce.
+const REPLICATED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, SinkError> {
+    let handle = match tokio::runtime::Handle::try_current() {
+        Ok(h) => h,
+        Err(_) => RUNTIME
+            .get()
+            .cloned()
+            .ok_or_else(|| SinkError::Storage("no runtime to wait on".into()))?,
+    };
+    Ok(handle.block_on(f))
+}
+
+impl Broker {
+    /// A client for forwarding records to the leaders of partitions this node
+    /// does not lead.
+    fn forwarder(&self) -> Result<Arc<crate::client::Client>, SinkError> {
+        if let Some(c) = FORWARDER.lock().clone() {
+            return Ok(c);
+        }
+        let bootstrap: Vec<String> = self
+            .live_brokers()
+            .into_iter()
+            .map(|(_, h, p)| format!("{h}:{p}"))
+            .collect();
+        let config = crate::client::ClientConfig {
+            client_id: format!("weir-ingest-{}", self.node_id()),
+            ..crate::client::ClientConfig::default()
+        };
+        let client = block_on(crate::client::Client::connect(&bootstrap.join(","), config))?
+            .map_err(|e| SinkError::Storage(format!("connecting to the cluster: {e}")))?;
+        let client = Arc::new(client);
+        *FORWARDER.lock() = Some(client.clone());
+        Ok(client)
+    }
+}
+
 fn topic_error((code, message): crate::state::TopicError) -> SinkError {
     match code {
         ResponseError::UnknownTopicOrPartition => SinkError::UnknownTopic(message),
@@ -81,7 +128,21 @@ impl Sink for Broker {
             }
         };
         let count = meta.partitions.max(1);
-        let sticky = (NEXT_PARTITION.fetch_add(1, Ordering::Relaxed) % count as usize) as i32;
+        // Cluster mode: records without a key or partition go to a partition
+        // this node leads, when it leads any (no forwarding hop).
+        let led: Vec<i32> = if self.raft.is_some() {
+            (0..count)
+                .filter(|&p| self.partition(topic, p).is_some_and(|x| x.is_leader()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let next = NEXT_PARTITION.fetch_add(1, Ordering::Relaxed);
+        let sticky = if led.is_empty() {
+            (next % count as usize) as i32
+        } else {
+            led[next % led.len()]
+        };
         // Place every record first: nothing is appended unless all can be.
         let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
         for (i, r) in records.iter().enumerate() {
@@ -98,6 +159,9 @@ impl Sink for Broker {
             by_partition.entry(p).or_default().push(i);
         }
         let now = now_ms();
+        if self.raft.is_some() {
+            return self.append_replicated(topic, &meta, &records, by_partition, now);
+        }
         let mut sets = Vec::with_capacity(by_partition.len());
         for (p, indexes) in &by_partition {
             let partition = self.partition(topic, *p).ok_or_else(|| {
@@ -138,6 +202,15 @@ impl Sink for Broker {
     }
 
     fn end_offsets(&self, topic: &str) -> Result<Vec<i64>, SinkError> {
+        if self.raft.is_some() {
+            // Committed ends: what consumers see.
+            let Some(meta) = self.topic(topic) else {
+                return Ok(Vec::new());
+            };
+            return Ok((0..meta.partitions)
+                .map(|p| self.partition(topic, p).map_or(0, |p| p.high_watermark()))
+                .collect());
+        }
         let Some(meta) = self.topic(topic) else {
             return Ok(Vec::new());
         };
@@ -147,6 +220,74 @@ impl Sink for Broker {
                     .map_or(0, |p| p.log.log_end_offset())
             })
             .collect())
+    }
+}
+
+fn append_error((code, message): crate::partition::AppendError) -> SinkError {
+    match code {
+        ResponseError::MessageTooLarge | ResponseError::RecordListTooLarge => {
+            SinkError::TooLarge(message)
+        }
+        ResponseError::CorruptMessage | ResponseError::InvalidRecord => SinkError::Invalid(message),
+        _ => SinkError::Storage(message),
+    }
+}
+
+impl Broker {
+    /// Cluster mode: appends each partition's records on this node when it
+    /// leads the partition, else forwards them to the leader with acks=all;
+    /// answers once every record is committed by a majority (what acks=all
+    /// promises to a Kafka producer).
+    fn append_replicated(
+        &self,
+        topic: &str,
+        meta: &crate::metadata::TopicMeta,
+        records: &[IngestRecord],
+        by_partition: BTreeMap<i32, Vec<usize>>,
+        now: i64,
+    ) -> Result<Vec<(i32, i64)>, SinkError> {
+        let max = self.effective_config(meta).max_message_bytes();
+        let mut out = vec![(0, -1); records.len()];
+        let mut commits = Vec::new();
+        for (p, indexes) in &by_partition {
+            let mut set = record_set(records, indexes, now, max)?;
+            let size = set.len();
+            let base = match self.partition(topic, *p).filter(|x| x.is_leader()) {
+                Some(partition) => {
+                    let appended = partition
+                        .append_with_acks(&mut set, now, true)
+                        .map_err(append_error)?;
+                    if let Some(ticket) = appended.commit {
+                        commits.push((partition.clone(), ticket));
+                    }
+                    appended.base_offset
+                }
+                None => {
+                    let client = self.forwarder()?;
+                    let produced = block_on(client.produce(
+                        topic,
+                        *p,
+                        bytes::Bytes::from(set),
+                        -1,
+                        REPLICATED_TIMEOUT,
+                    ))?
+                    .map_err(|e| {
+                        SinkError::Storage(format!("forwarding to the leader of {topic}-{p}: {e}"))
+                    })?;
+                    produced.base_offset
+                }
+            };
+            Metrics::add(&self.metrics.produced_bytes, size as u64);
+            Metrics::inc(&self.metrics.produced_batches);
+            for (n, i) in indexes.iter().enumerate() {
+                out[*i] = (*p, base + n as i64);
+            }
+        }
+        for (partition, ticket) in commits {
+            block_on(partition.wait_committed(ticket, REPLICATED_TIMEOUT))?
+                .map_err(|(_, message)| SinkError::Storage(message))?;
+        }
+        Ok(out)
     }
 }
 
@@ -221,6 +362,9 @@ impl Ingest {
     /// Reads the `[ingest]` config, starts the collectors of the config file and
     /// those added through the API before the last stop.
     pub fn start(broker: Arc<Broker>) -> anyhow::Result<Arc<Ingest>> {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let _ = RUNTIME.set(handle);
+        }
         let config = broker.config.ingest.clone();
         let max_body = broker
             .config

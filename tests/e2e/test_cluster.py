@@ -670,3 +670,46 @@ def test_replica_behind_the_leaders_log_start_catches_up(tmp_path):
     finally:
         c.stop()
         c.assert_no_panic()
+
+
+def test_http_ingest_on_any_node_reaches_every_partition_committed(cluster):
+    """POST /ingest on one node: records for partitions other nodes lead are forwarded to their
+    leaders, the answer comes once every record is committed by a majority, and unkeyed records
+    go to partitions the receiving node leads."""
+    import json
+    import urllib.request
+    topic, partitions = unique_topic("ingest"), 6
+    create(cluster, topic, partitions)
+    node = 1
+    md = cluster.admin().list_topics(topic, timeout=10).topics[topic]
+    led_here = {p.id for p in md.partitions.values() if p.leader == node}
+    assert led_here and len(led_here) < partitions, "the test needs partitions led here and elsewhere"
+
+    def post(lines: list[dict], query: str = "") -> dict:
+        body = "\n".join(json.dumps(x) for x in lines).encode()
+        req = urllib.request.Request(f"{cluster.nodes[node].http_url}/ingest/{topic}{query}", data=body,
+                                     method="POST", headers={"Content-Type": "application/x-ndjson"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200
+            return json.loads(r.read())
+
+    keyed = post([{"user": f"u{i}", "n": i} for i in range(600)], "?key=user")
+    assert keyed["count"] == 600
+    assert {o["partition"] for o in keyed["offsets"]} == set(range(partitions))
+    unkeyed = post([{"n": 600 + i} for i in range(60)])
+    assert {o["partition"] for o in unkeyed["offsets"]} <= led_here
+    c = Consumer({"bootstrap.servers": cluster.bootstrap(), "group.id": unique_topic("r"),
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    seen = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < 660 and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is None or m.error():
+            continue
+        seen[json.loads(m.value())["n"]] = (m.partition(), m.offset())
+    c.close()
+    assert sorted(seen) == list(range(660))
+    # Every answered offset is where the record is.
+    for i, o in enumerate(keyed["offsets"] + unkeyed["offsets"]):
+        assert seen[i] == (o["partition"], o["offset"])
