@@ -244,6 +244,8 @@ pub struct MetadataStore {
     listener: RwLock<Option<Listener>>,
     /// Changes proposed here, by request id, waiting to be applied.
     waiting: Mutex<HashMap<Uuid, std::sync::mpsc::Sender<()>>>,
+    /// Replicated: the log is written only through Raft, never directly.
+    replicated: std::sync::atomic::AtomicBool,
 }
 
 impl MetadataStore {
@@ -268,7 +270,11 @@ impl MetadataStore {
     /// Cluster mode: replays the committed prefix (offsets below `committed_end`);
     /// later records arrive through [`MetadataStore::apply_entry`].
     pub fn open_replicated(log: Arc<Log>, committed_end: i64) -> anyhow::Result<Self> {
-        Self::open_until(log, committed_end)
+        let store = Self::open_until(log, committed_end)?;
+        store
+            .replicated
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(store)
     }
 
     fn open_until(log: Arc<Log>, end: i64) -> anyhow::Result<Self> {
@@ -306,6 +312,7 @@ impl MetadataStore {
             proposer: RwLock::new(None),
             listener: RwLock::new(None),
             waiting: Mutex::new(HashMap::new()),
+            replicated: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -397,7 +404,19 @@ impl MetadataStore {
     }
 
     fn commit(&self, record: MetaRecord) -> anyhow::Result<()> {
-        let proposer = self.proposer.read().clone();
+        let mut proposer = self.proposer.read().clone();
+        if proposer.is_none() && self.replicated.load(std::sync::atomic::Ordering::Relaxed) {
+            // A one-voter group leads before its proposer is attached: wait for it
+            // rather than write around Raft.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while proposer.is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                proposer = self.proposer.read().clone();
+            }
+            if proposer.is_none() {
+                bail!("the metadata group is not ready yet");
+            }
+        }
         if let Some(proposer) = proposer {
             return self.commit_replicated(proposer, record);
         }

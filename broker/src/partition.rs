@@ -200,6 +200,24 @@ impl Partition {
         };
         let rx = handle.watch(ticket);
         match tokio::time::timeout(timeout, rx).await {
+            // A one-voter group commits on its own write: acks=all keeps the
+            // single-node promise of an fsync before the answer.
+            Ok(Ok(Outcome::Committed(meta)))
+                if self.replicas.len() == 1 && meta.end > meta.base =>
+            {
+                let log = self.log.clone();
+                match tokio::task::spawn_blocking(move || log.wait_durable(meta.end - 1)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err((
+                        ResponseError::KafkaStorageError,
+                        format!("fsync failed: {e}"),
+                    )),
+                    Err(e) => Err((
+                        ResponseError::KafkaStorageError,
+                        format!("fsync task failed: {e}"),
+                    )),
+                }
+            }
             Ok(Ok(Outcome::Committed(_))) => Ok(()),
             Ok(Ok(Outcome::Lost)) | Ok(Err(_)) | Ok(Ok(Outcome::Pending)) => Err((
                 ResponseError::NotLeaderOrFollower,

@@ -10,8 +10,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = BrokerConfig::load(&args)?;
     let kafka_listen = config.kafka_listen;
     let http_listen = config.http_listen;
-    let raft = match config.raft_listen {
-        Some(listen) if !config.peers.is_empty() => {
+    // A single node is a one-voter cluster: the same replication code path,
+    // with no listener and no peer to talk to.
+    let listen = if config.peers.is_empty() {
+        config.peers.insert(config.node_id as u64, String::new());
+        None
+    } else {
+        config.raft_listen
+    };
+    let raft = match listen {
+        listen if !config.peers.is_empty() => {
             // The metadata group's founding voters: recorded in its state once
             // it exists; a founding node's peers; a joining node learns them
             // from the running nodes' hellos below.
@@ -55,7 +63,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             };
             config.founders = Some(founders);
             let node = crate::replication::node::RaftNode::new(config.node_id as u64, transport);
-            tracing::info!(node_id = config.node_id, raft = %listen, voters = config.peers.len(), "cluster mode");
+            match listen {
+                Some(listen) => {
+                    tracing::info!(node_id = config.node_id, raft = %listen, voters = config.peers.len(), "cluster mode")
+                }
+                None => tracing::info!(
+                    node_id = config.node_id,
+                    "single node (a one-voter cluster)"
+                ),
+            }
             Some((node, rx))
         }
         _ => None,

@@ -194,6 +194,7 @@ impl RaftLog {
             );
             raft_log.log.truncate_to(end)?;
         }
+        raft_log.compact_deleted_prefix()?;
         let last = raft_log.last_index();
         if raft_log.state.commit > last {
             // Only possible if the OS lost written data (power loss without fsync).
@@ -206,6 +207,58 @@ impl RaftLog {
             raft_log.state.commit = last;
         }
         Ok(raft_log)
+    }
+
+    /// Entries whose records retention, DeleteRecords or a trim removed are
+    /// folded into the snapshot prefix at open: raft-rs must never be asked
+    /// to replay them (it treats a missing committed entry as fatal). Data is
+    /// only deleted below the high watermark, so they were committed and
+    /// applied; configuration changes not yet applied stop the fold.
+    fn compact_deleted_prefix(&mut self) -> anyhow::Result<()> {
+        let log_start = self.log.log_start_offset();
+        let mut n = self.metas.partition_point(|m| m.base < log_start);
+        if let Some((&first_conf, _)) = self.confs.range(self.state.conf_index + 1..).next() {
+            n = n.min(first_conf.saturating_sub(self.state.snapshot_index + 1) as usize);
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let last = self.metas[n - 1];
+        let index = self.state.snapshot_index + n as u64;
+        tracing::info!(
+            dir = %self.dir.display(),
+            index,
+            offset = last.end,
+            "raft entries before the log start folded into the snapshot prefix"
+        );
+        self.metas.drain(..n);
+        let mut out = Vec::with_capacity(self.metas.len() * RECORD_LEN);
+        for (k, m) in self.metas.iter().enumerate() {
+            out.extend_from_slice(&(index + 1 + k as u64).to_le_bytes());
+            out.extend_from_slice(&m.term.to_le_bytes());
+            out.extend_from_slice(&m.base.to_le_bytes());
+            out.extend_from_slice(&m.end.to_le_bytes());
+        }
+        let path = self.dir.join(ENTRIES_FILE);
+        let tmp = path.with_extension("entries.tmp");
+        std::fs::write(&tmp, &out)
+            .and_then(|_| File::open(&tmp)?.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        self.entries_file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        self.confs.retain(|&i, _| i > index);
+        self.rewrite_confs()?;
+        self.state.snapshot_index = index;
+        self.state.snapshot_term = last.term;
+        self.state.base_offset = last.end;
+        self.state.commit = self.state.commit.max(index);
+        write_state(&self.dir.join(STATE_FILE), &self.state, true)?;
+        self.persisted_commit = self.state.commit;
+        Ok(())
     }
 
     /// The founding voters recorded in the Raft state under `dir`, if any.

@@ -79,19 +79,22 @@ pub struct Transport {
 impl Transport {
     /// Binds the Raft listener and starts one writer per peer. Received messages
     /// go to `inbox`.
+    /// Without `listen` (a single node: a one-voter cluster) nothing is bound.
     pub async fn start(
         me: PeerInfo,
-        listen: SocketAddr,
+        listen: Option<SocketAddr>,
         peers: &HashMap<u64, String>,
         inbox: mpsc::UnboundedSender<Inbound>,
     ) -> anyhow::Result<Arc<Transport>> {
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding the raft listener {listen}"))?;
         let known = Arc::new(RwLock::new(HashMap::new()));
         known.write().insert(me.node_id, me.clone());
         let reports: LeaderReports = Arc::new(RwLock::new(HashMap::new()));
-        tokio::spawn(accept_loop(listener, inbox, known.clone(), reports.clone()));
+        if let Some(listen) = listen {
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding the raft listener {listen}"))?;
+            tokio::spawn(accept_loop(listener, inbox, known.clone(), reports.clone()));
+        }
         let mut outbound = HashMap::new();
         for (&id, addr) in peers {
             if id == me.node_id {
