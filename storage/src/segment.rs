@@ -609,7 +609,8 @@ impl Segment {
 /// check is fused with the write: small enough that the chunk is still in the CPU's
 /// L2 cache (1.25 MiB per core here) after the kernel copied it into the page cache,
 /// large enough that the extra `pwrite` calls cost little (64 KiB chunks were
-/// clearly slower; see benches/README.md).
+/// clearly slower in the chunked experiments, 256 and 512 KiB alike within the
+/// noise; see benches/README.md).
 pub(crate) const FUSED_CHUNK: usize = 256 << 10;
 
 /// Why an append's write failed.
