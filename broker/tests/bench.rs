@@ -162,9 +162,6 @@ fn produce_then_consume_counts_match() {
     assert_eq!(num(&e, &["e2e", "records"]), 4000.0);
     assert_eq!(num(&e, &["e2e", "unmatched_records"]), 0.0);
     assert_latency(&e, &["e2e", "latency_ms"]);
-
-    let cep = bench(b, &["cep"]);
-    assert_eq!(cep["mode"], "cep");
 }
 
 #[test]
@@ -217,4 +214,63 @@ fn consume_of_an_empty_topic_says_what_to_do() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--records"), "{err}");
     let _ = server.dir.path();
+}
+
+/// `bench cep` against a real `weir serve` with its HTTP API: the pattern is
+/// registered, events go through the engine, and matches come back with latencies.
+#[test]
+fn cep_reports_matches_and_their_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(WEIR)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--kafka-listen", &bootstrap, "--http-listen", &http])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn weir serve");
+    let _server = Server {
+        child,
+        bootstrap: bootstrap.clone(),
+        dir,
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(&bootstrap).is_err()
+        || std::net::TcpStream::connect(&http).is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "weir serve did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let v = bench(
+        Some(&bootstrap),
+        &[
+            "cep",
+            "--http",
+            &http,
+            "--topic",
+            "logins",
+            "--rate",
+            "2000",
+            "--duration",
+            "2",
+            "--keys",
+            "20",
+        ],
+    );
+    assert_eq!(v["mode"], "cep");
+    assert_eq!(v["sink_topic"], "logins-matches");
+    let events = num(&v, &["produce", "records"]);
+    assert!(events > 1000.0, "{v}");
+    assert_eq!(num(&v, &["produce", "errors"]), 0.0, "{v}");
+    // 20 users, 75% failures: thousands of events complete hundreds of matches.
+    let matches = num(&v, &["matches"]);
+    assert!(matches > 0.0, "no matches: {v}");
+    assert!(matches < events, "{v}");
+    assert_latency(&v, &["latency_ms"]);
+    assert_eq!(num(&v, &["latency_ms", "count"]), matches, "{v}");
 }

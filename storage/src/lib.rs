@@ -115,13 +115,15 @@
 //! Each log has one `RwLock` over its segment list: appends, truncation, retention and
 //! the compaction swap take it for writing; reads take it for reading for the time it
 //! takes to walk batch headers (no data is copied). Validation of a record set's CRCs
-//! happens before the lock is taken, and fsyncs happen outside it.
+//! happens before the lock is taken for record sets up to 512 KiB, and under it,
+//! fused with the write, for larger ones (see "Append cost"); fsyncs happen outside it.
 //!
 //! # Append cost
 //!
-//! `append` validates each batch once (header parse: magic and length; then CRC-32C
-//! with `crc-fast`), assigns offsets in place, and issues ONE `pwrite` for the whole
-//! record set; the index entries go through the writable index maps. Profiled with
+//! `append` validates each batch once (header parse: magic, length and record count;
+//! then CRC-32C with `crc-fast`), assigns offsets in place, and writes the record set
+//! with one `pwrite` (up to 512 KiB) or in 256 KiB chunks (larger record sets, see
+//! below); the index entries go through the writable index maps. Profiled with
 //! `perf` (`benches/src/bin/append_probe.rs`), 256 MiB of 16 KiB batches: ~75% of
 //! the time is the kernel's `write()` (the same work as the baseline's), ~20% the
 //! CRC pass, ~4% everything else (locks, offset and index bookkeeping, clock). The
@@ -144,13 +146,41 @@
 //! bytes. It is bound by memory bandwidth, not by the CRC kernel: on the benchmark
 //! VM `crc-fast` checks ~40,000 MiB/s of cache-resident data but only 7,000-9,000
 //! MiB/s of data coming from DRAM, and two threads get no more than one
-//! (`crc_probe`). A batch that is cold in DRAM is therefore read twice (the CRC
-//! pass, then the kernel's copy, which then finds it in cache), where `write()`
-//! alone reads it once; validation must finish before the first byte is written,
-//! so the two passes cannot overlap. Buffering small batches in user space to save
-//! syscalls was rejected: under `FlushPolicy::Os` an acknowledged append must
-//! survive a process crash, so its bytes must be in the page cache before `append`
-//! returns. Figures: `benches/README.md`, "Append path, profiled".
+//! (`crc_probe`). Checked in full before the write, a batch that is cold in DRAM is
+//! read from memory by the CRC pass alone, and nothing overlaps that pass (the
+//! kernel's copy then finds the bytes in cache but gains little from it: filling
+//! page-cache pages bounds it, not reading the source).
+//!
+//! So a record set over 512 KiB is checked *while* it is written, under the log's
+//! write lock (`segment::write_checking_crc`): all headers are checked first, then
+//! each 256 KiB chunk is `pwrite`n and CRC-checked right after, from L2, where the
+//! kernel's copy (which read it from DRAM, as a plain `write()` does) left it. What
+//! keeps "a bad batch is rejected and nothing is appended" true although bytes reach
+//! the file before the last CRC is checked:
+//!
+//! - nothing looks past the segment's `size()` until the append succeeds: readers
+//!   are bounded by it and by the log end, which move only after every batch of the
+//!   record set checked out;
+//! - on a CRC mismatch or an I/O error the file is cut back to `size()` and the
+//!   error (`InvalidBatch` with the bad batch's position) returned; if even the cut
+//!   fails, the segment remembers it and the next append or close cuts first;
+//! - the first page-aligned piece (it holds the first batch header) is written last,
+//!   so after a crash in the middle recovery finds zeros where the record set
+//!   starts and cuts the tail there (recovery CRC-checks the whole active segment
+//!   after an unclean shutdown; the recovery point only ever names a segment base of
+//!   fsync'd, rolled segments, never a position inside unchecked bytes). A clean
+//!   shutdown marker is written under the write lock, so never mid-append.
+//!
+//! One visible difference: an append that rolls the segment and then fails its CRC
+//! check leaves the (empty) new segment in place, as `roll()` would. Smaller record
+//! sets are checked before the lock, as before: they stay in cache between check and
+//! write anyway, and concurrent producers to one partition check them in parallel.
+//! Buffering small batches in user space to save syscalls was rejected: under
+//! `FlushPolicy::Os` an acknowledged append must survive a process crash, so its
+//! bytes must be in the page cache before `append` returns. Checking each chunk's
+//! CRC *before* writing it measured no better than the separate pass (the check
+//! still does the DRAM read alone). Figures: `benches/README.md`, "Append path,
+//! profiled" and "Append: CRC check fused with the write".
 
 mod cache;
 mod compaction;

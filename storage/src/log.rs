@@ -5,7 +5,7 @@ use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{Result, StorageError};
 use crate::flush::GroupCommit;
 use crate::recovery::{self, write_small_file, LOG_START};
-use crate::segment::Segment;
+use crate::segment::{Segment, FUSED_CHUNK};
 use crate::stats::{LogStats, Stats};
 use bytes::Bytes;
 use memmap2::Mmap;
@@ -19,6 +19,13 @@ use weir_protocol::records::{self, BatchHeader, RecordError};
 
 /// Decompression limit when decoding a stored batch (timestamp lookups, compaction).
 pub(crate) const MAX_UNCOMPRESSED: usize = 256 << 20;
+
+/// Record sets larger than this are CRC-checked while they are written, under the
+/// write lock (see `segment::write_checking_crc`); smaller ones are checked in full
+/// before the lock is taken. A small record set stays in cache between a separate
+/// check and the write, so fusing gains nothing there, and checking before the lock
+/// lets concurrent producers to one partition check their batches in parallel.
+const FUSE_ABOVE: usize = 2 * FUSED_CHUNK;
 
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -196,7 +203,8 @@ impl Log {
 
     /// Appends a produce request's record set, assigning offsets from the log end.
     pub fn append(&self, record_set: &mut [u8], leader_epoch: i32) -> Result<AppendInfo> {
-        let mut batches = validate(record_set)?;
+        let crc_checked = record_set.len() <= FUSE_ABOVE;
+        let mut batches = validate(record_set, crc_checked)?;
         let config = self.config();
         let now = now_ms();
         let st = self.state.write();
@@ -218,6 +226,7 @@ impl Log {
             st,
             record_set,
             &batches,
+            crc_checked,
             base_offset,
             last_offset,
             &config,
@@ -228,7 +237,8 @@ impl Log {
     /// Appends batches that already carry their offsets (replication). The first must
     /// start at or after the log end, and offsets must increase.
     pub fn append_as_follower(&self, record_set: &[u8]) -> Result<AppendInfo> {
-        let batches = validate(record_set)?;
+        let crc_checked = record_set.len() <= FUSE_ABOVE;
+        let batches = validate(record_set, crc_checked)?;
         let config = self.config();
         let now = now_ms();
         let st = self.state.write();
@@ -253,6 +263,7 @@ impl Log {
             st,
             record_set,
             &batches,
+            crc_checked,
             base_offset,
             last_offset,
             &config,
@@ -260,14 +271,16 @@ impl Log {
         )
     }
 
-    /// Writes validated batches holding `base_offset..=last_offset` under the write
-    /// lock, then runs the post-append work (flush policy, roll) without it.
+    /// Writes batches holding `base_offset..=last_offset` (headers checked; CRCs
+    /// too if `crc_checked`, else while writing) under the write lock, then runs the
+    /// post-append work (flush policy, roll) without it.
     #[allow(clippy::too_many_arguments)]
     fn write_appended(
         &self,
         mut st: parking_lot::RwLockWriteGuard<'_, State>,
         record_set: &[u8],
         batches: &[(BatchHeader, Range<usize>)],
+        crc_checked: bool,
         base_offset: i64,
         last_offset: i64,
         config: &LogConfig,
@@ -277,6 +290,7 @@ impl Log {
             &mut st,
             record_set,
             batches,
+            crc_checked,
             base_offset,
             last_offset,
             config,
@@ -304,6 +318,7 @@ impl Log {
         st: &mut State,
         data: &[u8],
         batches: &[(BatchHeader, Range<usize>)],
+        crc_checked: bool,
         base_offset: i64,
         last_offset: i64,
         config: &LogConfig,
@@ -339,7 +354,7 @@ impl Log {
         {
             let mut inner = active.lock();
             active.ensure_indexes(&mut inner, config, &self.stats, None)?;
-            active.append(&mut inner, data, batches, now)?;
+            active.append(&mut inner, data, batches, crc_checked, now)?;
         }
         self.cache.touch(&active);
         self.set_end(st, last_offset + 1);
@@ -885,6 +900,8 @@ impl Log {
         let last_pos = {
             let mut inner = active.lock();
             let file = active.file(&mut inner)?;
+            // The marker must describe the file exactly: no bytes of a failed append.
+            active.settle_tail(&mut inner, &file)?;
             active.sync_data(&file)?;
             active.trim_indexes(&mut inner, true)?;
             inner.cursor = None;
@@ -937,8 +954,11 @@ impl Drop for Log {
     }
 }
 
-/// Validates a record set: whole v2 batches with good CRCs, nothing left over.
-fn validate(record_set: &[u8]) -> Result<Vec<(BatchHeader, Range<usize>)>> {
+/// Validates a record set: whole v2 batches (length, magic, record count), nothing
+/// left over, and, if `check_crc`, good CRCs (otherwise the append checks them while
+/// writing, before anything becomes visible). Every header is checked here, before
+/// anything is written.
+fn validate(record_set: &[u8], check_crc: bool) -> Result<Vec<(BatchHeader, Range<usize>)>> {
     if record_set.is_empty() {
         return Err(StorageError::EmptyRecordSet);
     }
@@ -960,12 +980,14 @@ fn validate(record_set: &[u8]) -> Result<Vec<(BatchHeader, Range<usize>)>> {
         }
         // The checks of `records::verify_batch` (magic and length by the parse above),
         // without parsing the header a second time.
-        let computed = records::compute_crc(&rest[..len]);
-        if computed != h.crc {
-            return Err(err(RecordError::CrcMismatch {
-                stored: h.crc,
-                computed,
-            }));
+        if check_crc {
+            let computed = records::compute_crc(&rest[..len]);
+            if computed != h.crc {
+                return Err(err(RecordError::CrcMismatch {
+                    stored: h.crc,
+                    computed,
+                }));
+            }
         }
         out.push((h, pos..pos + len));
         pos += len;

@@ -387,3 +387,157 @@ fn follower_gap_beyond_32_bit_relative_offsets_gets_its_own_segment() {
     let log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
     assert_eq!(log.log_end_offset(), far + 2);
 }
+
+/// Length of the active segment's file on disk (not the log's idea of its size).
+fn active_file_len(dir: &std::path::Path) -> u64 {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    std::fs::metadata(logs.last().unwrap()).unwrap().len()
+}
+
+fn all_batches(log: &Log) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let r = log.read(offset, 1 << 20, true).unwrap();
+        for b in &r.batches {
+            offset = header(b).last_offset() + 1;
+            out.push(b.to_vec());
+        }
+    }
+    out
+}
+
+/// Multi-MiB record sets are CRC-checked while they are written (in chunks, under
+/// the write lock): a bad batch deep inside one must still leave nothing behind,
+/// neither in the log's state nor in the file, and the next good append must land
+/// exactly where the failed one would have.
+#[test]
+fn corrupt_batch_deep_in_a_large_request_leaves_file_and_log_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config(64 << 20)).unwrap();
+    // Something already in the log, not page aligned.
+    let mut first = batch(3, 1, 100);
+    log.append(&mut first, 0).unwrap();
+    let mut big = batch(1500, 10, 1000); // one ~1.5 MiB batch: spans several chunks
+    log.append(&mut big, 0).unwrap();
+    let end_before = log.log_end_offset();
+    let size_before = log.size_bytes();
+    let file_before = active_file_len(dir.path());
+    assert_eq!(file_before, size_before);
+    let content_before = all_batches(&log);
+
+    // ~4 MiB of 64 KiB batches with one ~1.2 MiB batch in the middle.
+    let mut parts: Vec<Vec<u8>> = (0..30).map(|i| batch(64, 100 + i, 1000)).collect();
+    parts.insert(15, batch(1200, 500, 1000));
+    parts.extend((0..30).map(|i| batch(64, 900 + i, 1000)));
+    let good_set: Vec<u8> = parts.concat();
+    assert!(good_set.len() > 4 << 20);
+
+    // Corrupt (a) a small batch after the middle, (b) the large batch's last byte,
+    // (c) the very last batch, (d) the first batch.
+    let starts: Vec<usize> = parts
+        .iter()
+        .scan(0, |at, p| {
+            let s = *at;
+            *at += p.len();
+            Some(s)
+        })
+        .collect();
+    for victim in [40, 15, parts.len() - 1, 0] {
+        let mut set = good_set.clone();
+        let at = starts[victim] + parts[victim].len() - 1;
+        set[at] ^= 0x55;
+        let err = log.append(&mut set, 0).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::InvalidBatch { position, source: weir_protocol::records::RecordError::CrcMismatch { .. } }
+                    if position == starts[victim]
+            ),
+            "victim {victim}: {err}"
+        );
+        assert_eq!(log.log_end_offset(), end_before, "victim {victim}");
+        assert_eq!(log.size_bytes(), size_before, "victim {victim}");
+        assert_eq!(active_file_len(dir.path()), file_before, "victim {victim}");
+        assert_eq!(all_batches(&log), content_before, "victim {victim}");
+        assert!(log
+            .read(end_before, 1 << 20, true)
+            .unwrap()
+            .batches
+            .is_empty());
+    }
+
+    // The next good append lands right after the old end, byte for byte.
+    let mut set = good_set.clone();
+    let info = log.append(&mut set, 0).unwrap();
+    assert_eq!(info.base_offset, end_before);
+    assert_eq!(
+        active_file_len(dir.path()),
+        file_before + good_set.len() as u64
+    );
+    let after = all_batches(&log);
+    assert_eq!(after[..content_before.len()], content_before[..]);
+    assert_eq!(after[content_before.len()..].concat(), set);
+
+    // And it survives a reopen, clean and unclean (recovery scans the segment).
+    drop(log);
+    let log = Log::open(dir.path(), small_config(64 << 20)).unwrap();
+    assert_eq!(all_batches(&log), after);
+    let copy = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap() != ".clean_shutdown" {
+            std::fs::copy(&p, copy.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let unclean = Log::open(copy.path(), small_config(64 << 20)).unwrap();
+    assert_eq!(all_batches(&unclean), after);
+}
+
+/// What a crash in the middle of a fused append leaves: the request's bytes past
+/// the log end, except its first page, which is written last. Recovery must find no
+/// batch there and cut the tail, keeping everything before it.
+#[test]
+fn recovery_drops_the_tail_of_an_unfinished_large_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut before = Vec::new();
+    let end;
+    {
+        let log = Log::open(dir.path(), small_config(64 << 20)).unwrap();
+        let mut b = batch(50, 1, 500);
+        log.append(&mut b, 0).unwrap();
+        end = log.log_end_offset();
+        before.extend(all_batches(&log));
+    }
+    std::fs::remove_file(dir.path().join(".clean_shutdown")).unwrap();
+    let seg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    // Two good batches with the right offsets, written from the first page boundary
+    // past the header on (the head piece is still a hole).
+    let mut tail = batch(600, 100, 1000);
+    weir_protocol::records::set_base_offset(&mut tail, end);
+    let mut more = batch(600, 700, 1000);
+    weir_protocol::records::set_base_offset(&mut more, end + 600);
+    tail.extend_from_slice(&more);
+    let head = ((len + 61).next_multiple_of(4096) - len) as usize;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&tail[head..], len + head as u64).unwrap();
+    }
+    let log = Log::open(dir.path(), small_config(64 << 20)).unwrap();
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(all_batches(&log), before);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len);
+    let mut next = batch(2, 5, 10);
+    assert_eq!(log.append(&mut next, 0).unwrap().base_offset, end);
+}

@@ -8,7 +8,9 @@
 //! perf record --call-graph dwarf append_probe 16384 256 1 log
 //! ```
 //!
-//! `all` also runs "CRC check + write()" and "fallocate(KEEP_SIZE) + write()".
+//! `all` also runs "CRC check + write()", "fused" (CRC-update a chunk, write it, next
+//! chunk; `FUSE_KIB`, default 128) and "fallocate(KEEP_SIZE) + write()"; `cmp` runs
+//! the baseline, "CRC check + write()" and "fused".
 //! `HOT_POOL_KIB=n` cycles through the first n KiB of batches (cache-hot source).
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -82,7 +84,7 @@ fn main() {
         ..LogConfig::default()
     };
     for _ in 0..runs {
-        if mode != "log" && mode != "crcw" && mode != "falloc" {
+        if mode != "log" && mode != "crcw" && mode != "falloc" && mode != "fused" {
             let p = root.join("base.bin");
             let _ = std::fs::remove_file(&p);
             let (t, c) = (Instant::now(), thread_cpu());
@@ -98,7 +100,7 @@ fn main() {
                 total as f64 / 1048576.0 / cd.as_secs_f64()
             );
         }
-        if mode == "all" || mode == "crcw" {
+        if mode == "all" || mode == "crcw" || mode == "cmp" {
             let p = root.join("crc.bin");
             let _ = std::fs::remove_file(&p);
             let (t, c) = (Instant::now(), thread_cpu());
@@ -111,6 +113,45 @@ fn main() {
             unsafe { libc::sync() };
             println!(
                 "crc+write: {:.0} MiB/s (cpu {:.0})",
+                total as f64 / 1048576.0 / d.as_secs_f64(),
+                total as f64 / 1048576.0 / cd.as_secs_f64()
+            );
+        }
+        if mode == "all" || mode == "fused" || mode == "cmp" {
+            // CRC-update a chunk, then write it while it is still in cache
+            // (FUSE_KIB, default 128): the experiment behind the log's fused append.
+            let chunk = std::env::var("FUSE_KIB")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(128)
+                << 10;
+            // WRITE_FIRST=1: write the chunk, then CRC it (from cache).
+            let write_first = std::env::var_os("WRITE_FIRST").is_some();
+            let p = root.join("fused.bin");
+            let _ = std::fs::remove_file(&p);
+            let (t, c) = (Instant::now(), thread_cpu());
+            let mut f = std::fs::File::create(&p).unwrap();
+            for b in (0..count).map(|i| &batches[i % k]) {
+                let h = weir_protocol::records::BatchHeader::parse(b).unwrap();
+                let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+                let mut s = 0;
+                while s < b.len() {
+                    let e = (s + chunk).min(b.len());
+                    if write_first {
+                        f.write_all(&b[s..e]).unwrap();
+                        d.update(&b[s.max(21)..e]);
+                    } else {
+                        d.update(&b[s.max(21)..e]);
+                        f.write_all(&b[s..e]).unwrap();
+                    }
+                    s = e;
+                }
+                assert_eq!(d.finalize() as u32, h.crc);
+            }
+            let (d, cd) = (t.elapsed(), thread_cpu() - c);
+            unsafe { libc::sync() };
+            println!(
+                "fused: {:.0} MiB/s (cpu {:.0})",
                 total as f64 / 1048576.0 / d.as_secs_f64(),
                 total as f64 / 1048576.0 / cd.as_secs_f64()
             );

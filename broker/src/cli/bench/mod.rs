@@ -13,6 +13,8 @@
 //!   `--records` if it holds fewer), counting records from batch headers.
 //! - `e2e`: producers and consumers at once; a record's end-to-end latency runs
 //!   from its intended send time to the fetch response that carried it.
+//! - `cep`: registers a CEP pattern over HTTP, produces events open loop and
+//!   reports the latency from an event to the match it completes ([`cep`]).
 //! - `baseline`: loopback TCP copy, sequential file write with and without
 //!   fsync, and fsync latency ([`baseline`]).
 //!
@@ -23,6 +25,7 @@
 //! benchmarks Apache Kafka or Redpanda the same way.
 
 pub mod baseline;
+pub mod cep;
 pub mod consume;
 pub mod produce;
 pub mod report;
@@ -45,7 +48,7 @@ pub enum BenchCommand {
     /// Producers and consumers together: end-to-end latency.
     E2e(BenchArgs),
     /// Complex event processing throughput (needs the CEP engine).
-    Cep(BenchArgs),
+    Cep(cep::CepBenchArgs),
     /// The machine's limits: loopback TCP copy, file write, fsync latency.
     Baseline(baseline::BaselineArgs),
 }
@@ -207,21 +210,12 @@ pub async fn run(bootstrap: &str, cmd: BenchCommand) -> anyhow::Result<()> {
             a.validate()?;
             consume::run_e2e(bootstrap, &a).await
         }
-        BenchCommand::Cep(a) => run_cep(&a),
+        BenchCommand::Cep(a) => {
+            a.common.validate()?;
+            cep::run_cep(bootstrap, &a).await
+        }
         BenchCommand::Baseline(a) => baseline::run(&a).await,
     }
-}
-
-const CEP_UNAVAILABLE: &str = "needs the CEP engine (issue 6), not available yet";
-
-fn run_cep(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.json {
-        let v = serde_json::json!({"mode": "cep", "available": false, "reason": CEP_UNAVAILABLE});
-        println!("{v}");
-    } else {
-        println!("weir bench cep: {CEP_UNAVAILABLE}");
-    }
-    Ok(())
 }
 
 /// Client settings for the benchmark: one client (so one connection per broker)

@@ -1,0 +1,322 @@
+//! `weir bench cep`: end-to-end latency of a CEP pattern, from producing the event
+//! that completes a match to reading the match from the pattern's output topic.
+//!
+//! Registers the issue's brute-force pattern (3+ failed logins then a success, per
+//! user, within 60 s; event time from `ts`, no out-of-orderness bound, so a match is
+//! released as soon as its last event is read) through the broker's HTTP API, then
+//! produces JSON login events open loop at `--rate` (1 ms ticks, one batch per tick,
+//! 75% failures over `--keys` users) with Weir's own client, while a consumer reads
+//! the output topic. Each match carries the `sent_us` of its last event: latency is
+//! the time the match was read minus that (one clock: both ends run here). Like
+//! `benches/cep_latency.py`, but with no Python and against any running broker.
+
+use super::report::{self, Latency, Row, Throughput};
+use super::{bench_client_config, BenchArgs};
+use crate::cep::httpc;
+use crate::client::{Client, OffsetSpec};
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use weir_protocol::compression::Compression;
+use weir_protocol::records::{decode_records, BatchBuilder, BatchHeader};
+
+#[derive(Args, Debug, Clone)]
+pub struct CepBenchArgs {
+    #[command(flatten)]
+    pub common: BenchArgs,
+    /// The broker's HTTP API (host:port), where the pattern is registered.
+    #[arg(long)]
+    pub http: String,
+    /// Distinct users the login events are spread over.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u32,
+}
+
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the consumer keeps reading after the last event was produced.
+const DRAIN: Duration = Duration::from_secs(3);
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The issue's brute-force pattern, reading `source` and writing to `sink`.
+pub fn pattern(id: &str, source: &str, sink: &str) -> Value {
+    json!({
+        "id": id, "source": {"topic": source}, "partition_by": "user",
+        "event_time": {"field": "ts", "max_out_of_orderness": "0s"},
+        "steps": [{"name": "fail", "where": "type == 'login' && !success", "times": {"min": 3}},
+                  {"name": "ok", "where": "type == 'login' && success", "contiguity": "relaxed"}],
+        "within": "60s", "skip": "past_last_event",
+        "emit": {"topic": sink, "key": "user",
+                 "value": {"user": "ok.user", "fails": "count(fail)", "sent_us": "ok.sent_us"}}
+    })
+}
+
+/// A small deterministic generator (xorshift64*): the event mix is the same every run.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()> {
+    let a = &args.common;
+    let rate = a.rate.unwrap_or(10_000.0);
+    if args.keys == 0 {
+        bail!("--keys must be at least 1");
+    }
+    let run_id = format!("{}-{}", std::process::id(), now_us());
+    let source = a.topic.clone();
+    let sink = format!("{}-matches", a.topic);
+    let pattern_id = format!("bench-{run_id}");
+    let client = Client::connect(bootstrap, bench_client_config(a, "cep"))
+        .await
+        .with_context(|| format!("connecting to {bootstrap}"))?;
+    for t in [&source, &sink] {
+        // Already there is fine (a re-run); anything else shows up when producing.
+        let _ = client
+            .create_topic(t, 1, a.replication_factor, &[], false)
+            .await;
+    }
+    let body = pattern(&pattern_id, &source, &sink).to_string();
+    let r = httpc::request(
+        &args.http,
+        "POST",
+        "/api/cep/patterns",
+        Some(("application/json", body.as_bytes())),
+        HTTP_TIMEOUT,
+    )
+    .await
+    .with_context(|| format!("registering the pattern at http://{}", args.http))?;
+    if !r.is_success() {
+        bail!(
+            "registering the pattern at http://{}: HTTP {}: {}",
+            args.http,
+            r.status,
+            r.text()
+        );
+    }
+    // Matches of earlier runs on the same topics are skipped: start at the end.
+    let (start, _) = client
+        .list_offset(&sink, 0, OffsetSpec::Latest)
+        .await
+        .with_context(|| format!("finding the end of {sink}"))?;
+    let hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| anyhow!("latency histogram: {e}"))?;
+
+    let produced_done = Arc::new(AtomicBool::new(false));
+    let consumer = tokio::spawn(consume_matches(
+        client.clone(),
+        sink.clone(),
+        start,
+        hist,
+        produced_done.clone(),
+        a.timeout(),
+    ));
+    let produced = produce_events(&client, &source, rate, a, args.keys).await;
+    produced_done.store(true, Ordering::Release);
+    let (matches, hist, read_error) = consumer
+        .await
+        .map_err(|e| anyhow!("the match consumer failed: {e}"))?;
+    let produced = produced?;
+    let path = format!("/api/cep/patterns/{}", httpc::encode_segment(&pattern_id));
+    if let Err(e) = httpc::request(&args.http, "DELETE", &path, None, HTTP_TIMEOUT).await {
+        tracing::warn!(error = %e, "could not remove the benchmark's pattern");
+    }
+    if let Some(e) = read_error {
+        bail!("reading matches from {sink}: {e}");
+    }
+    let latency = Latency::of(&hist);
+    if a.json {
+        let v = json!({
+            "mode": "cep",
+            "args": a.json(),
+            "http": args.http,
+            "keys": args.keys,
+            "target_rate": rate,
+            "source_topic": source,
+            "sink_topic": sink,
+            "produce": produced.json(None),
+            "matches": matches,
+            "latency_ms": latency.map(|l| l.json()),
+        });
+        println!("{v}");
+    } else {
+        report::print_table(
+            &format!(
+                "weir bench cep  pattern brute-force (3+ failed logins then a success)  \
+                 {source} -> {sink}  target {rate} events/s  {} users",
+                args.keys
+            ),
+            &[
+                Row {
+                    name: "events".into(),
+                    records: Some(produced.records),
+                    records_per_sec: Some(produced.records_per_sec()),
+                    mib_per_sec: Some(produced.mib_per_sec()),
+                    ratio: None,
+                    latency: None,
+                },
+                Row {
+                    name: "matches".into(),
+                    records: Some(matches),
+                    records_per_sec: None,
+                    mib_per_sec: None,
+                    ratio: None,
+                    latency,
+                },
+            ],
+            &["latency: from producing a match's last event to reading the match".into()],
+        );
+    }
+    Ok(())
+}
+
+/// Produces login events open loop: every 1 ms tick, the events due by then go out
+/// as one batch; the acknowledgement is awaited off the schedule so that a slow
+/// broker delays matches (and shows in their latency) rather than the generator.
+async fn produce_events(
+    client: &Client,
+    topic: &str,
+    rate: f64,
+    a: &BenchArgs,
+    keys: u32,
+) -> anyhow::Result<Throughput> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let started = Instant::now();
+    let duration = Duration::from_secs_f64(a.duration);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut owed = 0.0f64;
+    let mut due_total = 0.0f64;
+    let mut out = Throughput::default();
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut acks = tokio::task::JoinSet::new();
+    while started.elapsed() < duration {
+        tick.tick().await;
+        let due = started.elapsed().as_secs_f64() * rate;
+        owed += due - due_total;
+        due_total = due;
+        let n = owed as u64;
+        if n == 0 {
+            continue;
+        }
+        owed -= n as f64;
+        let mut b = BatchBuilder::new(Compression::None);
+        let ts_ms = now_us() / 1000;
+        for _ in 0..n {
+            let r = rng.next();
+            let user = format!("u{}", r % u64::from(keys));
+            // One event in four is a success, as in benches/cep_latency.py.
+            let success = (r >> 32).is_multiple_of(4);
+            let v = format!(
+                r#"{{"user":"{user}","type":"login","success":{success},"ts":{ts_ms},"sent_us":{}}}"#,
+                now_us()
+            );
+            b.push(ts_ms, Some(user.as_bytes()), Some(v.as_bytes()), &[]);
+        }
+        let batch = Bytes::from(b.build().map_err(|e| anyhow!("building a batch: {e}"))?);
+        out.records += n;
+        out.batches += 1;
+        out.bytes += batch.len() as u64;
+        let pending = client
+            .send_produce(topic, 0, batch, a.acks, a.timeout())
+            .await
+            .with_context(|| format!("producing to {topic}"))?;
+        let errors = errors.clone();
+        acks.spawn(async move {
+            if let Err(e) = pending.wait().await {
+                if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(error = %e, "produce failed");
+                }
+            }
+        });
+        while acks.try_join_next().is_some() {}
+    }
+    while acks.join_next().await.is_some() {}
+    out.seconds = started.elapsed().as_secs_f64();
+    out.errors = errors.load(Ordering::Relaxed);
+    if out.errors > 0 {
+        out.first_error = Some(format!("{} produce requests failed", out.errors));
+    }
+    Ok(out)
+}
+
+/// Reads matches from `sink` until the producer is done and nothing new arrived for
+/// [`DRAIN`]; returns the count, the latency histogram (µs) and a read error if any.
+async fn consume_matches(
+    client: Client,
+    sink: String,
+    mut offset: i64,
+    mut hist: Histogram<u64>,
+    produced_done: Arc<AtomicBool>,
+    timeout: Duration,
+) -> (u64, Histogram<u64>, Option<String>) {
+    let mut matches = 0u64;
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        let fetched = client
+            .fetch(&sink, 0, offset, 4 << 20, Duration::from_millis(50))
+            .await;
+        let part = match fetched {
+            Ok(p) => p,
+            Err(e) => return (matches, hist, Some(e.to_string())),
+        };
+        let read_at = now_us();
+        let mut got = 0;
+        let mut rest = part.records.clone();
+        while rest.len() >= weir_protocol::records::BATCH_HEADER_LEN {
+            let Ok(h) = BatchHeader::parse(&rest) else {
+                break;
+            };
+            let len = h.total_len();
+            if rest.len() < len {
+                break;
+            }
+            let batch = rest.split_to(len);
+            if h.last_offset() < offset {
+                continue;
+            }
+            let records = match decode_records(&batch, 64 << 20) {
+                Ok(r) => r,
+                Err(e) => return (matches, hist, Some(format!("decoding a match batch: {e}"))),
+            };
+            for rec in records {
+                if rec.offset < offset {
+                    continue;
+                }
+                let sent = rec
+                    .value
+                    .as_ref()
+                    .and_then(|v| serde_json::from_slice::<Value>(v).ok())
+                    .and_then(|v| v.get("sent_us").and_then(Value::as_i64));
+                if let Some(sent) = sent {
+                    let _ = hist.record((read_at - sent).max(1) as u64);
+                }
+                matches += 1;
+                got += 1;
+            }
+            offset = h.last_offset() + 1;
+        }
+        if got > 0 {
+            idle_since = None;
+        } else if produced_done.load(Ordering::Acquire) {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= DRAIN.min(timeout) {
+                return (matches, hist, None);
+            }
+        }
+    }
+}
