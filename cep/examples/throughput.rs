@@ -1,6 +1,7 @@
 //! Quick single-core throughput probe (wall and on-CPU time, the latter from
 //! /proc/thread-self/schedstat so that a busy machine does not distort it):
-//! `cargo run --release -p weir-cep --example throughput`.
+//! `cargo run --release -p weir-cep --example throughput [pattern|count] [rounds]`
+//! (both workloads and 3 rounds by default; one workload alone is easier to profile).
 use std::time::Instant;
 use weir_cep::{Engine, Limits, SourceRecord};
 
@@ -16,11 +17,17 @@ fn cpu_ns() -> u64 {
 
 fn main() {
     let evs = defs::events();
-    for (name, def) in [
-        ("brute-force pattern", defs::PATTERN),
-        ("tumbling count per key", defs::COUNT),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only = args.first().map(String::as_str).unwrap_or("all");
+    let rounds: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(3);
+    for (short, name, def) in [
+        ("pattern", "brute-force pattern", defs::PATTERN),
+        ("count", "tumbling count per key", defs::COUNT),
     ] {
-        for round in 0..3 {
+        if only != "all" && only != short {
+            continue;
+        }
+        for round in 0..rounds {
             let mut e = Engine::new(Limits::default());
             e.register_text(def).unwrap_or_else(|err| panic!("{err}"));
             let (c0, t0) = (cpu_ns(), Instant::now());

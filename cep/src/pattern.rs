@@ -667,7 +667,9 @@ impl Matcher<'_> {
         }
     }
 
-    /// Feeds one event of this key; returns the matches to emit now, in order.
+    /// Feeds one event of this key; returns the matches to emit now, in order. `spare` is
+    /// an empty vector the new runs are built in; it gets the key's old (emptied) one
+    /// back, so that vectors are reused from event to event instead of allocated.
     pub fn on_event(
         &self,
         ks: &mut KeyState,
@@ -675,12 +677,15 @@ impl Matcher<'_> {
         time: i64,
         seq: u64,
         c: &mut MatchCounters,
+        spare: &mut Vec<Run>,
     ) -> Vec<Completed> {
         let e = Step1 { x, time, seq };
-        let old = std::mem::take(&mut ks.runs);
-        let mut new = Vec::with_capacity(old.len() + 1);
+        let mut old = std::mem::take(&mut ks.runs);
+        let mut new = std::mem::take(spare);
+        new.clear();
+        new.reserve(old.len() + 1);
         let mut done = Vec::new();
-        for r in old {
+        for r in old.drain(..) {
             if let Some(w) = self.pat.within {
                 if time.saturating_sub(r.start_time) >= w {
                     continue;
@@ -688,6 +693,7 @@ impl Matcher<'_> {
             }
             self.step_run(r, &mut new, &mut done, c, &e);
         }
+        *spare = old;
         self.proceed(&mut new, &mut done, c, &e, 0, None);
         if new.len() > self.max_runs {
             let excess = new.len() - self.max_runs;
