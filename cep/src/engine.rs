@@ -4,7 +4,7 @@ use crate::alert::{AlertRt, AlertSnap};
 use crate::def::{parse_definition_json, Definition};
 use crate::emit::{Output, OutputKind};
 use crate::error::CepError;
-use crate::event::{Event, FieldTable, RawRecord, SourceRecord};
+use crate::event::{Event, FieldTable, RawRecord, SourceRecord, StrCache};
 use crate::patrt::{PatternRt, PatternSnap};
 use crate::window::{QueryRt, QuerySnap};
 use serde::{Deserialize, Serialize};
@@ -123,6 +123,8 @@ pub struct Engine {
     defs: Vec<DefRt>,
     offsets: BTreeMap<String, BTreeMap<i32, i64>>,
     topics: HashMap<String, Arc<str>>,
+    /// Recent string field values, shared between events (see [`StrCache`]).
+    strs: StrCache,
 }
 
 fn compile(def: &Definition, fields: &mut FieldTable) -> Result<Rt, CepError> {
@@ -141,6 +143,7 @@ impl Engine {
             defs: Vec::new(),
             offsets: BTreeMap::new(),
             topics: HashMap::new(),
+            strs: StrCache::default(),
         }
     }
 
@@ -276,7 +279,7 @@ impl Engine {
             }
         };
         let raw = RawRecord::from_source(rec, topic);
-        let ev = match self.fields.parse(raw) {
+        let ev = match self.fields.parse_cached(raw, &mut self.strs) {
             Ok(ev) => Arc::new(ev),
             Err(()) => {
                 let mut sent: Vec<&str> = Vec::new();
@@ -494,7 +497,7 @@ impl Engine {
         let reparse = |ev: &Event| -> Arc<Event> {
             Arc::new(fields.parse(ev.rec.clone()).unwrap_or_else(|_| Event {
                 rec: ev.rec.clone(),
-                vals: Vec::new(),
+                vals: Default::default(),
             }))
         };
         for (d, s) in e.defs.iter_mut().zip(states) {

@@ -7,7 +7,10 @@ use crate::engine::{Limits, Stats};
 use crate::error::CepError;
 use crate::event::{Event, FieldTable};
 use crate::expr::{EventCtx, Expr};
-use crate::pattern::{Completed, KeyState, MatchCounters, Matcher, Node, PathCtx, Pattern, Run};
+use crate::keystr::KeyStr;
+use crate::pattern::{
+    Completed, KeyState, MatchCounters, Matcher, Node, PathCtx, Pattern, Run, Runs,
+};
 use crate::value::{write_num, write_str};
 use hashbrown::hash_map::EntryRef;
 use serde::{Deserialize, Serialize};
@@ -18,8 +21,8 @@ use std::sync::Arc;
 /// Per-key state map. foldhash instead of std's SipHash (which was ~10% of the engine's
 /// time): it is seeded at random per map, so keys chosen by a producer cannot be aimed at
 /// one bucket without knowing the seed; hashbrown for `entry_ref` (look up by `&str`,
-/// allocate the key only on insert, hash once).
-pub(crate) type KeyMap<V> = hashbrown::HashMap<Box<str>, V, foldhash::fast::RandomState>;
+/// build the key only on insert, hash once); keys inline when short ([`KeyStr`]).
+pub(crate) type KeyMap<V> = hashbrown::HashMap<KeyStr, V, foldhash::fast::RandomState>;
 
 pub(crate) struct Buffered {
     time: i64,
@@ -117,7 +120,7 @@ pub(crate) struct PatternRt {
     scratch: String,
     /// Run vector lent to the matcher for each event (swapped with the key's), so that
     /// matching an event allocates no vector.
-    spare_runs: Vec<Run>,
+    spare_runs: Runs,
     last_sweep: i64,
     since_sweep: u64,
 }
@@ -168,7 +171,7 @@ impl PatternRt {
             seq: 0,
             keys: KeyMap::default(),
             scratch: String::new(),
-            spare_runs: Vec::new(),
+            spare_runs: Runs::new(),
             last_sweep: i64::MIN,
             since_sweep: 0,
         })
@@ -313,7 +316,7 @@ impl PatternRt {
 
     fn evict_keys(&mut self, limits: &Limits, st: &mut Stats) {
         let target = limits.max_keys.max(1) - limits.max_keys.max(1) / 8;
-        let mut all: Vec<(i64, Box<str>)> =
+        let mut all: Vec<(i64, KeyStr)> =
             self.keys.iter().map(|(k, e)| (e.last, k.clone())).collect();
         all.sort();
         let n = self.keys.len().saturating_sub(target);
@@ -340,7 +343,7 @@ impl PatternRt {
         self.since_sweep = 0;
         self.last_sweep = now;
         let m = Self::matcher(&self.pat, limits);
-        let mut released: Vec<(Box<str>, Vec<Completed>)> = Vec::new();
+        let mut released: Vec<(KeyStr, Vec<Completed>)> = Vec::new();
         // One pass, no copies of keys: the sweep visits every key with state.
         self.keys.retain(|k, e| {
             let r = m.expire(&mut e.st, now);
@@ -378,7 +381,7 @@ impl PatternRt {
         self.clock.watermark = i64::MAX;
         self.release(limits, st, out);
         let m = Self::matcher(&self.pat, limits);
-        let mut released: Vec<(Box<str>, Vec<Completed>)> = Vec::new();
+        let mut released: Vec<(KeyStr, Vec<Completed>)> = Vec::new();
         for (k, e) in self.keys.iter_mut() {
             let r = m.finish(&mut e.st);
             if !r.is_empty() {
@@ -585,7 +588,7 @@ impl PatternRt {
                         .filter_map(|i| node(i).map(Completed::from_path)),
                 );
                 (
-                    k.into_boxed_str(),
+                    KeyStr::from(k.as_str()),
                     KeyEntry {
                         st: KeyState { runs, pending },
                         last: ks.last,

@@ -12,6 +12,7 @@ use crate::error::{parse_duration, CepError};
 use crate::event::{Event, FieldTable};
 use crate::expr::{self, Ctx, Expr, Scope};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -452,10 +453,14 @@ impl Completed {
     }
 }
 
+/// The partial matches of one key: one inline (most keys hold one at a time), so that a
+/// key's first partial match needs no allocation of its own.
+pub type Runs = SmallVec<[Run; 1]>;
+
 /// Partial matches and not-yet-emitted matches of one key.
 #[derive(Debug, Clone, Default)]
 pub struct KeyState {
-    pub runs: Vec<Run>,
+    pub runs: Runs,
     pub pending: Vec<Completed>,
 }
 
@@ -498,7 +503,7 @@ impl Matcher<'_> {
     #[allow(clippy::too_many_arguments)]
     fn take(
         &self,
-        new: &mut Vec<Run>,
+        new: &mut Runs,
         done: &mut Vec<Arc<Node>>,
         c: &mut MatchCounters,
         e: &Step1<'_>,
@@ -561,7 +566,7 @@ impl Matcher<'_> {
     #[allow(clippy::too_many_arguments)]
     fn proceed(
         &self,
-        new: &mut Vec<Run>,
+        new: &mut Runs,
         done: &mut Vec<Arc<Node>>,
         c: &mut MatchCounters,
         e: &Step1<'_>,
@@ -620,7 +625,7 @@ impl Matcher<'_> {
     fn step_run(
         &self,
         r: Run,
-        new: &mut Vec<Run>,
+        new: &mut Runs,
         done: &mut Vec<Arc<Node>>,
         c: &mut MatchCounters,
         e: &Step1<'_>,
@@ -677,13 +682,12 @@ impl Matcher<'_> {
         time: i64,
         seq: u64,
         c: &mut MatchCounters,
-        spare: &mut Vec<Run>,
+        spare: &mut Runs,
     ) -> Vec<Completed> {
         let e = Step1 { x, time, seq };
         let mut old = std::mem::take(&mut ks.runs);
         let mut new = std::mem::take(spare);
         new.clear();
-        new.reserve(old.len() + 1);
         let mut done = Vec::new();
         for r in old.drain(..) {
             if let Some(w) = self.pat.within {
