@@ -5,7 +5,7 @@ use crate::def::{parse_definition_json, Definition};
 use crate::emit::{Output, OutputKind};
 use crate::error::CepError;
 use crate::event::{Event, FieldTable, RawRecord, SourceRecord, StrCache};
-use crate::patrt::{PatternRt, PatternSnap};
+use crate::patrt::{PatternCapture, PatternRt, PatternSnap};
 use crate::window::{QueryRt, QuerySnap};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -440,30 +440,31 @@ impl Engine {
         self.capture().encode()
     }
 
-    /// The state of [`Engine::checkpoint`], captured without encoding it (events are
-    /// shared, not copied), so that [`Captured::encode`], the costly part, can run on
-    /// another thread while the engine goes on.
+    /// The state of [`Engine::checkpoint`], captured without encoding it, so that
+    /// [`Captured::encode`], the costly part, can run on another thread while the engine
+    /// goes on. Patterns' state is shared copy-on-write (one pointer copy per key and
+    /// per buffered event; a key changed while the capture is alive is copied then), so
+    /// this is cheap enough to run under the broker's engine lock.
     pub fn capture(&self) -> Captured {
-        Captured(Snapshot {
-            version: 1,
+        Captured {
             limits: self.limits,
             defs: self
                 .defs
                 .iter()
-                .map(|d| DefSnap {
+                .map(|d| CapturedDef {
                     kind: d.def.kind().to_string(),
                     json: d.def.to_json(),
                     paused: d.paused,
                     stats: d.stats,
                     state: match &d.rt {
-                        Rt::Pattern(p) => RtSnap::Pattern(p.snapshot()),
-                        Rt::Query(q) => RtSnap::Query(q.snapshot()),
-                        Rt::Alert(a) => RtSnap::Alert(a.snapshot()),
+                        Rt::Pattern(p) => CapturedRt::Pattern(p.capture()),
+                        Rt::Query(q) => CapturedRt::Ready(RtSnap::Query(q.snapshot())),
+                        Rt::Alert(a) => CapturedRt::Ready(RtSnap::Alert(a.snapshot())),
                     },
                 })
                 .collect(),
             offsets: self.offsets(),
-        })
+        }
     }
 
     /// Replaces this engine's definitions and state with a checkpoint's (limits stay).
@@ -521,12 +522,50 @@ impl Engine {
 }
 
 /// An engine state captured by [`Engine::capture`].
-pub struct Captured(Snapshot);
+pub struct Captured {
+    limits: Limits,
+    defs: Vec<CapturedDef>,
+    offsets: Vec<(String, i32, i64)>,
+}
+
+struct CapturedDef {
+    kind: String,
+    json: String,
+    paused: bool,
+    stats: Stats,
+    state: CapturedRt,
+}
+
+enum CapturedRt {
+    Pattern(PatternCapture),
+    Ready(RtSnap),
+}
 
 impl Captured {
     /// The checkpoint bytes ([`Engine::restore`] reads them).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.0).unwrap_or_default()
+        // Built one definition at a time: a pattern's serialisable form holds its node
+        // and event tables.
+        let snap = Snapshot {
+            version: 1,
+            limits: self.limits,
+            defs: self
+                .defs
+                .iter()
+                .map(|d| DefSnap {
+                    kind: d.kind.clone(),
+                    json: d.json.clone(),
+                    paused: d.paused,
+                    stats: d.stats,
+                    state: match &d.state {
+                        CapturedRt::Pattern(p) => RtSnap::Pattern(p.to_snap()),
+                        CapturedRt::Ready(s) => s.clone(),
+                    },
+                })
+                .collect(),
+            offsets: self.offsets.clone(),
+        };
+        serde_json::to_vec(&snap).unwrap_or_default()
     }
 }
 
@@ -547,7 +586,7 @@ struct DefSnap {
     state: RtSnap,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 enum RtSnap {
     Pattern(PatternSnap),
     Query(QuerySnap),

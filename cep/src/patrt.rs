@@ -99,6 +99,10 @@ impl ReorderBuffer {
     }
 }
 
+/// One key's state, shared with a captured snapshot until either changes it
+/// (copy-on-write: [`PatternRt::capture`] only copies pointers, so the broker's stage is
+/// not stalled while the snapshot is encoded).
+#[derive(Clone)]
 pub(crate) struct KeyEntry {
     st: KeyState,
     last: i64,
@@ -116,7 +120,7 @@ pub(crate) struct PatternRt {
     buffer: ReorderBuffer,
     arrival: u64,
     seq: u64,
-    keys: KeyMap<KeyEntry>,
+    keys: KeyMap<Arc<KeyEntry>>,
     scratch: String,
     /// Run vector lent to the matcher for each event (swapped with the key's), so that
     /// matching an event allocates no vector.
@@ -284,7 +288,8 @@ impl PatternRt {
         let spare = &mut self.spare_runs;
         let done = match self.keys.entry_ref(key.as_str()) {
             EntryRef::Occupied(mut o) => {
-                let e = o.get_mut();
+                // Copies the key's state only if a snapshot being encoded shares it.
+                let e = Arc::make_mut(o.get_mut());
                 e.last = t;
                 let done = matcher.on_event(&mut e.st, ev, t, seq, &mut mc, spare);
                 if e.st.is_empty() {
@@ -299,7 +304,7 @@ impl PatternRt {
                 };
                 let done = matcher.on_event(&mut e.st, ev, t, seq, &mut mc, spare);
                 if !e.st.is_empty() {
-                    v.insert_with_key(key.as_str().into(), e);
+                    v.insert_with_key(key.as_str().into(), Arc::new(e));
                 }
                 done
             }
@@ -346,6 +351,11 @@ impl PatternRt {
         let mut released: Vec<(KeyStr, Vec<Completed>)> = Vec::new();
         // One pass, no copies of keys: the sweep visits every key with state.
         self.keys.retain(|k, e| {
+            if !m.expire_due(&e.st, now) {
+                // Unchanged: not copied even if a snapshot shares it.
+                return !e.st.is_empty();
+            }
+            let e = Arc::make_mut(e);
             let r = m.expire(&mut e.st, now);
             if !r.is_empty() {
                 released.push((k.clone(), r));
@@ -383,7 +393,7 @@ impl PatternRt {
         let m = Self::matcher(&self.pat, limits);
         let mut released: Vec<(KeyStr, Vec<Completed>)> = Vec::new();
         for (k, e) in self.keys.iter_mut() {
-            let r = m.finish(&mut e.st);
+            let r = m.finish(&mut Arc::make_mut(e).st);
             if !r.is_empty() {
                 released.push((k.clone(), r));
             }
@@ -475,47 +485,27 @@ impl PatternRt {
 
     // ------------------------------------------------------------ checkpoint
 
-    pub fn snapshot(&self) -> PatternSnap {
-        // Partial matches share path prefixes and events: each node and event is
-        // written once, in a table, and referenced by index.
-        let mut table = NodeTable::default();
-        let mut keys: Vec<(String, KeySnap)> = self
-            .keys
-            .iter()
-            .map(|(k, e)| {
-                (
-                    k.to_string(),
-                    KeySnap {
-                        last: e.last,
-                        runs: e
-                            .st
-                            .runs
-                            .iter()
-                            .map(|r| RunSnap::of(r, &mut table))
-                            .collect(),
-                        pending: Vec::new(),
-                        pending_nodes: e.st.pending.iter().map(|c| table.intern(&c.path)).collect(),
-                    },
-                )
-            })
-            .collect();
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut buffer: Vec<(i64, u64, Arc<Event>)> = self
-            .buffer
-            .iter()
-            .map(|b| (b.time, b.arrival, b.ev.clone()))
-            .collect();
-        buffer.sort_by_key(|b| (b.0, b.1));
-        PatternSnap {
+    /// The state, sharing every key's entry, event and path node (no deep copy: the
+    /// broker captures under its engine lock, and the stage waits for that). Costs one
+    /// pointer copy per key and per buffered event; [`PatternCapture::to_snap`] does the
+    /// rest on another thread.
+    pub fn capture(&self) -> PatternCapture {
+        PatternCapture {
             clock: self.clock.clone(),
             arrival: self.arrival,
             seq: self.seq,
             last_sweep: self.last_sweep,
             since_sweep: self.since_sweep,
-            buffer,
-            keys,
-            nodes: table.nodes,
-            events: table.events,
+            buffer: self
+                .buffer
+                .iter()
+                .map(|b| (b.time, b.arrival, b.ev.clone()))
+                .collect(),
+            keys: self
+                .keys
+                .iter()
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect(),
         }
     }
 
@@ -589,13 +579,67 @@ impl PatternRt {
                 );
                 (
                     KeyStr::from(k.as_str()),
-                    KeyEntry {
+                    Arc::new(KeyEntry {
                         st: KeyState { runs, pending },
                         last: ks.last,
+                    }),
+                )
+            })
+            .collect();
+    }
+}
+
+/// A pattern's state as captured by [`PatternRt::capture`] (shared, not copied).
+pub struct PatternCapture {
+    clock: Clock,
+    arrival: u64,
+    seq: u64,
+    last_sweep: i64,
+    since_sweep: u64,
+    buffer: Vec<(i64, u64, Arc<Event>)>,
+    keys: Vec<(KeyStr, Arc<KeyEntry>)>,
+}
+
+impl PatternCapture {
+    /// The serialisable form (the costly part: runs off the engine lock).
+    pub fn to_snap(&self) -> PatternSnap {
+        // Partial matches share path prefixes and events: each node and event is
+        // written once, in a table, and referenced by index.
+        let mut table = NodeTable::default();
+        let mut keys: Vec<(String, KeySnap)> = self
+            .keys
+            .iter()
+            .map(|(k, e)| {
+                (
+                    k.to_string(),
+                    KeySnap {
+                        last: e.last,
+                        runs: e
+                            .st
+                            .runs
+                            .iter()
+                            .map(|r| RunSnap::of(r, &mut table))
+                            .collect(),
+                        pending: Vec::new(),
+                        pending_nodes: e.st.pending.iter().map(|c| table.intern(&c.path)).collect(),
                     },
                 )
             })
             .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut buffer = self.buffer.clone();
+        buffer.sort_by_key(|b| (b.0, b.1));
+        PatternSnap {
+            clock: self.clock.clone(),
+            arrival: self.arrival,
+            seq: self.seq,
+            last_sweep: self.last_sweep,
+            since_sweep: self.since_sweep,
+            buffer,
+            keys,
+            nodes: table.nodes,
+            events: table.events,
+        }
     }
 }
 

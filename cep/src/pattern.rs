@@ -714,6 +714,18 @@ impl Matcher<'_> {
 
     /// Drops partial matches that can no longer complete at time `now`, then releases
     /// matches they were holding back.
+    /// Whether [`Matcher::expire`] could change `ks` at `now` (read only: the sweep
+    /// leaves unchanged keys alone, so that it does not copy state a snapshot shares).
+    pub fn expire_due(&self, ks: &KeyState, now: i64) -> bool {
+        // Held matches are re-examined by `expire` even when no run expires.
+        !ks.pending.is_empty()
+            || self.pat.within.is_some_and(|w| {
+                ks.runs
+                    .iter()
+                    .any(|r| now.saturating_sub(r.start_time) >= w)
+            })
+    }
+
     pub fn expire(&self, ks: &mut KeyState, now: i64) -> Vec<Completed> {
         if let Some(w) = self.pat.within {
             ks.runs.retain(|r| now.saturating_sub(r.start_time) < w);
