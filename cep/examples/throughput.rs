@@ -78,6 +78,7 @@ fn snapshot(rounds: usize) {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut outs = 0;
     let n = 1_000_000u64;
+    let (c0, t0) = (cpu_ns(), Instant::now());
     for i in 0..n {
         x ^= x << 13;
         x ^= x >> 7;
@@ -101,10 +102,11 @@ fn snapshot(rounds: usize) {
             })
             .len();
     }
+    let (cpu, wall) = ((cpu_ns() - c0) as f64 / 1e9, t0.elapsed().as_secs_f64());
     let st = &e.stats()[0];
     println!(
-        "{n} events, {outs} outputs, {} keys, {} partial matches",
-        st.keys, st.partial_matches
+        "{n} events, {outs} outputs, {} keys, {} partial matches; {:.0} events/s on-CPU, {:.0} events/s wall (JSON formatting included)",
+        st.keys, st.partial_matches, n as f64 / cpu, n as f64 / wall
     );
     for _ in 0..rounds {
         let (c0, t0) = (cpu_ns(), Instant::now());

@@ -439,7 +439,9 @@ impl Completed {
         Completed::new(path)
     }
     fn new(path: Arc<Node>) -> Completed {
-        let items = path.to_vec().iter().map(|n| (n.seq, n.step)).collect();
+        // Newest first along the path, then reversed: one allocation.
+        let mut items: Vec<(u64, u16)> = path.iter().map(|n| (n.seq, n.step)).collect();
+        items.reverse();
         Completed { items, path }
     }
     pub fn start(&self) -> u64 {
@@ -688,6 +690,21 @@ impl Matcher<'_> {
         let mut old = std::mem::take(&mut ks.runs);
         let mut new = std::mem::take(spare);
         new.clear();
+        if !old.is_empty() {
+            // A key with partial matches usually ends up with one more (a new start);
+            // growing one at a time would reallocate several times per event. A key
+            // without any stays inline.
+            new.reserve(old.len() + 1);
+        }
+        // Touch every run's last path node first. Each is its own allocation, usually
+        // not in cache; these loads are independent, so their misses overlap, where the
+        // loop below would wait for them one at a time (the reference count update in
+        // `take` was ~85% of its time with ~10 runs per key).
+        let mut warm = 0usize;
+        for r in old.iter() {
+            warm = warm.wrapping_add(Arc::strong_count(&r.path));
+        }
+        std::hint::black_box(warm);
         let mut done = Vec::new();
         for r in old.drain(..) {
             if let Some(w) = self.pat.within {
