@@ -1191,6 +1191,9 @@ impl Cep {
             .spawn(move || {
                 lower_priority();
                 let state = captured.encode();
+                // The capture shares the engine's per-key state; while it is alive, the
+                // stage copies each key it changes. Release it before the slow append.
+                drop(captured);
                 let header = CheckpointHeader {
                     seq,
                     positions,
