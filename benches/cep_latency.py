@@ -190,7 +190,8 @@ def main() -> int:
                 buckets.setdefault(t // 1_000_000 - first, []).append(d)
             for sec in sorted(buckets):
                 b = sorted(buckets[sec])
-                print(f"  second {sec:3d}: {len(b):6d} matches, p50 {b[len(b) // 2] / 1000:8.2f} ms, "
+                utc = time.strftime("%H:%M:%S", time.gmtime(first + sec))
+                print(f"  second {sec:3d} ({utc} UTC): {len(b):6d} matches, p50 {b[len(b) // 2] / 1000:8.2f} ms, "
                       f"p99 {b[min(len(b) - 1, int(0.99 * len(b)))] / 1000:8.2f} ms, max {b[-1] / 1000:8.2f} ms")
         print(f"stage: events_in {row['events_in']} matches_out {row['matches_out']} "
               f"partial_matches {row['partial_matches']} lag {row['lag']}; checkpoint log {ck / 1e6:.1f} MB")
