@@ -116,7 +116,7 @@ def consumer(bootstrap: str, topic: str, stop_at: float, warmup_until_us: int, o
             total += 1
             sent = json.loads(m.value()).get("sent_us")
             if isinstance(sent, int) and sent >= warmup_until_us:
-                lat.append(now_us - sent)
+                lat.append((now_us - sent, sent))
     c.close()
     out.put(("latencies", total, lat))
 
@@ -128,6 +128,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--keys", type=int, default=10_000)
     ap.add_argument("--keep", action="store_true", help="keep the broker's data dir and log")
+    ap.add_argument("--timeline", action="store_true",
+                    help="also print, per second of send time, the matches' p50/p99/max latency "
+                         "(periodic spikes point at snapshots, a rising line at the stage falling behind)")
     ap.add_argument("--bin", default=os.environ.get("WEIR_BIN", str(ROOT / "target" / "release" / "weir")))
     args = ap.parse_args()
 
@@ -167,8 +170,8 @@ def main() -> int:
         prod.join()
         cons.join()
         sent, secs = results["produced"]
-        total, lat = results["latencies"]
-        lat.sort()
+        total, pairs = results["latencies"]
+        lat = sorted(d for d, _ in pairs)
 
         def pct(p: float) -> float:
             return lat[min(len(lat) - 1, int(p / 100.0 * len(lat)))] / 1000.0 if lat else float("nan")
@@ -180,6 +183,16 @@ def main() -> int:
               f"{args.keys} keys; {total} matches read, {len(lat)} after the {args.warmup:.0f} s warm-up")
         print(f"end-to-end latency ms: p50 {pct(50):.2f}  p90 {pct(90):.2f}  p99 {pct(99):.2f}  "
               f"p99.9 {pct(99.9):.2f}  max {lat[-1] / 1000.0 if lat else float('nan'):.2f}")
+        if args.timeline and pairs:
+            first = min(t for _, t in pairs) // 1_000_000
+            buckets: dict[int, list[int]] = {}
+            for d, t in pairs:
+                buckets.setdefault(t // 1_000_000 - first, []).append(d)
+            for sec in sorted(buckets):
+                b = sorted(buckets[sec])
+                utc = time.strftime("%H:%M:%S", time.gmtime(first + sec))
+                print(f"  second {sec:3d} ({utc} UTC): {len(b):6d} matches, p50 {b[len(b) // 2] / 1000:8.2f} ms, "
+                      f"p99 {b[min(len(b) - 1, int(0.99 * len(b)))] / 1000:8.2f} ms, max {b[-1] / 1000:8.2f} ms")
         print(f"stage: events_in {row['events_in']} matches_out {row['matches_out']} "
               f"partial_matches {row['partial_matches']} lag {row['lag']}; checkpoint log {ck / 1e6:.1f} MB")
         return 0

@@ -1189,7 +1189,11 @@ impl Cep {
         let spawned = std::thread::Builder::new()
             .name("cep-snapshot".into())
             .spawn(move || {
+                lower_priority();
                 let state = captured.encode();
+                // The capture shares the engine's per-key state; while it is alive, the
+                // stage copies each key it changes. Release it before the slow append.
+                drop(captured);
                 let header = CheckpointHeader {
                     seq,
                     positions,
@@ -1448,6 +1452,19 @@ impl Cep {
         if let Some(h) = snapshot {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
+    }
+}
+
+/// Lowers the calling thread's CPU priority (nice 10). The snapshot thread encodes
+/// tens of megabytes of JSON (hundreds of milliseconds of CPU) while the stage goes on;
+/// on a busy machine it should take idle CPU, not the stage's (whose passes are what
+/// the end-to-end latency waits for). Best effort: a failure leaves the priority as is.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority takes no pointers; on Linux, PRIO_PROCESS with id 0 applies to
+    // the calling thread only.
+    unsafe {
+        let _ = libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }
 

@@ -4,8 +4,8 @@ use crate::alert::{AlertRt, AlertSnap};
 use crate::def::{parse_definition_json, Definition};
 use crate::emit::{Output, OutputKind};
 use crate::error::CepError;
-use crate::event::{Event, FieldTable, RawRecord, SourceRecord};
-use crate::patrt::{PatternRt, PatternSnap};
+use crate::event::{Event, FieldTable, RawRecord, SourceRecord, StrCache};
+use crate::patrt::{PatternCapture, PatternRt, PatternSnap};
 use crate::window::{QueryRt, QuerySnap};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -123,6 +123,8 @@ pub struct Engine {
     defs: Vec<DefRt>,
     offsets: BTreeMap<String, BTreeMap<i32, i64>>,
     topics: HashMap<String, Arc<str>>,
+    /// Recent string field values, shared between events (see [`StrCache`]).
+    strs: StrCache,
 }
 
 fn compile(def: &Definition, fields: &mut FieldTable) -> Result<Rt, CepError> {
@@ -141,6 +143,7 @@ impl Engine {
             defs: Vec::new(),
             offsets: BTreeMap::new(),
             topics: HashMap::new(),
+            strs: StrCache::default(),
         }
     }
 
@@ -276,7 +279,7 @@ impl Engine {
             }
         };
         let raw = RawRecord::from_source(rec, topic);
-        let ev = match self.fields.parse(raw) {
+        let ev = match self.fields.parse_cached(raw, &mut self.strs) {
             Ok(ev) => Arc::new(ev),
             Err(()) => {
                 let mut sent: Vec<&str> = Vec::new();
@@ -437,30 +440,31 @@ impl Engine {
         self.capture().encode()
     }
 
-    /// The state of [`Engine::checkpoint`], captured without encoding it (events are
-    /// shared, not copied), so that [`Captured::encode`], the costly part, can run on
-    /// another thread while the engine goes on.
+    /// The state of [`Engine::checkpoint`], captured without encoding it, so that
+    /// [`Captured::encode`], the costly part, can run on another thread while the engine
+    /// goes on. Patterns' state is shared copy-on-write (one pointer copy per key and
+    /// per buffered event; a key changed while the capture is alive is copied then), so
+    /// this is cheap enough to run under the broker's engine lock.
     pub fn capture(&self) -> Captured {
-        Captured(Snapshot {
-            version: 1,
+        Captured {
             limits: self.limits,
             defs: self
                 .defs
                 .iter()
-                .map(|d| DefSnap {
+                .map(|d| CapturedDef {
                     kind: d.def.kind().to_string(),
                     json: d.def.to_json(),
                     paused: d.paused,
                     stats: d.stats,
                     state: match &d.rt {
-                        Rt::Pattern(p) => RtSnap::Pattern(p.snapshot()),
-                        Rt::Query(q) => RtSnap::Query(q.snapshot()),
-                        Rt::Alert(a) => RtSnap::Alert(a.snapshot()),
+                        Rt::Pattern(p) => CapturedRt::Pattern(p.capture()),
+                        Rt::Query(q) => CapturedRt::Ready(RtSnap::Query(q.snapshot())),
+                        Rt::Alert(a) => CapturedRt::Ready(RtSnap::Alert(a.snapshot())),
                     },
                 })
                 .collect(),
             offsets: self.offsets(),
-        })
+        }
     }
 
     /// Replaces this engine's definitions and state with a checkpoint's (limits stay).
@@ -494,7 +498,7 @@ impl Engine {
         let reparse = |ev: &Event| -> Arc<Event> {
             Arc::new(fields.parse(ev.rec.clone()).unwrap_or_else(|_| Event {
                 rec: ev.rec.clone(),
-                vals: Vec::new(),
+                vals: Default::default(),
             }))
         };
         for (d, s) in e.defs.iter_mut().zip(states) {
@@ -518,12 +522,50 @@ impl Engine {
 }
 
 /// An engine state captured by [`Engine::capture`].
-pub struct Captured(Snapshot);
+pub struct Captured {
+    limits: Limits,
+    defs: Vec<CapturedDef>,
+    offsets: Vec<(String, i32, i64)>,
+}
+
+struct CapturedDef {
+    kind: String,
+    json: String,
+    paused: bool,
+    stats: Stats,
+    state: CapturedRt,
+}
+
+enum CapturedRt {
+    Pattern(PatternCapture),
+    Ready(RtSnap),
+}
 
 impl Captured {
     /// The checkpoint bytes ([`Engine::restore`] reads them).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.0).unwrap_or_default()
+        // Built one definition at a time: a pattern's serialisable form holds its node
+        // and event tables.
+        let snap = Snapshot {
+            version: 1,
+            limits: self.limits,
+            defs: self
+                .defs
+                .iter()
+                .map(|d| DefSnap {
+                    kind: d.kind.clone(),
+                    json: d.json.clone(),
+                    paused: d.paused,
+                    stats: d.stats,
+                    state: match &d.state {
+                        CapturedRt::Pattern(p) => RtSnap::Pattern(p.to_snap()),
+                        CapturedRt::Ready(s) => s.clone(),
+                    },
+                })
+                .collect(),
+            offsets: self.offsets.clone(),
+        };
+        serde_json::to_vec(&snap).unwrap_or_default()
     }
 }
 
@@ -544,7 +586,7 @@ struct DefSnap {
     state: RtSnap,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 enum RtSnap {
     Pattern(PatternSnap),
     Query(QuerySnap),

@@ -8,6 +8,7 @@
 use crate::value::Val;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -124,13 +125,53 @@ impl RawRecord {
     }
 }
 
+/// Field values of an event: inline up to this many fields (definitions usually refer to
+/// a handful), so that parsing does not allocate a vector per event.
+pub const INLINE_FIELDS: usize = 6;
+
 /// A parsed record: field values by field id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub rec: RawRecord,
     /// Parsed field values (not checkpointed: re-parsed on restore).
     #[serde(skip)]
-    pub vals: Vec<Val>,
+    pub vals: SmallVec<[Val; INLINE_FIELDS]>,
+}
+
+/// Recent string values of each field, shared by the events that carry them, so that a
+/// field with few distinct values (`"type": "login"`) does not allocate a string per
+/// event. Bounded: [`STR_CACHE_WAYS`] values per field, short strings only; a miss costs
+/// a few comparisons of short strings.
+#[derive(Debug, Default, Clone)]
+pub struct StrCache {
+    slots: Vec<([Option<Arc<str>>; STR_CACHE_WAYS], usize)>,
+}
+
+pub const STR_CACHE_WAYS: usize = 4;
+const STR_CACHE_MAX_LEN: usize = 32;
+
+impl StrCache {
+    fn get(&mut self, field: u32, s: &str) -> Val {
+        if s.len() > STR_CACHE_MAX_LEN {
+            return Val::str(s);
+        }
+        let i = field as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, Default::default);
+        }
+        let Some((ways, next)) = self.slots.get_mut(i) else {
+            return Val::str(s);
+        };
+        for w in ways.iter().flatten() {
+            if &**w == s {
+                return Val::Str(w.clone());
+            }
+        }
+        let a: Arc<str> = Arc::from(s);
+        ways[*next % STR_CACHE_WAYS] = Some(a.clone());
+        *next = (*next + 1) % STR_CACHE_WAYS;
+        Val::Str(a)
+    }
 }
 
 impl Event {
@@ -162,6 +203,9 @@ pub struct FieldTable {
     paths: Vec<String>,
     /// top-level JSON key -> (field id, remaining path segments)
     top: HashMap<String, Vec<(u32, Vec<String>)>>,
+    /// The same as a list: looked up by a linear scan while short (every key of every
+    /// event is looked up; a few string comparisons beat hashing it).
+    top_list: Vec<(String, Entries)>,
     specials: Vec<(u32, Special)>,
 }
 
@@ -190,6 +234,12 @@ impl FieldTable {
             let mut segs = path.split('.');
             let first = segs.next().unwrap_or("").to_string();
             let rest: Vec<String> = segs.map(|s| s.to_string()).collect();
+            match self.top_list.iter_mut().find(|(k, _)| *k == first) {
+                Some((_, list)) => list.push((id, rest.clone())),
+                None => self
+                    .top_list
+                    .push((first.clone(), vec![(id, rest.clone())])),
+            }
             self.top.entry(first).or_default().push((id, rest));
         }
         id
@@ -203,15 +253,33 @@ impl FieldTable {
         self.paths.is_empty()
     }
 
+    /// The fields under top-level key `k`.
+    #[inline]
+    fn top_entries(&self, k: &str) -> Option<&Entries> {
+        if self.top_list.len() <= 8 {
+            self.top_list.iter().find(|(t, _)| t == k).map(|(_, e)| e)
+        } else {
+            self.top.get(k)
+        }
+    }
+
     /// Parses a record. `Err` means the value is not a JSON object.
     #[allow(clippy::result_unit_err)]
     pub fn parse(&self, rec: RawRecord) -> Result<Event, ()> {
-        let mut vals = vec![Val::Null; self.paths.len()];
+        self.parse_cached(rec, &mut StrCache::default())
+    }
+
+    /// [`FieldTable::parse`], sharing string values with recent events through `strs`.
+    #[allow(clippy::result_unit_err)]
+    pub fn parse_cached(&self, rec: RawRecord, strs: &mut StrCache) -> Result<Event, ()> {
+        let mut vals: SmallVec<[Val; INLINE_FIELDS]> =
+            SmallVec::from_elem(Val::Null, self.paths.len());
         {
             let mut de = serde_json::Deserializer::from_slice(&rec.value);
             TopSeed {
                 table: self,
                 vals: &mut vals,
+                strs,
             }
             .deserialize(&mut de)
             .map_err(|_| ())?;
@@ -246,7 +314,8 @@ impl FieldTable {
 
 struct TopSeed<'a> {
     table: &'a FieldTable,
-    vals: &'a mut Vec<Val>,
+    vals: &'a mut [Val],
+    strs: &'a mut StrCache,
 }
 
 impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
@@ -270,7 +339,11 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
                 }
                 Some(list) => {
                     if list.iter().all(|(_, rest)| rest.is_empty()) {
-                        let v = map.next_value_seed(ValSeed)?;
+                        let field = list.first().map(|(id, _)| *id).unwrap_or(0);
+                        let v = map.next_value_seed(ValSeed {
+                            strs: &mut *self.strs,
+                            field,
+                        })?;
                         for (id, _) in list {
                             if let Some(slot) = self.vals.get_mut(*id as usize) {
                                 *slot = v.clone();
@@ -320,22 +393,26 @@ impl<'de, 'a> Visitor<'de> for KeySeed<'a> {
         f.write_str("a key")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(self.table.top.get(v))
+        Ok(self.table.top_entries(v))
     }
 }
 
-struct ValSeed;
+/// A top-level value of field `field` (strings through the cache).
+struct ValSeed<'a> {
+    strs: &'a mut StrCache,
+    field: u32,
+}
 
-impl<'de> DeserializeSeed<'de> for ValSeed {
+impl<'de> DeserializeSeed<'de> for ValSeed<'_> {
     type Value = Val;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Val, D::Error> {
-        d.deserialize_any(ValVisitor)
+        d.deserialize_any(ValVisitor(self))
     }
 }
 
-struct ValVisitor;
+struct ValVisitor<'a>(ValSeed<'a>);
 
-impl<'de> Visitor<'de> for ValVisitor {
+impl<'de> Visitor<'de> for ValVisitor<'_> {
     type Value = Val;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
@@ -353,7 +430,7 @@ impl<'de> Visitor<'de> for ValVisitor {
         Ok(Val::Num(v))
     }
     fn visit_str<E>(self, v: &str) -> Result<Val, E> {
-        Ok(Val::str(v))
+        Ok(self.0.strs.get(self.0.field, v))
     }
     fn visit_unit<E>(self) -> Result<Val, E> {
         Ok(Val::Null)
