@@ -217,22 +217,6 @@ impl Broker {
                 }
             }
         }
-        // Preferred replicas follow completed reassignments on every node.
-        for meta in self.meta.topics() {
-            for index in 0..meta.partitions {
-                if meta.reassigning.contains_key(&index) {
-                    continue;
-                }
-                if let (Some(p), Some(&first)) = (
-                    self.partition(&meta.name, index),
-                    self.replicas_of(&meta, index).first(),
-                ) {
-                    if let Some(r) = &p.replica {
-                        r.set_preferred(first as u64);
-                    }
-                }
-            }
-        }
     }
 
     /// Cluster mode: advances reassignments every 200 ms on a thread that ends

@@ -149,6 +149,12 @@ impl Broker {
                     if let Some(p) = self.partition(name, index) {
                         p.log.update_config(effective.log_config());
                         *p.config.write() = effective.clone();
+                        // Leadership returns to the first of the (reassigned) replicas.
+                        if let (Some(r), Some(&first)) =
+                            (&p.replica, self.replicas_of(&topic, index).first())
+                        {
+                            r.set_preferred(first as u64);
+                        }
                     }
                 }
             }

@@ -36,6 +36,7 @@ class Cluster:
                     if i != j:
                         self.relays[(i, j)] = Relay(self.raft_ports[j]).start()
         self.nodes: dict[int, Broker] = {}
+        self._admins: dict[int | None, AdminClient] = {}
         # Clients reach each node through a relay too, so that a split can cut a node off from
         # clients as well (a host on the wrong side of a network partition).
         self.client_relays: dict[int, Relay] = {}
@@ -81,7 +82,12 @@ class Cluster:
         return ",".join(self.address(i) for i, b in self.nodes.items() if i != exclude and b.running)
 
     def admin(self, exclude: int | None = None) -> AdminClient:
-        return AdminClient({"bootstrap.servers": self.bootstrap(exclude)})
+        # One long-lived client per view: destroying a librdkafka admin client while
+        # one of its coordinator lookups is pending can abort the whole process
+        # (rd_kafka_enq_once_del_source_return: eonce->refcnt > 0, librdkafka 2.x).
+        if exclude not in self._admins:
+            self._admins[exclude] = AdminClient({"bootstrap.servers": self.bootstrap(exclude)})
+        return self._admins[exclude]
 
     def leader_of(self, topic: str, partition: int, via: int | None = None, exclude: int | None = None) -> int:
         bootstrap = self.address(via) if via else self.bootstrap(exclude)
@@ -357,10 +363,13 @@ def group_coordinator(cluster: Cluster, group: str, exclude: int | None = None) 
     result = {}
 
     def found():
-        admin = cluster.admin(exclude)  # kept alive until the answer arrives
+        # The client is destroyed only after its request ended (request_timeout bounds it):
+        # destroying librdkafka with a coordinator lookup outstanding can abort the process
+        # (rd_kafka_enq_once_del_source_return: eonce->refcnt > 0).
+        admin = cluster.admin(exclude)
         futures = admin.describe_consumer_groups([group], request_timeout=5)
         try:
-            desc = futures[group].result(10)
+            desc = futures[group].result()
         except Exception:  # coordinator moving or loading: ask again
             return False
         if desc.coordinator is None or desc.coordinator.id == exclude:
@@ -612,10 +621,10 @@ def test_add_node_and_remove_node(cluster, tmp_path):
     cluster.nodes[victim].kill()
     after = unique_topic("after")
     def created():
-        admin = cluster.admin(exclude=victim)  # kept alive until the answer arrives
-        futures = admin.create_topics([NewTopic(after, 1, 2)], operation_timeout=10)
+        admin = cluster.admin(exclude=victim)  # destroyed only after its request ended
+        futures = admin.create_topics([NewTopic(after, 1, 2)], operation_timeout=10, request_timeout=15)
         try:
-            futures[after].result(15)
+            futures[after].result()
             return True
         except Exception as e:  # TOPIC_ALREADY_EXISTS after a retried attempt also counts
             return "already exists" in str(e)
