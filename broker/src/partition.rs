@@ -198,13 +198,14 @@ impl Partition {
         let Some(handle) = &self.replica else {
             return Ok(());
         };
+        // The group's own configuration, not the replica list it was opened
+        // with: a reassignment may have changed the number of voters since.
+        let one_voter = handle.inspect(|g| g.voters().len() == 1);
         let rx = handle.watch(ticket);
         match tokio::time::timeout(timeout, rx).await {
             // A one-voter group commits on its own write: acks=all keeps the
             // single-node promise of an fsync before the answer.
-            Ok(Ok(Outcome::Committed(meta)))
-                if self.replicas.len() == 1 && meta.end > meta.base =>
-            {
+            Ok(Ok(Outcome::Committed(meta))) if one_voter && meta.end > meta.base => {
                 let log = self.log.clone();
                 match tokio::task::spawn_blocking(move || log.wait_durable(meta.end - 1)).await {
                     Ok(Ok(())) => Ok(()),
