@@ -3,7 +3,7 @@
 //! proceed (pipelining). Bad input closes this connection only.
 
 use crate::handlers::{self, api_versions, RequestContext};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TimedApi};
 use crate::state::Broker;
 use bytes::{Buf, Bytes};
 use kafka_protocol::error::ResponseError;
@@ -11,6 +11,7 @@ use kafka_protocol::messages::{ApiKey, ResponseKind};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -31,6 +32,8 @@ struct Reply {
     version: i16,
     correlation_id: i32,
     response: JoinHandle<Option<ResponseKind>>,
+    /// When the request's frame was taken from the read buffer.
+    received: Instant,
 }
 
 pub async fn run(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
@@ -39,6 +42,7 @@ pub async fn run(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
 
+    let times = broker.clone();
     let writer_task = tokio::spawn(async move {
         while let Some(reply) = rx.recv().await {
             let response = match reply.response.await {
@@ -69,6 +73,15 @@ pub async fn run(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                 tracing::debug!(%peer, error = %e, "write failed; closing connection");
                 return;
             }
+            let api = match reply.api_key {
+                ApiKey::Produce => TimedApi::Produce,
+                ApiKey::Fetch => TimedApi::Fetch,
+                _ => TimedApi::Other,
+            };
+            times
+                .metrics
+                .request_time
+                .record(api, reply.received.elapsed());
         }
     });
 
@@ -166,6 +179,7 @@ async fn start_request(
     frame: Bytes,
     peer: SocketAddr,
 ) -> Result<Option<Reply>, String> {
+    let received = Instant::now();
     let request = match decode_request(frame.clone(), api_versions::handles) {
         Ok(r) => r,
         Err(RequestError::UnsupportedVersion {
@@ -183,6 +197,7 @@ async fn start_request(
                 version: 0,
                 correlation_id,
                 response: tokio::spawn(async move { Some(response) }),
+                received,
             }));
         }
         Err(RequestError::UnsupportedVersion {
@@ -216,6 +231,7 @@ async fn start_request(
         version: ctx.version(),
         correlation_id: ctx.header.correlation_id,
         response: tokio::spawn(pending),
+        received,
     }))
 }
 

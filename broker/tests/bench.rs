@@ -176,6 +176,8 @@ fn baseline_figures_are_positive() {
             "32",
             "--fsync-mib",
             "1",
+            "--wakeup-secs",
+            "0.5",
             "--dir",
             dir_arg,
         ],
@@ -187,6 +189,9 @@ fn baseline_figures_are_positive() {
     }
     assert_latency(&v, &["file_write_fsync", "fsync_latency_ms"]);
     assert!(num(&v, &["ratios_to_loopback", "file_write"]) > 0.0);
+    // Half a second of 1 ms sleeps: a few hundred wakeups, each late by >= 0.
+    assert_latency(&v, &["wakeup_delay_ms"]);
+    assert!(num(&v, &["wakeup_delay_ms", "count"]) >= 50.0, "{v}");
     // The temp files are gone.
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .expect("read dir")

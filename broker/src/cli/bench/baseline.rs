@@ -7,7 +7,12 @@
 //! - sequential file write of a volume with large writes, without fsync (page
 //!   cache speed; the file is not synced before the clock stops);
 //! - sequential file write with an `fdatasync` after every write of a batch's
-//!   size, and the latency of each of those fsyncs.
+//!   size, and the latency of each of those fsyncs;
+//! - wakeup delay: how late a thread sleeping 1 ms at a time wakes up. No
+//!   request can be answered faster than the machine schedules the thread that
+//!   answers it, so this is the floor under every tail latency printed here. On a
+//!   virtual machine it includes the host descheduling the vCPU, which shows up
+//!   nowhere else (a VM measured here had an idle p99 of 3-9 ms).
 
 use super::report::{round3, Latency, MIB};
 use super::{new_histogram, record};
@@ -19,6 +24,8 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug, Clone)]
@@ -38,9 +45,55 @@ pub struct BaselineArgs {
     /// Directory for the file baselines (use the broker's data disk). Default: the temp dir.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Seconds of the wakeup-delay probe (1 ms sleeps).
+    #[arg(long, default_value_t = 5.0)]
+    pub wakeup_secs: f64,
     /// Print the results as JSON on standard output.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A thread that sleeps 1 ms at a time and records how much later than asked it
+/// woke up (microseconds), until stopped: the machine's scheduling floor, measured
+/// beside (or during) a run.
+pub struct WakeupProbe {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Histogram<u64>>,
+}
+
+/// The probe's sleep.
+const PROBE_SLEEP: Duration = Duration::from_millis(1);
+
+impl WakeupProbe {
+    pub fn start() -> WakeupProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut h = new_histogram();
+            while !flag.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                std::thread::sleep(PROBE_SLEEP);
+                let late = t.elapsed().saturating_sub(PROBE_SLEEP);
+                record(&mut h, late.as_micros() as u64, 1);
+            }
+            h
+        });
+        WakeupProbe { stop, thread }
+    }
+
+    /// Stops the probe; the delays it saw (None if it saw none or its thread died).
+    pub fn finish(self) -> Option<Latency> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().ok().and_then(|h| Latency::of(&h))
+    }
+}
+
+/// One line describing wakeup delays.
+pub fn describe_wakeup(l: &Latency, when: &str) -> String {
+    format!(
+        "machine wakeup delay {when} (1 ms sleeps, ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  ({} wakeups); no latency can be lower",
+        l.p50, l.p90, l.p99, l.p999, l.max, l.count
+    )
 }
 
 /// Bytes moved in some time.
@@ -204,6 +257,14 @@ pub async fn run(args: &BaselineArgs) -> anyhow::Result<()> {
     let fsync_volume = args.fsync_mib << 20;
     let (ws, fws) = (args.write_size.max(1), args.fsync_write_size.max(1));
     let dir2 = dir.clone();
+    let wakeup_secs = args.wakeup_secs.clamp(0.0, 3600.0);
+    let wakeup = tokio::task::spawn_blocking(move || {
+        let probe = WakeupProbe::start();
+        std::thread::sleep(Duration::from_secs_f64(wakeup_secs));
+        probe.finish()
+    })
+    .await
+    .context("wakeup probe thread")?;
     let (tcp, (write, write_hist), (fsync, fsync_hist)) = tokio::task::spawn_blocking(move || {
         let tcp = loopback_copy(volume, ws).context("loopback TCP copy")?;
         let write = file_write_timed(&dir2, volume, ws)
@@ -247,6 +308,7 @@ pub async fn run(args: &BaselineArgs) -> anyhow::Result<()> {
                 "file_write": round3(ratio(&write)),
                 "file_write_fsync": round3(ratio(&fsync)),
             },
+            "wakeup_delay_ms": wakeup.map(|l| l.json()),
         });
         println!("{v}");
         return Ok(());
@@ -283,6 +345,9 @@ pub async fn run(args: &BaselineArgs) -> anyhow::Result<()> {
             "fsync latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  ({} fsyncs)",
             l.p50, l.p90, l.p99, l.p999, l.max, l.count
         );
+    }
+    if let Some(l) = wakeup {
+        println!("{}", describe_wakeup(&l, "(idle)"));
     }
     Ok(())
 }

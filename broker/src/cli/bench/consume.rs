@@ -442,7 +442,9 @@ pub async fn run_e2e(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()> {
         label: "e2e",
         progress: true,
     };
+    let probe = super::baseline::WakeupProbe::start();
     let produced = produce_load(bootstrap, args, partitions, &spec).await;
+    let wakeup = probe.finish();
     // Whatever happened, tell the consumers where to stop.
     let produced_ends = match &produced {
         Ok(p) => starts
@@ -493,6 +495,7 @@ pub async fn run_e2e(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()> {
                 "unmatched_records": unmatched,
                 "latency_ms": elat.map(|l| l.json()),
             },
+            "wakeup_delay_ms": wakeup.map(|l| l.json()),
         });
         println!("{v}");
     } else {
@@ -530,6 +533,9 @@ pub async fn run_e2e(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()> {
             notes.push(format!(
                 "{unmatched} acknowledged records were not seen by a consumer"
             ));
+        }
+        if let Some(l) = &wakeup {
+            notes.push(super::baseline::describe_wakeup(l, "during the run"));
         }
         print_table(
             &title("e2e", args, partitions, produced.records_per_batch),

@@ -427,7 +427,10 @@ pub async fn run_produce(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()
         label: "produce",
         progress: true,
     };
-    let out = produce_load(bootstrap, args, partitions, &spec).await?;
+    let probe = baseline::WakeupProbe::start();
+    let out = produce_load(bootstrap, args, partitions, &spec).await;
+    let wakeup = probe.finish();
+    let out = out?;
     let tp = &out.throughput;
     let lat = Latency::of(&out.latency);
     let base = if args.no_baseline {
@@ -463,6 +466,7 @@ pub async fn run_produce(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()
             })),
             "ratio_to_loopback": ratio.map(super::report::round3),
             "ratio_to_file_write": file_ratio.map(super::report::round3),
+            "wakeup_delay_ms": wakeup.map(|l| l.json()),
         });
         println!("{v}");
     } else {
@@ -504,6 +508,9 @@ pub async fn run_produce(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()
             ));
         }
         notes.push(latency_note(args));
+        if let Some(l) = &wakeup {
+            notes.push(baseline::describe_wakeup(l, "during the run"));
+        }
         print_table(
             &title("produce", args, partitions, out.records_per_batch),
             &rows,
