@@ -278,4 +278,5 @@ fn cep_reports_matches_and_their_latency() {
     assert!(matches < events, "{v}");
     assert_latency(&v, &["latency_ms"]);
     assert_eq!(num(&v, &["latency_ms", "count"]), matches, "{v}");
+    assert_latency(&v, &["wakeup_delay_ms"]);
 }

@@ -125,7 +125,9 @@ pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()>
         produced_done.clone(),
         a.timeout(),
     ));
+    let probe = super::baseline::WakeupProbe::start();
     let produced = produce_events(&client, &source, rate, a, args.keys).await;
+    let wakeup = probe.finish();
     produced_done.store(true, Ordering::Release);
     let (matches, hist, read_error) = consumer
         .await
@@ -151,6 +153,7 @@ pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()>
             "produce": produced.json(None),
             "matches": matches,
             "latency_ms": latency.map(|l| l.json()),
+            "wakeup_delay_ms": wakeup.map(|l| l.json()),
         });
         println!("{v}");
     } else {
@@ -178,7 +181,15 @@ pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()>
                     latency,
                 },
             ],
-            &["latency: from producing a match's last event to reading the match".into()],
+            &std::iter::once(
+                "latency: from producing a match's last event to reading the match".to_string(),
+            )
+            .chain(
+                wakeup
+                    .as_ref()
+                    .map(|l| super::baseline::describe_wakeup(l, "during the run")),
+            )
+            .collect::<Vec<_>>(),
         );
     }
     Ok(())
