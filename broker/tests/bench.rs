@@ -225,32 +225,8 @@ fn consume_of_an_empty_topic_says_what_to_do() {
 /// registered, events go through the engine, and matches come back with latencies.
 #[test]
 fn cep_reports_matches_and_their_latency() {
-    let dir = tempfile::tempdir().unwrap();
-    let bootstrap = format!("127.0.0.1:{}", free_port());
-    let http = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(WEIR)
-        .args(["serve", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(["--kafka-listen", &bootstrap, "--http-listen", &http])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn weir serve");
-    let _server = Server {
-        child,
-        bootstrap: bootstrap.clone(),
-        dir,
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(&bootstrap).is_err()
-        || std::net::TcpStream::connect(&http).is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "weir serve did not listen"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let server = start_server();
+    let (bootstrap, http) = (server.bootstrap.clone(), server.http.clone());
     let v = bench(
         Some(&bootstrap),
         &[

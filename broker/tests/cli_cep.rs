@@ -1,12 +1,11 @@
 //! `weir cep` against a real `weir serve`: add (JSON and SQL), list, tail, rm, with `--http`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, WEIR};
+use common::{free_port, start_server, Server, WEIR};
 
 const BRUTE: &str = r#"{"id": "brute-force", "source": {"topic": "auth"}, "partition_by": "user",
  "event_time": {"field": "ts", "max_out_of_orderness": "5s"},
@@ -23,43 +22,8 @@ const SQL: &str = "INSERT INTO sql_alerts SELECT * FROM auth MATCH_RECOGNIZE (
   PATTERN (F{3,} S) WITHIN INTERVAL '1' MINUTE
   DEFINE F AS type = 'login' AND NOT success, S AS type = 'login' AND success)";
 
-struct Server {
-    child: Child,
-    bootstrap: String,
-    http: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bootstrap = format!("127.0.0.1:{}", free_port());
-    let http = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(WEIR)
-        .args(["serve", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(["--kafka-listen", &bootstrap, "--http-listen", &http])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn weir serve");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(&bootstrap).is_err() || TcpStream::connect(&http).is_err() {
-        assert!(Instant::now() < deadline, "weir serve did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server {
-        child,
-        bootstrap,
-        http,
-        dir,
-    }
+    start_server()
 }
 
 impl Server {

@@ -18,6 +18,8 @@ pub fn free_port() -> u16 {
 pub struct Server {
     pub child: Child,
     pub bootstrap: String,
+    /// The HTTP listener (CEP API, ingest, /metrics).
+    pub http: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -28,34 +30,32 @@ impl Drop for Server {
     }
 }
 
-/// Starts `weir serve` with a temporary data dir and waits until it listens.
+/// Starts `weir serve` with a temporary data dir and waits until both its Kafka
+/// and its HTTP listener accept connections.
 pub fn start_server() -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let bootstrap = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
     let child = Command::new(WEIR)
         .args(["serve", "--data-dir"])
         .arg(dir.path().join("data"))
-        .args([
-            "--kafka-listen",
-            &bootstrap,
-            "--http-listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
+        .args(["--kafka-listen", &bootstrap, "--http-listen", &http])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn weir serve");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(&bootstrap).is_err() {
+    while TcpStream::connect(&bootstrap).is_err() || TcpStream::connect(&http).is_err() {
         assert!(
             Instant::now() < deadline,
-            "weir serve did not listen on {bootstrap}"
+            "weir serve did not listen on {bootstrap} and {http}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     Server {
         child,
         bootstrap,
+        http,
         dir,
     }
 }
