@@ -151,7 +151,7 @@ pub const STR_CACHE_WAYS: usize = 4;
 const STR_CACHE_MAX_LEN: usize = 32;
 
 impl StrCache {
-    fn get(&mut self, field: u32, s: &str) -> Val {
+    pub(crate) fn get(&mut self, field: u32, s: &str) -> Val {
         if s.len() > STR_CACHE_MAX_LEN {
             return Val::str(s);
         }
@@ -274,16 +274,13 @@ impl FieldTable {
     pub fn parse_cached(&self, rec: RawRecord, strs: &mut StrCache) -> Result<Event, ()> {
         let mut vals: SmallVec<[Val; INLINE_FIELDS]> =
             SmallVec::from_elem(Val::Null, self.paths.len());
-        {
-            let mut de = serde_json::Deserializer::from_slice(&rec.value);
-            TopSeed {
-                table: self,
-                vals: &mut vals,
-                strs,
+        // The common case without serde (see `flatjson`); anything it does not decide
+        // goes through serde_json as before.
+        if crate::flatjson::scan(&rec.value, |k| self.top_entries(k), &mut vals, strs).is_none() {
+            for v in vals.iter_mut() {
+                *v = Val::Null;
             }
-            .deserialize(&mut de)
-            .map_err(|_| ())?;
-            de.end().map_err(|_| ())?;
+            self.parse_serde(&rec.value, &mut vals, strs)?;
         }
         for (id, s) in &self.specials {
             let v = match s {
@@ -309,6 +306,32 @@ impl FieldTable {
             }
         }
         Ok(Event { rec, vals })
+    }
+}
+
+impl FieldTable {
+    /// The top-level fields of `value` into `vals` with serde_json (`Err`: not a JSON
+    /// object). The reference for [`crate::flatjson::scan`].
+    pub(crate) fn parse_serde(
+        &self,
+        value: &[u8],
+        vals: &mut [Val],
+        strs: &mut StrCache,
+    ) -> Result<(), ()> {
+        let mut de = serde_json::Deserializer::from_slice(value);
+        TopSeed {
+            table: self,
+            vals,
+            strs,
+        }
+        .deserialize(&mut de)
+        .map_err(|_| ())?;
+        de.end().map_err(|_| ())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn top_entries_for_test(&self, k: &str) -> Option<&Entries> {
+        self.top_entries(k)
     }
 }
 
@@ -374,7 +397,7 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
     }
 }
 
-type Entries = Vec<(u32, Vec<String>)>;
+pub(crate) type Entries = Vec<(u32, Vec<String>)>;
 
 struct KeySeed<'a> {
     table: &'a FieldTable,
