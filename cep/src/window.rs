@@ -12,7 +12,10 @@ use crate::patrt::late_output;
 use crate::sketch::{hash64, DDSketch, Hll, TopK};
 use crate::value::{write_json, write_num, write_str, Val};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Groups by key text: foldhash (seeded per map) instead of SipHash, as for pattern keys.
+type GroupMap = hashbrown::HashMap<Box<str>, Group, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,7 +103,7 @@ pub(crate) struct QueryRt {
     win: Win,
     emit_topic: String,
     clock: Clock,
-    groups: HashMap<Box<str>, Group>,
+    groups: GroupMap,
     timers: BTreeMap<i64, Vec<(Box<str>, i64, bool)>>,
     scratch: String,
     has_hist: bool,
@@ -323,7 +326,7 @@ impl QueryRt {
             win,
             emit_topic: def.emit.topic.clone(),
             clock: Clock::default(),
-            groups: HashMap::new(),
+            groups: GroupMap::default(),
             timers: BTreeMap::new(),
             scratch: String::new(),
             has_hist,
@@ -334,9 +337,8 @@ impl QueryRt {
         self.time.event.as_ref().map(|e| e.lateness).unwrap_or(0)
     }
 
-    fn new_accs(&self) -> Vec<Acc> {
-        self.aggs
-            .iter()
+    fn new_accs(aggs: &[Agg]) -> Vec<Acc> {
+        aggs.iter()
             .map(|a| match &a.kind {
                 AggKind::Count => Acc::Count(0),
                 AggKind::Sum => Acc::Sum(0.0),
@@ -439,10 +441,11 @@ impl QueryRt {
             };
             self.groups.insert(key.as_str().into(), g);
         }
-        let new_accs = self.new_accs();
         let lateness = self.lateness();
         let w = self.clock.watermark;
         let aggs = &self.aggs;
+        // Fresh accumulators, built only when the event opens a window.
+        let new_accs = || Self::new_accs(aggs);
         let Some(g) = self.groups.get_mut(key.as_str()) else {
             self.scratch = key;
             return;
@@ -487,7 +490,7 @@ impl QueryRt {
                     start: s,
                     end: e,
                     fired: false,
-                    accs: new_accs.clone(),
+                    accs: new_accs(),
                 };
                 let mut i = 0;
                 while i < g.windows.len() {
@@ -732,7 +735,7 @@ fn find_or_add(
     g: &mut Group,
     start: i64,
     end: i64,
-    accs: &[Acc],
+    accs: &dyn Fn() -> Vec<Acc>,
     timers: &mut Vec<(i64, i64)>,
 ) -> usize {
     if let Some(i) = g.windows.iter().position(|w| w.start == start) {
@@ -742,7 +745,7 @@ fn find_or_add(
         start,
         end,
         fired: false,
-        accs: accs.to_vec(),
+        accs: accs(),
     });
     timers.push((end, start));
     g.windows.len() - 1
