@@ -142,10 +142,28 @@ pub struct Event {
 /// field with few distinct values (`"type": "login"`) does not allocate a string per
 /// event. Bounded: [`STR_CACHE_WAYS`] values per field, short strings only; a miss costs
 /// a few comparisons of short strings.
+///
+/// A field whose values keep missing (user ids: a new value nearly every event) skips the
+/// cache for a while: comparing with the cached values and replacing one costs more than
+/// it saves there. It is tried again after a few thousand values.
 #[derive(Debug, Default, Clone)]
 pub struct StrCache {
-    slots: Vec<([Option<Arc<str>>; STR_CACHE_WAYS], usize)>,
+    slots: Vec<StrSlot>,
 }
+
+#[derive(Debug, Default, Clone)]
+struct StrSlot {
+    ways: [Option<Arc<str>>; STR_CACHE_WAYS],
+    next: usize,
+    /// Misses since the last hit.
+    misses: u32,
+    /// Values left to skip the cache for.
+    bypass: u32,
+}
+
+/// Misses in a row after which a field skips the cache, and for how many values.
+const STR_CACHE_GIVE_UP: u32 = 64;
+const STR_CACHE_RETRY: u32 = 4096;
 
 pub const STR_CACHE_WAYS: usize = 4;
 const STR_CACHE_MAX_LEN: usize = 32;
@@ -159,17 +177,28 @@ impl StrCache {
         if self.slots.len() <= i {
             self.slots.resize_with(i + 1, Default::default);
         }
-        let Some((ways, next)) = self.slots.get_mut(i) else {
+        let Some(slot) = self.slots.get_mut(i) else {
             return Val::str(s);
         };
-        for w in ways.iter().flatten() {
+        if slot.bypass > 0 {
+            slot.bypass -= 1;
+            return Val::str(s);
+        }
+        for w in slot.ways.iter().flatten() {
             if &**w == s {
+                slot.misses = 0;
                 return Val::Str(w.clone());
             }
         }
+        slot.misses += 1;
+        if slot.misses >= STR_CACHE_GIVE_UP {
+            slot.misses = 0;
+            slot.bypass = STR_CACHE_RETRY;
+            return Val::str(s);
+        }
         let a: Arc<str> = Arc::from(s);
-        ways[*next % STR_CACHE_WAYS] = Some(a.clone());
-        *next = (*next + 1) % STR_CACHE_WAYS;
+        slot.ways[slot.next % STR_CACHE_WAYS] = Some(a.clone());
+        slot.next = (slot.next + 1) % STR_CACHE_WAYS;
         Val::Str(a)
     }
 }
