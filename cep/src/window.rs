@@ -12,6 +12,7 @@ use crate::patrt::late_output;
 use crate::sketch::{hash64, DDSketch, Hll, TopK};
 use crate::value::{write_json, write_num, write_str, Val};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, VecDeque};
 
 /// Groups by key text: foldhash (seeded per map) instead of SipHash, as for pattern keys.
@@ -452,7 +453,8 @@ impl QueryRt {
         };
         g.last = g.last.max(t);
         // per-event values and anomaly scores (history is per group, across windows)
-        let vals: Vec<Val> = aggs
+        // Per-event scratch vectors inline (a handful of aggregates and windows).
+        let vals: SmallVec<[Val; 4]> = aggs
             .iter()
             .map(|a| {
                 a.arg
@@ -461,15 +463,15 @@ impl QueryRt {
                     .unwrap_or(Val::Null)
             })
             .collect();
-        let scores: Vec<Option<(f64, f64, bool)>> = aggs
+        let scores: SmallVec<[Option<(f64, f64, bool)>; 4]> = aggs
             .iter()
             .zip(g.hist.iter_mut())
             .zip(vals.iter())
             .map(|((a, h), v)| anomaly(&a.kind, h, v.as_num()))
             .collect();
         // windows of this event
-        let mut touched: Vec<usize> = Vec::new();
-        let mut timers: Vec<(i64, i64)> = Vec::new();
+        let mut touched: SmallVec<[usize; 4]> = SmallVec::new();
+        let mut timers: Timers = SmallVec::new();
         match self.win {
             Win::Tumbling(size) => {
                 let s = t.div_euclid(size) * size;
@@ -514,7 +516,7 @@ impl QueryRt {
                 touched.push(g.windows.len() - 1);
             }
         }
-        let mut refire = Vec::new();
+        let mut refire: SmallVec<[usize; 4]> = SmallVec::new();
         for &wi in &touched {
             let Some(win) = g.windows.get_mut(wi) else {
                 continue;
@@ -533,7 +535,7 @@ impl QueryRt {
                 .push((key.as_str().into(), start, false));
         }
         let g = &self.groups[key.as_str()];
-        let mut results = Vec::new();
+        let mut results: SmallVec<[Output; 1]> = SmallVec::new();
         for wi in refire {
             if let Some(win) = g.windows.get(wi) {
                 results.push(self.result(&key, g, win));
@@ -731,12 +733,15 @@ pub struct QuerySnap {
     timers: Vec<(i64, Vec<(String, i64, bool)>)>,
 }
 
+/// Windows an event opened: (end, start).
+type Timers = SmallVec<[(i64, i64); 4]>;
+
 fn find_or_add(
     g: &mut Group,
     start: i64,
     end: i64,
     accs: &dyn Fn() -> Vec<Acc>,
-    timers: &mut Vec<(i64, i64)>,
+    timers: &mut Timers,
 ) -> usize {
     if let Some(i) = g.windows.iter().position(|w| w.start == start) {
         return i;
