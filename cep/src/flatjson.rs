@@ -316,9 +316,16 @@ pub(crate) fn scan<'t>(
                         }
                         _ => return None,
                     };
-                    for (id, _) in list {
+                    if let [(id, _)] = list.as_slice() {
+                        // One field (the usual case): moved, not cloned and dropped.
                         if let Some(slot) = vals.get_mut(*id as usize) {
-                            *slot = v.clone();
+                            *slot = v;
+                        }
+                    } else {
+                        for (id, _) in list {
+                            if let Some(slot) = vals.get_mut(*id as usize) {
+                                *slot = v.clone();
+                            }
                         }
                     }
                 }
