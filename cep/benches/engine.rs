@@ -3,6 +3,10 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use weir_cep::{Engine, Limits, SourceRecord};
 
+/// The allocator the `weir` binary runs with, so that this measures what the broker does.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "defs.rs"]
 mod defs;
 use defs::{events, COUNT, N, PATTERN};

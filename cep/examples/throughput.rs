@@ -6,6 +6,10 @@
 //! 50,000 events/s (10,000 users, 75% failures, 20 s), and the time
 //! `Engine::capture` (under the broker's engine lock) and `Captured::encode` take on it.
 use std::time::Instant;
+
+/// The allocator the `weir` binary runs with, so that this measures what the broker does.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use weir_cep::{Engine, Limits, SourceRecord};
 
 #[path = "../benches/defs.rs"]

@@ -123,6 +123,7 @@ pub struct Engine {
     defs: Vec<DefRt>,
     offsets: BTreeMap<String, BTreeMap<i32, i64>>,
     topics: HashMap<String, Arc<str>>,
+    last_topic: Option<Arc<str>>,
     /// Recent string field values, shared between events (see [`StrCache`]).
     strs: StrCache,
 }
@@ -143,6 +144,7 @@ impl Engine {
             defs: Vec::new(),
             offsets: BTreeMap::new(),
             topics: HashMap::new(),
+            last_topic: None,
             strs: StrCache::default(),
         }
     }
@@ -270,14 +272,19 @@ impl Engine {
         {
             return out;
         }
-        let topic = match self.topics.get(rec.topic) {
-            Some(t) => t.clone(),
-            None => {
-                let t: Arc<str> = Arc::from(rec.topic);
-                self.topics.insert(rec.topic.to_string(), t.clone());
-                t
-            }
+        // The topic of the previous record first: records come in runs of one topic.
+        let topic = match &self.last_topic {
+            Some(t) if **t == *rec.topic => t.clone(),
+            _ => match self.topics.get(rec.topic) {
+                Some(t) => t.clone(),
+                None => {
+                    let t: Arc<str> = Arc::from(rec.topic);
+                    self.topics.insert(rec.topic.to_string(), t.clone());
+                    t
+                }
+            },
         };
+        self.last_topic = Some(topic.clone());
         let raw = RawRecord::from_source(rec, topic);
         let ev = match self.fields.parse_cached(raw, &mut self.strs) {
             Ok(ev) => Arc::new(ev),

@@ -142,16 +142,34 @@ pub struct Event {
 /// field with few distinct values (`"type": "login"`) does not allocate a string per
 /// event. Bounded: [`STR_CACHE_WAYS`] values per field, short strings only; a miss costs
 /// a few comparisons of short strings.
+///
+/// A field whose values keep missing (user ids: a new value nearly every event) skips the
+/// cache for a while: comparing with the cached values and replacing one costs more than
+/// it saves there. It is tried again after a few thousand values.
 #[derive(Debug, Default, Clone)]
 pub struct StrCache {
-    slots: Vec<([Option<Arc<str>>; STR_CACHE_WAYS], usize)>,
+    slots: Vec<StrSlot>,
 }
+
+#[derive(Debug, Default, Clone)]
+struct StrSlot {
+    ways: [Option<Arc<str>>; STR_CACHE_WAYS],
+    next: usize,
+    /// Misses since the last hit.
+    misses: u32,
+    /// Values left to skip the cache for.
+    bypass: u32,
+}
+
+/// Misses in a row after which a field skips the cache, and for how many values.
+const STR_CACHE_GIVE_UP: u32 = 64;
+const STR_CACHE_RETRY: u32 = 4096;
 
 pub const STR_CACHE_WAYS: usize = 4;
 const STR_CACHE_MAX_LEN: usize = 32;
 
 impl StrCache {
-    fn get(&mut self, field: u32, s: &str) -> Val {
+    pub(crate) fn get(&mut self, field: u32, s: &str) -> Val {
         if s.len() > STR_CACHE_MAX_LEN {
             return Val::str(s);
         }
@@ -159,17 +177,28 @@ impl StrCache {
         if self.slots.len() <= i {
             self.slots.resize_with(i + 1, Default::default);
         }
-        let Some((ways, next)) = self.slots.get_mut(i) else {
+        let Some(slot) = self.slots.get_mut(i) else {
             return Val::str(s);
         };
-        for w in ways.iter().flatten() {
+        if slot.bypass > 0 {
+            slot.bypass -= 1;
+            return Val::str(s);
+        }
+        for w in slot.ways.iter().flatten() {
             if &**w == s {
+                slot.misses = 0;
                 return Val::Str(w.clone());
             }
         }
+        slot.misses += 1;
+        if slot.misses >= STR_CACHE_GIVE_UP {
+            slot.misses = 0;
+            slot.bypass = STR_CACHE_RETRY;
+            return Val::str(s);
+        }
         let a: Arc<str> = Arc::from(s);
-        ways[*next % STR_CACHE_WAYS] = Some(a.clone());
-        *next = (*next + 1) % STR_CACHE_WAYS;
+        slot.ways[slot.next % STR_CACHE_WAYS] = Some(a.clone());
+        slot.next = (slot.next + 1) % STR_CACHE_WAYS;
         Val::Str(a)
     }
 }
@@ -274,16 +303,13 @@ impl FieldTable {
     pub fn parse_cached(&self, rec: RawRecord, strs: &mut StrCache) -> Result<Event, ()> {
         let mut vals: SmallVec<[Val; INLINE_FIELDS]> =
             SmallVec::from_elem(Val::Null, self.paths.len());
-        {
-            let mut de = serde_json::Deserializer::from_slice(&rec.value);
-            TopSeed {
-                table: self,
-                vals: &mut vals,
-                strs,
+        // The common case without serde (see `flatjson`); anything it does not decide
+        // goes through serde_json as before.
+        if crate::flatjson::scan(&rec.value, |k| self.top_entries(k), &mut vals, strs).is_none() {
+            for v in vals.iter_mut() {
+                *v = Val::Null;
             }
-            .deserialize(&mut de)
-            .map_err(|_| ())?;
-            de.end().map_err(|_| ())?;
+            self.parse_serde(&rec.value, &mut vals, strs)?;
         }
         for (id, s) in &self.specials {
             let v = match s {
@@ -309,6 +335,32 @@ impl FieldTable {
             }
         }
         Ok(Event { rec, vals })
+    }
+}
+
+impl FieldTable {
+    /// The top-level fields of `value` into `vals` with serde_json (`Err`: not a JSON
+    /// object). The reference for [`crate::flatjson::scan`].
+    pub(crate) fn parse_serde(
+        &self,
+        value: &[u8],
+        vals: &mut [Val],
+        strs: &mut StrCache,
+    ) -> Result<(), ()> {
+        let mut de = serde_json::Deserializer::from_slice(value);
+        TopSeed {
+            table: self,
+            vals,
+            strs,
+        }
+        .deserialize(&mut de)
+        .map_err(|_| ())?;
+        de.end().map_err(|_| ())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn top_entries_for_test(&self, k: &str) -> Option<&Entries> {
+        self.top_entries(k)
     }
 }
 
@@ -374,7 +426,7 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
     }
 }
 
-type Entries = Vec<(u32, Vec<String>)>;
+pub(crate) type Entries = Vec<(u32, Vec<String>)>;
 
 struct KeySeed<'a> {
     table: &'a FieldTable,

@@ -137,6 +137,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod expr;
+mod flatjson;
 pub mod keystr;
 pub mod patrt;
 pub mod pattern;

@@ -94,6 +94,28 @@ impl ReorderBuffer {
         }
     }
 
+    /// Starts loading the events that come next out of the queue: they were buffered
+    /// thousands of events ago and are no longer in cache. The next one is usually
+    /// handled on the next call of `process`, so its cache misses overlap with parsing
+    /// that record instead of stalling matching. For the one after it, the event is
+    /// (being) loaded already, so its string values (the partition key) are fetched too.
+    #[inline]
+    fn prefetch_next(&self) {
+        if let Some(b) = self.in_order.get(1) {
+            let p = Arc::as_ptr(&b.ev) as *const u8;
+            for line in 0..(std::mem::size_of::<Event>() + 16).div_ceil(64) {
+                prefetch(p.wrapping_add(line * 64));
+            }
+        }
+        if let Some(b) = self.in_order.front() {
+            for v in b.ev.vals.iter() {
+                if let crate::value::Val::Str(s) = v {
+                    prefetch(s.as_ptr());
+                }
+            }
+        }
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Buffered> {
         self.in_order.iter().chain(self.late.iter())
     }
@@ -130,6 +152,21 @@ pub(crate) struct PatternRt {
 }
 
 const SEP: char = '\u{1}';
+
+/// A hint to load the cache line at `p` (no effect on other targets).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is only a hint: it never faults and does not read or write
+        // memory as far as the program can observe, whatever `p` points to; `sse` is
+        // part of the x86_64 baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
 
 impl PatternRt {
     pub fn new(def: &PatternDef, fields: &mut FieldTable) -> Result<PatternRt, CepError> {
@@ -256,6 +293,7 @@ impl PatternRt {
             .is_some_and(|t| t <= self.clock.watermark)
         {
             if let Some(b) = self.buffer.pop() {
+                self.buffer.prefetch_next();
                 self.handle(&b.ev, b.time, limits, st, out);
             }
         }

@@ -146,7 +146,7 @@ pub fn write_json(v: &Val, out: &mut String) {
 pub(crate) fn write_num(n: f64, out: &mut String) {
     use std::fmt::Write;
     if n.is_finite() && n.fract() == 0.0 && n.abs() < 9.0e15 {
-        let _ = write!(out, "{}", n as i64);
+        write_i64(n as i64, out);
     } else if n.is_finite() {
         let _ = write!(out, "{}", n);
     } else {
@@ -154,8 +154,36 @@ pub(crate) fn write_num(n: f64, out: &mut String) {
     }
 }
 
+/// `v` in decimal, as `write!(out, "{v}")` does, without `fmt`.
+fn write_i64(v: i64, out: &mut String) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push('-');
+    }
+    for &d in &buf[i..] {
+        out.push(d as char);
+    }
+}
+
 pub(crate) fn write_str(s: &str, out: &mut String) {
     use std::fmt::Write;
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        // Nothing to escape (the common case): one copy.
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     out.push('"');
     for c in s.chars() {
         match c {
@@ -171,4 +199,51 @@ pub(crate) fn write_str(s: &str, out: &mut String) {
         }
     }
     out.push('"');
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_strings_are_written_as_with_fmt() {
+        for n in [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            42.0,
+            -9.0e15 + 1.0,
+            8_999_999_999_999_998.0,
+            1.5,
+            9.0e15,
+            1e300,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            let mut a = String::new();
+            write_num(n, &mut a);
+            let b = if n.is_finite() && n.fract() == 0.0 && n.abs() < 9.0e15 {
+                format!("{}", n as i64)
+            } else if n.is_finite() {
+                format!("{n}")
+            } else {
+                "null".to_string()
+            };
+            assert_eq!(a, b);
+        }
+        for s in [
+            "abc",
+            "a\"b",
+            "\\",
+            "\u{1}x\n\r\t",
+            "\u{e9}\u{1F600}",
+            "",
+            "\u{1f}",
+        ] {
+            let mut o = String::new();
+            write_str(s, &mut o);
+            assert_eq!(o, serde_json::to_string(s).unwrap_or_default(), "{s:?}");
+        }
+    }
 }

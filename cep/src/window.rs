@@ -12,7 +12,11 @@ use crate::patrt::late_output;
 use crate::sketch::{hash64, DDSketch, Hll, TopK};
 use crate::value::{write_json, write_num, write_str, Val};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use smallvec::SmallVec;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Groups by key text: foldhash (seeded per map) instead of SipHash, as for pattern keys.
+type GroupMap = hashbrown::HashMap<Box<str>, Group, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,7 +104,7 @@ pub(crate) struct QueryRt {
     win: Win,
     emit_topic: String,
     clock: Clock,
-    groups: HashMap<Box<str>, Group>,
+    groups: GroupMap,
     timers: BTreeMap<i64, Vec<(Box<str>, i64, bool)>>,
     scratch: String,
     has_hist: bool,
@@ -323,7 +327,7 @@ impl QueryRt {
             win,
             emit_topic: def.emit.topic.clone(),
             clock: Clock::default(),
-            groups: HashMap::new(),
+            groups: GroupMap::default(),
             timers: BTreeMap::new(),
             scratch: String::new(),
             has_hist,
@@ -334,9 +338,8 @@ impl QueryRt {
         self.time.event.as_ref().map(|e| e.lateness).unwrap_or(0)
     }
 
-    fn new_accs(&self) -> Vec<Acc> {
-        self.aggs
-            .iter()
+    fn new_accs(aggs: &[Agg]) -> Vec<Acc> {
+        aggs.iter()
             .map(|a| match &a.kind {
                 AggKind::Count => Acc::Count(0),
                 AggKind::Sum => Acc::Sum(0.0),
@@ -439,17 +442,19 @@ impl QueryRt {
             };
             self.groups.insert(key.as_str().into(), g);
         }
-        let new_accs = self.new_accs();
         let lateness = self.lateness();
         let w = self.clock.watermark;
         let aggs = &self.aggs;
+        // Fresh accumulators, built only when the event opens a window.
+        let new_accs = || Self::new_accs(aggs);
         let Some(g) = self.groups.get_mut(key.as_str()) else {
             self.scratch = key;
             return;
         };
         g.last = g.last.max(t);
         // per-event values and anomaly scores (history is per group, across windows)
-        let vals: Vec<Val> = aggs
+        // Per-event scratch vectors inline (a handful of aggregates and windows).
+        let vals: SmallVec<[Val; 4]> = aggs
             .iter()
             .map(|a| {
                 a.arg
@@ -458,15 +463,15 @@ impl QueryRt {
                     .unwrap_or(Val::Null)
             })
             .collect();
-        let scores: Vec<Option<(f64, f64, bool)>> = aggs
+        let scores: SmallVec<[Option<(f64, f64, bool)>; 4]> = aggs
             .iter()
             .zip(g.hist.iter_mut())
             .zip(vals.iter())
             .map(|((a, h), v)| anomaly(&a.kind, h, v.as_num()))
             .collect();
         // windows of this event
-        let mut touched: Vec<usize> = Vec::new();
-        let mut timers: Vec<(i64, i64)> = Vec::new();
+        let mut touched: SmallVec<[usize; 4]> = SmallVec::new();
+        let mut timers: Timers = SmallVec::new();
         match self.win {
             Win::Tumbling(size) => {
                 let s = t.div_euclid(size) * size;
@@ -487,7 +492,7 @@ impl QueryRt {
                     start: s,
                     end: e,
                     fired: false,
-                    accs: new_accs.clone(),
+                    accs: new_accs(),
                 };
                 let mut i = 0;
                 while i < g.windows.len() {
@@ -511,7 +516,7 @@ impl QueryRt {
                 touched.push(g.windows.len() - 1);
             }
         }
-        let mut refire = Vec::new();
+        let mut refire: SmallVec<[usize; 4]> = SmallVec::new();
         for &wi in &touched {
             let Some(win) = g.windows.get_mut(wi) else {
                 continue;
@@ -530,7 +535,7 @@ impl QueryRt {
                 .push((key.as_str().into(), start, false));
         }
         let g = &self.groups[key.as_str()];
-        let mut results = Vec::new();
+        let mut results: SmallVec<[Output; 1]> = SmallVec::new();
         for wi in refire {
             if let Some(win) = g.windows.get(wi) {
                 results.push(self.result(&key, g, win));
@@ -728,12 +733,15 @@ pub struct QuerySnap {
     timers: Vec<(i64, Vec<(String, i64, bool)>)>,
 }
 
+/// Windows an event opened: (end, start).
+type Timers = SmallVec<[(i64, i64); 4]>;
+
 fn find_or_add(
     g: &mut Group,
     start: i64,
     end: i64,
-    accs: &[Acc],
-    timers: &mut Vec<(i64, i64)>,
+    accs: &dyn Fn() -> Vec<Acc>,
+    timers: &mut Timers,
 ) -> usize {
     if let Some(i) = g.windows.iter().position(|w| w.start == start) {
         return i;
@@ -742,7 +750,7 @@ fn find_or_add(
         start,
         end,
         fired: false,
-        accs: accs.to_vec(),
+        accs: accs(),
     });
     timers.push((end, start));
     g.windows.len() - 1

@@ -1,0 +1,628 @@
+//! A scanner for the common shape of event records: one JSON object whose used fields
+//! are scalars. It extracts the fields definitions refer to in one pass, without serde.
+//!
+//! It is a fast path only: [`scan`] either accepts the record (it is valid JSON in
+//! exactly the sense of `serde_json`, and the values it extracts are the ones the serde
+//! path would produce) or gives up (`None`), and the caller then parses the record with
+//! `serde_json` as before, which decides acceptance and values for everything unusual:
+//! escapes in keys or in used strings, used values that are arrays, objects or numbers
+//! other than short integers, nested field paths, invalid input of any kind.
+//!
+//! What it accepts, as `serde_json` does (1.0.x, `Deserializer::from_slice`, a map visitor
+//! that ignores unknown keys with `IgnoredAny`, then `end()`): whitespace is space, tab,
+//! CR, LF; keys and used string values must be UTF-8 (they are parsed as `&str`);
+//! ignored values are only checked for grammar (ignored strings may hold any bytes from
+//! 0x20 up, escapes `\" \\ \/ \b \f \n \r \t \uXXXX` with any four hex digits, as
+//! `serde_json`'s `ignore_str` does; ignored numbers are not range-checked; ignored
+//! containers are not depth-limited); nothing but whitespace may follow the object.
+
+use crate::event::{Entries, StrCache};
+use crate::value::Val;
+
+/// Nesting of ignored containers tracked in a bit stack; deeper input goes to serde.
+const MAX_DEPTH: u32 = 64;
+
+struct Cur<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cur<'a> {
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if !matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
+                break;
+            }
+            self.i += 1;
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    /// After the opening quote: the raw bytes of a string without escapes and control
+    /// characters (`None` when it has either, or is not closed).
+    #[inline]
+    fn plain_str(&mut self) -> Option<&'a [u8]> {
+        let start = self.i;
+        let rest = self.b.get(start..)?;
+        let n = rest
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        if rest.get(n) != Some(&b'"') {
+            return None;
+        }
+        self.i = start + n + 1;
+        rest.get(..n)
+    }
+
+    /// After the opening quote: skips an ignored string (see the module docs).
+    fn skip_str(&mut self) -> Option<()> {
+        loop {
+            let c = self.peek()?;
+            self.i += 1;
+            match c {
+                b'"' => return Some(()),
+                b'\\' => {
+                    let e = self.peek()?;
+                    self.i += 1;
+                    match e {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                        b'u' => {
+                            let h = self.b.get(self.i..self.i + 4)?;
+                            if !h.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
+                            }
+                            self.i += 4;
+                        }
+                        _ => return None,
+                    }
+                }
+                0..=0x1f => return None,
+                _ => {}
+            }
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let s = self.i;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.i += 1;
+        }
+        self.i - s
+    }
+
+    /// A number (grammar of RFC 8259, as `serde_json` checks it). Returns whether it is
+    /// a plain integer (no fraction, no exponent).
+    fn number(&mut self) -> Option<bool> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek()? {
+            b'0' => {
+                self.i += 1;
+                if self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                    return None;
+                }
+            }
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        let mut int = true;
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return None;
+            }
+            int = false;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+            int = false;
+        }
+        Some(int)
+    }
+
+    fn lit(&mut self, word: &[u8]) -> Option<()> {
+        if self.b.get(self.i..self.i + word.len())? == word {
+            self.i += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// Skips one ignored value (any JSON value; containers up to [`MAX_DEPTH`] deep).
+    fn skip_value(&mut self) -> Option<()> {
+        // Bit d of `stack`: the container at depth d is an object.
+        let mut stack: u64 = 0;
+        let mut depth: u32 = 0;
+        loop {
+            // A value.
+            self.ws();
+            match self.peek()? {
+                b'"' => {
+                    self.i += 1;
+                    self.skip_str()?;
+                }
+                b'n' => self.lit(b"null")?,
+                b't' => self.lit(b"true")?,
+                b'f' => self.lit(b"false")?,
+                b'-' | b'0'..=b'9' => {
+                    self.number()?;
+                }
+                c @ (b'[' | b'{') => {
+                    self.i += 1;
+                    if depth >= MAX_DEPTH {
+                        return None;
+                    }
+                    let obj = c == b'{';
+                    if obj {
+                        stack |= 1 << depth;
+                    } else {
+                        stack &= !(1 << depth);
+                    }
+                    depth += 1;
+                    self.ws();
+                    let close = if obj { b'}' } else { b']' };
+                    if self.peek() == Some(close) {
+                        self.i += 1;
+                        depth -= 1;
+                    } else {
+                        if obj {
+                            self.member_key()?;
+                        }
+                        continue;
+                    }
+                }
+                _ => return None,
+            }
+            // After a value: close containers or move to the next element.
+            loop {
+                if depth == 0 {
+                    return Some(());
+                }
+                let obj = stack & (1 << (depth - 1)) != 0;
+                self.ws();
+                match self.peek()? {
+                    b',' => {
+                        self.i += 1;
+                        if obj {
+                            self.ws();
+                            self.member_key()?;
+                        }
+                        break;
+                    }
+                    b'}' if obj => {
+                        self.i += 1;
+                        depth -= 1;
+                    }
+                    b']' if !obj => {
+                        self.i += 1;
+                        depth -= 1;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+    }
+
+    /// In an ignored object, at a key: skips `"key" :`.
+    fn member_key(&mut self) -> Option<()> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        self.i += 1;
+        self.skip_str()?;
+        self.ws();
+        if self.peek()? != b':' {
+            return None;
+        }
+        self.i += 1;
+        Some(())
+    }
+}
+
+/// A plain integer's value as `serde_json` hands it to a visitor (`u64`, `i64`, or
+/// `-0.0` for `-0`), converted to `f64`; `None` beyond 18 digits (left to serde).
+fn int_val(t: &[u8]) -> Option<f64> {
+    let (neg, d) = match t.split_first() {
+        Some((b'-', d)) => (true, d),
+        _ => (false, t),
+    };
+    if d.is_empty() || d.len() > 18 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in d {
+        v = v * 10 + u64::from(c.wrapping_sub(b'0'));
+    }
+    Some(if neg { -(v as f64) } else { v as f64 })
+}
+
+/// Scans `b` as a JSON object, writing the values of the top-level fields in `lookup`
+/// into `vals`. `None`: not decided here (the caller must parse with serde_json and
+/// must reset `vals` first).
+pub(crate) fn scan<'t>(
+    b: &[u8],
+    lookup: impl Fn(&str) -> Option<&'t Entries>,
+    vals: &mut [Val],
+    strs: &mut StrCache,
+) -> Option<()> {
+    let mut c = Cur { b, i: 0 };
+    c.ws();
+    if c.peek()? != b'{' {
+        return None;
+    }
+    c.i += 1;
+    c.ws();
+    if c.peek()? == b'}' {
+        c.i += 1;
+    } else {
+        loop {
+            if c.peek()? != b'"' {
+                return None;
+            }
+            c.i += 1;
+            let k = std::str::from_utf8(c.plain_str()?).ok()?;
+            c.ws();
+            if c.peek()? != b':' {
+                return None;
+            }
+            c.i += 1;
+            match lookup(k) {
+                None => c.skip_value()?,
+                Some(list) => {
+                    if !list.iter().all(|(_, rest)| rest.is_empty()) {
+                        return None;
+                    }
+                    let field = list.first().map(|(id, _)| *id).unwrap_or(0);
+                    c.ws();
+                    let v = match c.peek()? {
+                        b'"' => {
+                            c.i += 1;
+                            let s = std::str::from_utf8(c.plain_str()?).ok()?;
+                            strs.get(field, s)
+                        }
+                        b'n' => {
+                            c.lit(b"null")?;
+                            Val::Null
+                        }
+                        b't' => {
+                            c.lit(b"true")?;
+                            Val::Bool(true)
+                        }
+                        b'f' => {
+                            c.lit(b"false")?;
+                            Val::Bool(false)
+                        }
+                        b'-' | b'0'..=b'9' => {
+                            let s = c.i;
+                            if !c.number()? {
+                                return None;
+                            }
+                            Val::Num(int_val(c.b.get(s..c.i)?)?)
+                        }
+                        _ => return None,
+                    };
+                    if let [(id, _)] = list.as_slice() {
+                        // One field (the usual case): moved, not cloned and dropped.
+                        if let Some(slot) = vals.get_mut(*id as usize) {
+                            *slot = v;
+                        }
+                    } else {
+                        for (id, _) in list {
+                            if let Some(slot) = vals.get_mut(*id as usize) {
+                                *slot = v.clone();
+                            }
+                        }
+                    }
+                }
+            }
+            c.ws();
+            match c.peek()? {
+                b',' => {
+                    c.i += 1;
+                    c.ws();
+                }
+                b'}' => {
+                    c.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    c.ws();
+    if c.i == b.len() {
+        Some(())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FieldTable;
+    use proptest::prelude::*;
+
+    fn table() -> FieldTable {
+        let mut t = FieldTable::default();
+        for p in ["user", "type", "success", "ts", "geo.country", "n"] {
+            t.intern(p);
+        }
+        t
+    }
+
+    /// `{:?}` tells -0.0 from 0.0, which `Val`'s `==` does not.
+    fn show(v: &[Val]) -> String {
+        format!("{v:?}")
+    }
+
+    /// The fast path against serde_json: if it decides, serde_json must accept the same
+    /// input and extract the same values. Returns whether it decided.
+    fn check(t: &FieldTable, b: &[u8]) -> bool {
+        let n = t.len();
+        let mut fast = vec![Val::Null; n];
+        let decided = scan(
+            b,
+            |k| t.top_entries_for_test(k),
+            &mut fast,
+            &mut StrCache::default(),
+        );
+        let mut slow = vec![Val::Null; n];
+        let ok = t
+            .parse_serde(b, &mut slow, &mut StrCache::default())
+            .is_ok();
+        if decided.is_some() {
+            assert!(
+                ok,
+                "scan accepted what serde_json rejects: {:?}",
+                String::from_utf8_lossy(b)
+            );
+            assert_eq!(show(&fast), show(&slow), "{:?}", String::from_utf8_lossy(b));
+        }
+        // And the whole parse (fast path, else serde) agrees with serde alone.
+        let rec = crate::event::RawRecord {
+            topic: std::sync::Arc::from("t"),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: 0,
+            key: None,
+            value: b.to_vec(),
+            headers: vec![],
+        };
+        match t.parse(rec) {
+            Ok(ev) => {
+                assert!(ok, "{:?}", String::from_utf8_lossy(b));
+                assert_eq!(
+                    show(&ev.vals),
+                    show(&slow),
+                    "{:?}",
+                    String::from_utf8_lossy(b)
+                );
+            }
+            Err(()) => assert!(!ok, "{:?}", String::from_utf8_lossy(b)),
+        }
+        decided.is_some()
+    }
+
+    #[test]
+    fn decides_the_common_shapes() {
+        let t = table();
+        for s in [
+            r#"{"user":"u42","type":"login","success":false,"ts":1234,"ip":"10.0.0.1"}"#,
+            r#" { "user" : "u1" , "ts" : -0 , "n": null, "x": {"a": [1, 2.5e-3, {"b": "\u00e9\n"}]}, "y": [] } "#,
+            r#"{}"#,
+            "{\"user\":\"j\u{f6}rg\",\"type\":true,\"x\":\"\u{1F600}\"}",
+            r#"{"ts": 999999999999999999, "success": true, "user": "a", "user": "b"}"#,
+            r#"{"x": 1e400, "y": "\ud800"}"#,
+        ] {
+            assert!(check(&t, s.as_bytes()), "{s}");
+        }
+    }
+
+    #[test]
+    fn leaves_the_rest_to_serde_or_rejects_alike() {
+        let t = table();
+        for s in [
+            "",
+            " ",
+            "[]",
+            "1",
+            "\"x\"",
+            "null",
+            "{",
+            "}",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{,}",
+            "{\"a\":1}}",
+            "{\"a\":1} x",
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":1e}",
+            "{\"a\":-}",
+            "{\"a\":.5}",
+            "{\"a\":+1}",
+            "{\"a\":tru}",
+            "{\"a\":nul}",
+            "{\"a\":[1,]}",
+            "{\"a\":[1}",
+            "{\"a\":{\"b\"}}",
+            "{\"a\":{1:2}}",
+            "{\"a\":\"\\x\"}",
+            "{\"a\":\"\\u12G4\"}",
+            "{\"a\":\"\x01\"}",
+            "{\"us\\u0065r\":\"x\"}",
+            "{\"user\":\"a\\\"b\"}",
+            "{\"ts\":1.5}",
+            "{\"ts\":1e3}",
+            "{\"ts\":1e400}",
+            "{\"ts\":12345678901234567890123}",
+            "{\"geo\":{\"country\":\"fr\"}}",
+            "{\"user\":[1,2]}",
+            "{\"user\":{\"a\":1}}",
+            "{\"user\":\"\\ud800\"}",
+            "{'a':1}",
+            "{\"a\":1 \"b\":2}",
+            "{\"a\" 1}",
+            "\u{feff}{}",
+            "{\"a\":NaN}",
+            "{\"a\":Infinity}",
+        ] {
+            check(&t, s.as_bytes());
+        }
+        for b in [
+            &b"{\"a\":\"\xff\"}"[..],
+            b"{\"\xff\":1}",
+            b"{\"user\":\"\xff\"}",
+            b"{\"a\":\"\xc3\"}",
+        ] {
+            check(&t, b);
+        }
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        check(&t, deep.as_bytes());
+        let deep_bad = format!("{{\"a\":{}{}}}", "[".repeat(30), "]".repeat(29));
+        check(&t, deep_bad.as_bytes());
+    }
+
+    /// Pieces of JSON (valid and not) that generated records are made of.
+    fn token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("{".to_string()),
+            Just("}".to_string()),
+            Just("[".to_string()),
+            Just("]".to_string()),
+            Just(",".to_string()),
+            Just(":".to_string()),
+            Just(" ".to_string()),
+            Just("\n\t\r".to_string()),
+            Just("\"user\"".to_string()),
+            Just("\"type\"".to_string()),
+            Just("\"ts\"".to_string()),
+            Just("\"success\"".to_string()),
+            Just("\"geo\"".to_string()),
+            Just("\"n\"".to_string()),
+            Just("\"other\"".to_string()),
+            Just("\"".to_string()),
+            Just("\\".to_string()),
+            Just("\\u".to_string()),
+            Just("\\ud83d\\ude00".to_string()),
+            Just("\\n".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            Just("null".to_string()),
+            Just("nul".to_string()),
+            Just("-".to_string()),
+            Just(".".to_string()),
+            Just("e".to_string()),
+            Just("E+".to_string()),
+            Just("\u{e9}".to_string()),
+            Just("\u{1}".to_string()),
+            "-?[0-9]{1,25}".prop_map(|s| s),
+            "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?".prop_map(|s| s),
+            "\"[a-z\u{e9} ]{0,6}\"".prop_map(|s| s),
+        ]
+    }
+
+    fn member() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("user"),
+            Just("type"),
+            Just("ts"),
+            Just("success"),
+            Just("geo"),
+            Just("n"),
+            Just("x")
+        ];
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            "-?(0|[1-9][0-9]{0,22})(\\.[0-9]{1,5})?([eE][+-]?[0-9]{1,3})?".prop_map(|s| s),
+            "\"([a-z\u{e9}\u{1F600} ]|\\\\[nt\"/]|\\\\u[0-9a-fA-F]{4}){0,5}\"".prop_map(|s| s),
+        ];
+        let value = leaf.prop_recursive(3, 12, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(("[a-z]{1,3}", inner), 0..4).prop_map(|v| {
+                    let m: Vec<String> = v.iter().map(|(k, x)| format!("\"{k}\" : {x}")).collect();
+                    format!("{{{}}}", m.join(" ,"))
+                }),
+            ]
+        });
+        (key, value).prop_map(|(k, v)| format!("\"{k}\":{v}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn random_tokens_agree_with_serde(toks in prop::collection::vec(token(), 0..12)) {
+            let s = toks.concat();
+            check(&table(), s.as_bytes());
+            // The same inside an object, as an ignored and as a used value.
+            check(&table(), format!("{{\"x\":{s}}}").as_bytes());
+            check(&table(), format!("{{\"type\": {s} }}").as_bytes());
+        }
+
+        #[test]
+        fn objects_and_their_mutations_agree_with_serde(
+            members in prop::collection::vec(member(), 0..6),
+            cut in any::<prop::sample::Index>(),
+            insert in token(),
+            mode in 0u8..4,
+        ) {
+            let t = table();
+            let s = format!("{{{}}}", members.join(","));
+            check(&t, s.as_bytes());
+            // Damage it: drop a byte, insert a token, or truncate.
+            let mut b = s.into_bytes();
+            let i = cut.index(b.len());
+            match mode {
+                0 => { b.remove(i); }
+                1 => { let tail = b.split_off(i); b.extend_from_slice(insert.as_bytes()); b.extend(tail); }
+                2 => b.truncate(i),
+                _ => { b[i] = insert.as_bytes().first().copied().unwrap_or(b'x'); }
+            }
+            check(&t, &b);
+        }
+
+        /// Few structural tokens, so that short (in)valid nestings come up often.
+        #[test]
+        fn structural_tokens_agree_with_serde(
+            toks in prop::collection::vec(
+                prop::sample::select(vec!["{", "}", "[", "]", ",", ":", "\"a\"", "1", " "]),
+                0..14,
+            )
+        ) {
+            let s = toks.concat();
+            check(&table(), s.as_bytes());
+            check(&table(), format!("{{\"x\":{s}}}").as_bytes());
+            check(&table(), format!("{{\"x\":[{s}]}}").as_bytes());
+        }
+
+        #[test]
+        fn arbitrary_bytes_agree_with_serde(b in prop::collection::vec(any::<u8>(), 0..40)) {
+            let mut v = b"{\"user\":".to_vec();
+            v.extend(&b);
+            check(&table(), &b);
+            check(&table(), &v);
+        }
+    }
+}
