@@ -66,7 +66,7 @@ static FORWARDER: parking_lot::Mutex<Option<Arc<crate::client::Client>>> =
 /// How long an ingest append waits for a majority (cluster) or a forwarded produce.
 const REPLICATED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, SinkError> {
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, SinkError> {
     let handle = match tokio::runtime::Handle::try_current() {
         Ok(h) => h,
         Err(_) => RUNTIME
@@ -80,7 +80,7 @@ fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, SinkError> {
 impl Broker {
     /// A client for forwarding records to the leaders of partitions this node
     /// does not lead.
-    fn forwarder(&self) -> Result<Arc<crate::client::Client>, SinkError> {
+    pub(crate) fn forwarder(&self) -> Result<Arc<crate::client::Client>, SinkError> {
         if let Some(c) = FORWARDER.lock().clone() {
             return Ok(c);
         }
