@@ -110,22 +110,30 @@ class Events:
         return [self.ev(f"{prefix}{i:05d}", True) for i in range(n)]
 
 
-def produce(bootstrap: str, events: list[dict]) -> None:
-    # Idempotent: a retried batch during a failover must not repeat a login (it would change a count).
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-                  "message.timeout.ms": 120000, "topic.metadata.refresh.interval.ms": 1000})
-    errors = []
-    for e in events:
-        while True:
-            try:
-                p.produce("auth", key=e["user"].encode(), value=json.dumps(e).encode(),
-                          on_delivery=lambda err, _m: errors.append(err) if err else None)
-                break
-            except BufferError:
-                p.poll(0.05)
-        p.poll(0)
-    assert p.flush(120) == 0, "produce did not complete"
-    assert not errors, errors[:5]
+class Feeder:
+    """One idempotent producer for the whole test: a retried batch during a failover must not repeat a
+    login (it would change a count). One producer, not one per call: two producers were seen getting the
+    same producer id from the cluster (InitProducerId), and the second one's first batch is then refused
+    as out of sequence."""
+
+    def __init__(self, bootstrap: str):
+        self.errors: list = []
+        self.p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                           "linger.ms": 5, "message.timeout.ms": 120000,
+                           "topic.metadata.refresh.interval.ms": 1000})
+
+    def send(self, events: list[dict]) -> None:
+        for e in events:
+            while True:
+                try:
+                    self.p.produce("auth", key=e["user"].encode(), value=json.dumps(e).encode(),
+                                   on_delivery=lambda err, _m: self.errors.append(err) if err else None)
+                    break
+                except BufferError:
+                    self.p.poll(0.05)
+            self.p.poll(0)
+        assert self.p.flush(120) == 0, "produce did not complete"
+        assert not self.errors, self.errors[:5]
 
 
 def flush_event(t: int) -> dict:
@@ -180,12 +188,13 @@ def test_pattern_registered_on_any_node_alerts_exactly_once(cluster):
     create_topics(cluster, "auth", "alerts")
     register_off_stage(cluster)
     ev = Events()
+    feeder = Feeder(cluster.bootstrap())
     events = ev.complete("a", 300) + ev.fails("b", 100)
     ev.at(3000)
     events += ev.successes("b", 100)
-    produce(cluster.bootstrap(), events)
+    feeder.send(events)
     wait_stage_caught_up(cluster)
-    produce(cluster.bootstrap(), [flush_event(20_000)])
+    feeder.send([flush_event(20_000)])
     check_exactly_once(cluster, ev.expected)
     assert patterns_everywhere(cluster)
 
@@ -194,21 +203,22 @@ def test_sigkill_of_the_stage_node_every_match_exactly_once(cluster):
     create_topics(cluster, "auth", "alerts")
     register_off_stage(cluster)
     ev = Events()
+    feeder = Feeder(cluster.bootstrap())
     # Phase 1: complete sequences of a*, three failures of b* (partial matches held by the stage).
-    produce(cluster.bootstrap(), ev.complete("a", 600) + ev.fails("b", 200))
+    feeder.send(ev.complete("a", 600) + ev.fails("b", 200))
     wait_stage_caught_up(cluster)
     victim = stage_node(cluster)
     # The flush releases phase 1: the stage node is killed as soon as the first alerts are written.
-    produce(cluster.bootstrap(), [flush_event(10_000)])
+    feeder.send([flush_event(10_000)])
     wait_until(lambda: read_topic(cluster.bootstrap(), "alerts"), 60, "the first alerts")
     cluster.nodes[victim].kill()
     # Phase 2, produced during the failover: successes of b*, complete sequences of c*.
     ev.at(10_001)
-    produce(cluster.bootstrap(exclude=victim), ev.successes("b", 200) + ev.complete("c", 300))
+    feeder.send(ev.successes("b", 200) + ev.complete("c", 300))
     new_stage = wait_until(lambda: stage_node(cluster), 60, "a new node to run the CEP stage")
     assert new_stage != victim
     wait_stage_caught_up(cluster)
-    produce(cluster.bootstrap(exclude=victim), [flush_event(20_000)])
+    feeder.send([flush_event(20_000)])
     check_exactly_once(cluster, ev.expected, exclude=victim)
 
     # The killed node comes back (leadership of __cep_checkpoints-0 may return to it).
@@ -219,8 +229,8 @@ def test_sigkill_of_the_stage_node_every_match_exactly_once(cluster):
     check_exactly_once(cluster, ev.expected)
     # Phase 3, after the restart.
     ev.at(20_001)
-    produce(cluster.bootstrap(), ev.complete("d", 300))
+    feeder.send(ev.complete("d", 300))
     wait_stage_caught_up(cluster)
-    produce(cluster.bootstrap(), [flush_event(30_000)])
+    feeder.send([flush_event(30_000)])
     check_exactly_once(cluster, ev.expected)
     assert patterns_everywhere(cluster)
