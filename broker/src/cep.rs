@@ -501,7 +501,13 @@ impl Cep {
         // as a restart always did. In a cluster the stage's loop follows leadership.
         if let StageLeadership::Ready(term) = cep.checkpoint_leadership() {
             match cep.recover() {
-                Ok(()) => cep.stage_term.store(term, Ordering::Release),
+                Ok(()) => {
+                    cep.stage_term.store(term, Ordering::Release);
+                    tracing::info!(
+                        term,
+                        "running the CEP stage (this node leads {CHECKPOINT_TOPIC}-0)"
+                    );
+                }
                 // The stage's loop tries again.
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "CEP stage recovery failed")
@@ -2581,6 +2587,59 @@ mod tests {
             StatusCode::NOT_FOUND
         );
         assert_eq!(list(State(cep)).await.status(), StatusCode::OK);
+    }
+
+    /// Appends a record to the definitions topic as another node's registration would.
+    fn store_elsewhere(b: &Broker, id: &str, value: Option<&str>) {
+        let p = b.partition(DEFINITIONS_TOPIC, 0).unwrap();
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(now_ms(), Some(id.as_bytes()), value.map(str::as_bytes), &[]);
+        let mut set = builder.build().unwrap();
+        p.append(&mut set, now_ms()).unwrap();
+    }
+
+    #[test]
+    fn definitions_stored_by_another_node_are_applied_from_their_recorded_start() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        // Before the registration's recorded start: not read.
+        let old: Vec<String> = (1..=3).map(|i| login("carol", false, i * 1000)).collect();
+        produce(&tb.broker, "auth", &old);
+        let start = tb.broker.partition("auth", 0).unwrap().high_watermark();
+        let def: Value = serde_json::from_str(BRUTE).unwrap();
+        let value = json!({"definition": def, "paused": false, "from": [["auth", 0, start]]});
+        // The stage learns of it only now, after more records arrived.
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login("carol", true, 4000),
+                login("alice", false, 5000),
+                login("alice", false, 6000),
+                login("alice", false, 7000),
+                login("alice", true, 8000),
+            ],
+        );
+        store_elsewhere(&tb.broker, "brute-force", Some(&value.to_string()));
+        produce(&tb.broker, "auth", &[login("zed", false, 100_000)]);
+        while cep.pass() {}
+        assert_eq!(cep.list()[0]["id"], "brute-force");
+        assert_eq!(
+            read_all(&tb.broker, "alerts"),
+            vec![json!({"user": "alice", "fails": 3, "first_fail": 5000})]
+        );
+        // Deleted on another node: dropped here at the next pass.
+        store_elsewhere(&tb.broker, "brute-force", None);
+        cep.pass();
+        assert_eq!(cep.list(), json!([]));
+        // A restart starts it where its record says too (no checkpoint knows it).
+        store_elsewhere(&tb.broker, "brute-force", Some(&value.to_string()));
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        assert_eq!(cep.list()[0]["id"], "brute-force");
+        let positions = cep.positions.lock().clone();
+        assert_eq!(positions.get(&("auth".to_string(), 0)), Some(&start));
     }
 
     #[test]
