@@ -632,7 +632,8 @@ impl Cep {
             }
         }
         drop(engine);
-        self.definitions_seen.store(definitions_hw, Ordering::Release);
+        self.definitions_seen
+            .store(definitions_hw, Ordering::Release);
         for w in &header.writes {
             let (present, appended) = self.redo(w).map_err(|e| {
                 anyhow::anyhow!(
@@ -667,7 +668,9 @@ impl Cep {
         self.needs_recovery.store(false, Ordering::Release);
         self.definitions_seen.store(i64::MIN, Ordering::Release);
         self.sync_definitions();
-        tracing::info!("not running the CEP stage any more (this node does not lead {CHECKPOINT_TOPIC}-0)");
+        tracing::info!(
+            "not running the CEP stage any more (this node does not lead {CHECKPOINT_TOPIC}-0)"
+        );
     }
 
     /// Applies the definitions topic's committed records to the engine when they
@@ -997,10 +1000,9 @@ impl Cep {
             .filter_map(|b| b.ok())
             .map(|(h, _)| i64::from(h.last_offset_delta) + 1)
             .sum::<i64>();
-        let client = self
-            .broker
-            .forwarder()
-            .map_err(|e| format!("connecting to the cluster to reach the leader of {topic}-{partition}: {e}"))?;
+        let client = self.broker.forwarder().map_err(|e| {
+            format!("connecting to the cluster to reach the leader of {topic}-{partition}: {e}")
+        })?;
         let produced = crate::ingest::block_on(client.produce(
             topic,
             partition,
@@ -2013,7 +2015,8 @@ fn append_checkpoint_to(
         .append(&mut set, now)
         .map_err(|(_, m)| format!("appending to {CHECKPOINT_TOPIC}-0: {m}"))?;
     if durable {
-        wait_appended(p, &appended).map_err(|e| format!("appending to {CHECKPOINT_TOPIC}-0: {e}"))?;
+        wait_appended(p, &appended)
+            .map_err(|e| format!("appending to {CHECKPOINT_TOPIC}-0: {e}"))?;
     }
     Ok(appended.base_offset)
 }
@@ -2422,12 +2425,12 @@ pub fn openapi() -> Value {
     );
     paths.insert(
         "/api/cep/stats".into(),
-        json!({"get": op("Per definition: events in, matches out, partial matches held, lag; per source partition: the stage's position", &[("200", "stats")])}),
+        json!({"get": op("Per definition: events in, matches out, partial matches held, lag; per source partition: the stage's position; in a cluster, the node running the stage (stage_node) and whether this one does (stage_running): the counters are this node's", &[("200", "stats")])}),
     );
     paths.insert(
         "/api/cep/matches".into(),
         json!({"get": {
-            "summary": "Live Server-Sent Events stream of the outputs written from now on",
+            "summary": "Live Server-Sent Events stream of the outputs written from now on (in a cluster, by the stage on this node: only the stage's node streams)",
             "parameters": [{"name": "pattern", "in": "query", "required": false, "schema": {"type": "string"}, "description": "only this definition's outputs"}],
             "responses": {
                 "200": {"description": "text/event-stream; events match, window_result, alert, late, dead_letter, lagged", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
