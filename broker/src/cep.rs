@@ -107,9 +107,12 @@
 //!   and recovers from the checkpoint topic, whose redo completes the writes.
 //! * It reads source partitions below their committed high watermark, from this node's
 //!   replica (a follower's replica holds every committed record below its own high
-//!   watermark). A source partition with no replica on the stage's node is not read:
-//!   it is logged and listed in the stats as `unhosted_sources` (with a replication
-//!   factor equal to the number of nodes, the default of `conf/cluster`, there is none).
+//!   watermark). A source partition with no replica on the stage's node is read from
+//!   its leader through the broker's Kafka client (a fetch answers committed records
+//!   only; listed in the stats as `remote_sources`): the stage asks for its high
+//!   watermark every pass and looks at it at least every [`TICK`] (local replicas wake
+//!   the stage when they grow). With a replication factor equal to the number of nodes
+//!   (the default of `conf/cluster`) every partition is local.
 //! * Outputs go to the partition's leader: appended here when this node leads it, else
 //!   forwarded with acks=all through the broker's Kafka client (as HTTP ingest does).
 //!   A planned write's end offset is the log end where this node leads the partition,
@@ -151,7 +154,7 @@ use axum::Router;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{btree_map, BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -203,6 +206,9 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a node that does not run the stage looks at the checkpoint partition's
 /// leadership and at the definitions topic.
 const LEADERSHIP_POLL: Duration = Duration::from_millis(200);
+/// The longest a fetch from another node's partition waits for records (the stage
+/// asks only when the leader's high watermark says there are some).
+const REMOTE_FETCH_WAIT: Duration = Duration::from_millis(500);
 /// Pause after a failed recovery before the next attempt.
 const RECOVERY_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -236,8 +242,9 @@ pub struct Cep {
     needs_recovery: AtomicBool,
     /// The definitions topic's high watermark when its definitions were last applied.
     definitions_seen: AtomicI64,
-    /// Source partitions with no replica on this node (not read; see the module doc).
-    unhosted: Mutex<BTreeSet<(String, i32)>>,
+    /// Source partitions with no replica on this node (read from their leaders), with
+    /// the high watermark the leader last reported (-1: none yet).
+    unhosted: Mutex<BTreeMap<(String, i32), i64>>,
     /// Tests: stop a pass right after its checkpoint, as a crash there would.
     #[cfg(test)]
     crash_after_checkpoint: AtomicBool,
@@ -253,6 +260,31 @@ enum StageLeadership {
     CatchingUp(u64),
     /// Led by this node in this term and everything in its log is committed.
     Ready(u64),
+}
+
+/// A source partition as the stage reads it.
+enum Source {
+    /// A replica on this node: read from its log below its committed high watermark.
+    Local(Arc<Partition>),
+    /// No replica on this node: read from its leader through the broker's Kafka client
+    /// (a Kafka fetch answers committed records only).
+    Remote { topic: String, index: i32 },
+}
+
+impl Source {
+    fn topic(&self) -> &str {
+        match self {
+            Source::Local(p) => &p.topic,
+            Source::Remote { topic, .. } => topic,
+        }
+    }
+
+    fn index(&self) -> i32 {
+        match self {
+            Source::Local(p) => p.index,
+            Source::Remote { index, .. } => *index,
+        }
+    }
 }
 
 struct WalState {
@@ -490,7 +522,7 @@ impl Cep {
             stage_term: Arc::new(AtomicU64::new(0)),
             needs_recovery: AtomicBool::new(false),
             definitions_seen: AtomicI64::new(i64::MIN),
-            unhosted: Mutex::new(BTreeSet::new()),
+            unhosted: Mutex::new(BTreeMap::new()),
             #[cfg(test)]
             crash_after_checkpoint: AtomicBool::new(false),
         });
@@ -592,7 +624,11 @@ impl Cep {
                     let entries = rec.entries.len();
                     header = rec.header;
                     for entry in rec.entries {
-                        self.replay(&mut engine, &entry);
+                        if let Err(e) = self.replay(&mut engine, &entry) {
+                            // Not running the stage: dropped and recovered again.
+                            self.reset_locked(&mut engine);
+                            anyhow::bail!("{e}");
+                        }
                         header.positions = entry.positions;
                         header.writes.extend(entry.writes);
                     }
@@ -867,44 +903,45 @@ impl Cep {
     }
 
     /// Re-runs a recorded pass on `engine` (its outputs were recorded with it).
-    fn replay(&self, engine: &mut Engine, entry: &LogEntry) {
+    /// Errs when a source partition that still exists cannot be read (recovery is
+    /// retried: replaying less would rebuild another state).
+    fn replay(&self, engine: &mut Engine, entry: &LogEntry) -> Result<(), String> {
         let mut dropped = Vec::new();
         if let Some(t) = entry.idle_now_ms {
             let _ = engine.on_processing_time(t);
         }
         for (topic, partition, from, to) in &entry.reads {
-            let Some(part) = self.broker.partition(topic, *partition) else {
-                tracing::warn!(topic = %topic, partition, "CEP replay: the source partition is gone (or has no replica on this node)");
+            if self
+                .broker
+                .topic(topic)
+                .is_none_or(|m| *partition >= m.partitions)
+            {
+                tracing::warn!(topic = %topic, partition, "CEP replay: the source partition is gone");
                 continue;
-            };
-            // A new stage's replica may still be catching up with records the previous
-            // stage read (they are committed, so they arrive).
-            if !wait_for(|| part.high_watermark() >= *to, CATCH_UP_TIMEOUT) {
-                tracing::warn!(topic = %topic, partition, to, high_watermark = part.high_watermark(), "CEP replay: the local replica did not catch up; replaying what it has");
+            }
+            let src = self.source(topic, *partition);
+            if let Source::Local(part) = &src {
+                // A new stage's replica may still be catching up with records the
+                // previous stage read (they are committed, so they arrive).
+                if !wait_for(|| part.high_watermark() >= *to, CATCH_UP_TIMEOUT) {
+                    tracing::warn!(topic = %topic, partition, to, high_watermark = part.high_watermark(), "CEP replay: the local replica did not catch up; replaying what it has");
+                }
             }
             let mut pos = *from;
             while pos < *to {
-                let read = match part.log.read(pos, READ_BYTES, true) {
-                    Ok(r) if !r.batches.is_empty() => r,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(topic = %topic, partition, error = %e, "CEP replay cannot read");
-                        break;
-                    }
-                };
-                let before = pos;
-                for chunk in &read.batches {
-                    let (recs, next) = decode_chunk(chunk, pos, *to);
-                    pos = next;
-                    process_records(engine, &part, &recs, &mut dropped);
-                    dropped.clear();
-                }
-                if pos == before {
+                let (recs, next) = self
+                    .read_source(&src, pos, *to)
+                    .map_err(|e| format!("CEP replay of {topic}-{partition}: {e}"))?;
+                process_records(engine, &src, &recs, &mut dropped);
+                dropped.clear();
+                if next <= pos {
                     break;
                 }
+                pos = next;
             }
         }
         let _ = engine.on_processing_time(entry.now_ms);
+        Ok(())
     }
 
     /// Sets the position of each existing partition of `topic` to its high watermark
@@ -935,14 +972,22 @@ impl Cep {
             let start = match (recorded, self.broker.partition(topic, p)) {
                 (Some(o), _) => o,
                 (None, Some(part)) => part.high_watermark(),
-                (None, None) => continue,
+                // No replica here: the leader's high watermark.
+                (None, None) => match self.remote_offset(topic, p, true) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::warn!(topic, partition = p, error = %e, "CEP: where to start reading is unknown; reading the partition from its start");
+                        continue;
+                    }
+                },
             };
             positions.entry((topic.to_string(), p)).or_insert(start);
         }
     }
 
-    /// The committed high watermark of each hosted partition of the given topics: where
-    /// a definition registered now starts reading them.
+    /// The committed high watermark of each partition of the given topics (asked of the
+    /// leader where this node has no replica): where a definition registered now
+    /// starts reading them.
     fn start_positions(&self, topics: &[String]) -> Vec<(String, i32, i64)> {
         let mut out = Vec::new();
         for topic in topics {
@@ -950,8 +995,16 @@ impl Cep {
                 continue;
             };
             for p in 0..meta.partitions {
-                if let Some(part) = self.broker.partition(topic, p) {
-                    out.push((topic.clone(), p, part.high_watermark()));
+                let hw = match self.broker.partition(topic, p) {
+                    Some(part) => Ok(part.high_watermark()),
+                    None => self.remote_offset(topic, p, true),
+                };
+                match hw {
+                    Ok(hw) => out.push((topic.clone(), p, hw)),
+                    // The stage then starts at the high watermark it sees.
+                    Err(e) => {
+                        tracing::warn!(topic, partition = p, error = %e, "CEP: high watermark unknown at registration")
+                    }
                 }
             }
         }
@@ -1195,6 +1248,7 @@ impl Cep {
             (engine.stats(), engine.definitions())
         };
         let positions = self.positions.lock().clone();
+        let remote = self.unhosted.lock().clone();
         let defs: Vec<Value> = rows
             .into_iter()
             .map(|s| {
@@ -1229,22 +1283,24 @@ impl Cep {
         let sources: Vec<Value> = sources
             .into_iter()
             .map(|(t, p, o)| {
-                let hw = self.broker.partition(&t, p).map(|x| x.high_watermark());
+                // Read from another node: its high watermark as of the last pass.
+                let hw = match self.broker.partition(&t, p) {
+                    Some(x) => Some(x.high_watermark()),
+                    None => remote.get(&(t.clone(), p)).copied(),
+                };
                 json!({"topic": t, "partition": p, "position": o, "high_watermark": hw})
             })
             .collect();
-        let unhosted: Vec<Value> = self
-            .unhosted
-            .lock()
+        let unhosted: Vec<Value> = remote
             .iter()
-            .map(|(t, p)| json!({"topic": t, "partition": p}))
+            .map(|((t, p), hw)| json!({"topic": t, "partition": p, "high_watermark": hw}))
             .collect();
         json!({
             // The stage runs on one node of a cluster: the leader of __cep_checkpoints-0.
             // Elsewhere the counters and positions are empty (the definitions are listed).
             "stage_node": self.stage_node(),
             "stage_running": self.stage_term.load(Ordering::Acquire) != 0,
-            "unhosted_sources": unhosted,
+            "remote_sources": unhosted,
             "definitions": defs,
             "sources": sources,
             "live_subscribers": self.live.receiver_count(),
@@ -1256,7 +1312,8 @@ impl Cep {
     }
 
     /// The source partitions with the position to read from (positions of new ones set).
-    fn source_partitions(&self) -> Vec<(Arc<Partition>, i64)> {
+    /// Never blocks on the network (the stage's loop calls it on the runtime).
+    fn source_partitions(&self) -> Vec<(Source, i64)> {
         let sources = self.engine.lock().sources();
         let mut out = Vec::new();
         let mut positions = self.positions.lock();
@@ -1266,10 +1323,22 @@ impl Cep {
             };
             for p in 0..meta.partitions {
                 let Some(part) = self.broker.partition(&topic, p) else {
-                    // The stage reads local replicas only (see the module doc).
-                    if self.unhosted.lock().insert((topic.clone(), p)) {
-                        tracing::warn!(topic = %topic, partition = p, "CEP source partition has no replica on the stage's node: not read");
+                    // No replica here: read from the leader. A partition not read yet
+                    // starts at 0 (a fetch below the log start moves to it).
+                    if let btree_map::Entry::Vacant(v) =
+                        self.unhosted.lock().entry((topic.clone(), p))
+                    {
+                        v.insert(-1);
+                        tracing::info!(topic = %topic, partition = p, "CEP source partition has no replica on the stage's node: read from its leader");
                     }
+                    let pos = *positions.entry((topic.clone(), p)).or_insert(0);
+                    out.push((
+                        Source::Remote {
+                            topic: topic.clone(),
+                            index: p,
+                        },
+                        pos,
+                    ));
                     continue;
                 };
                 let start = part.log.log_start_offset();
@@ -1285,10 +1354,106 @@ impl Cep {
                 if beyond || *pos < start {
                     *pos = start;
                 }
-                out.push((part, *pos));
+                out.push((Source::Local(part), *pos));
             }
         }
         out
+    }
+
+    /// A source partition: this node's replica, else its leader.
+    fn source(&self, topic: &str, index: i32) -> Source {
+        match self.broker.partition(topic, index) {
+            Some(p) => Source::Local(p),
+            None => Source::Remote {
+                topic: topic.to_string(),
+                index,
+            },
+        }
+    }
+
+    /// The committed high watermark of a source partition (asked of its leader when
+    /// this node has no replica).
+    fn source_high_watermark(&self, src: &Source) -> Result<i64, String> {
+        match src {
+            Source::Local(p) => Ok(p.high_watermark()),
+            Source::Remote { topic, index } => self.remote_offset(topic, *index, true),
+        }
+    }
+
+    /// ListOffsets (latest: the high watermark, or earliest) of a partition, from its leader.
+    fn remote_offset(&self, topic: &str, index: i32, latest: bool) -> Result<i64, String> {
+        let client = self.broker.forwarder().map_err(|e| {
+            format!("connecting to the cluster to reach the leader of {topic}-{index}: {e}")
+        })?;
+        let spec = if latest {
+            crate::client::OffsetSpec::Latest
+        } else {
+            crate::client::OffsetSpec::Earliest
+        };
+        crate::ingest::block_on(client.list_offset(topic, index, spec))
+            .map_err(|e| e.to_string())?
+            .map(|(offset, _)| offset)
+            .map_err(|e| format!("the offsets of {topic}-{index}: {e}"))
+    }
+
+    /// Committed records of a source partition from `from` up to `end` (exclusive; at
+    /// most about [`READ_BYTES`] of them) and the offset to read next.
+    fn read_source(
+        &self,
+        src: &Source,
+        from: i64,
+        end: i64,
+    ) -> Result<(Vec<records::Record>, i64), String> {
+        if from >= end {
+            return Ok((Vec::new(), from));
+        }
+        match src {
+            Source::Local(part) => {
+                let read = part
+                    .log
+                    .read(from, READ_BYTES, true)
+                    .map_err(|e| format!("reading {}-{} at {from}: {e}", part.topic, part.index))?;
+                let mut out = Vec::new();
+                let mut next = from;
+                for chunk in &read.batches {
+                    let (recs, after) = decode_chunk(chunk, next, end);
+                    next = after;
+                    out.extend(recs);
+                }
+                Ok((out, next))
+            }
+            Source::Remote { topic, index } => {
+                let client = self.broker.forwarder().map_err(|e| {
+                    format!(
+                        "connecting to the cluster to read {topic}-{index} from its leader: {e}"
+                    )
+                })?;
+                let fetched = crate::ingest::block_on(client.fetch(
+                    topic,
+                    *index,
+                    from,
+                    READ_BYTES as i32,
+                    REMOTE_FETCH_WAIT,
+                ))
+                .map_err(|e| e.to_string())?;
+                let fetched = match fetched {
+                    Ok(f) => f,
+                    // Below the log start (retention): continue from there, as with
+                    // a local replica.
+                    Err(e) if e.kafka_code() == Some(1) => {
+                        let start = self.remote_offset(topic, *index, false)?;
+                        return Ok((Vec::new(), start.max(from).min(end)));
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "fetching {topic}-{index} at {from} from its leader: {e}"
+                        ))
+                    }
+                };
+                let end = end.min(fetched.high_watermark);
+                Ok(decode_chunk(&fetched.records, from, end))
+            }
+        }
     }
 
     /// One pass over every source partition; true if any record was read. Blocking.
@@ -1297,35 +1462,31 @@ impl Cep {
         self.sync_definitions();
         let mut outputs = Vec::new();
         let mut reads: Vec<ReadRange> = Vec::new();
-        for (part, pos) in self.source_partitions() {
-            let hw = part.high_watermark();
-            if pos >= hw {
-                continue;
-            }
-            let read = match part.log.read(pos, READ_BYTES, true) {
+        for (src, pos) in self.source_partitions() {
+            let read = self.source_high_watermark(&src).and_then(|hw| {
+                if let Source::Remote { topic, index } = &src {
+                    self.unhosted.lock().insert((topic.clone(), *index), hw);
+                }
+                self.read_source(&src, pos, hw)
+            });
+            let (recs, next) = match read {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "CEP stage cannot read");
+                    tracing::warn!(topic = %src.topic(), partition = src.index(), error = %e, "CEP stage cannot read");
                     continue;
                 }
             };
-            let mut next = pos;
-            {
-                let mut engine = self.engine.lock();
-                for chunk in &read.batches {
-                    let (recs, after) = decode_chunk(chunk, next, hw);
-                    next = after;
-                    process_records(&mut engine, &part, &recs, &mut outputs);
-                }
-                if next > pos {
-                    // Under the engine lock: a snapshot never sees the engine past
-                    // records whose position is not recorded.
-                    reads.push((part.topic.clone(), part.index, pos, next));
-                    self.positions
-                        .lock()
-                        .insert((part.topic.clone(), part.index), next);
-                }
+            if next <= pos {
+                continue;
             }
+            let mut engine = self.engine.lock();
+            process_records(&mut engine, &src, &recs, &mut outputs);
+            // Under the engine lock: a snapshot never sees the engine past records
+            // whose position is not recorded.
+            reads.push((src.topic().to_string(), src.index(), pos, next));
+            self.positions
+                .lock()
+                .insert((src.topic().to_string(), src.index()), next);
         }
         let now = now_ms();
         outputs.extend(self.engine.lock().on_processing_time(now));
@@ -1946,9 +2107,12 @@ impl Cep {
             // Register for new data, then look again so that an append in between wakes us.
             let notify = Arc::new(Notify::new());
             let mut pending = false;
-            for (part, pos) in self.source_partitions() {
-                part.add_waiter(notify.clone());
-                pending |= part.high_watermark() > pos;
+            // Partitions read from another node are looked at every TICK.
+            for (src, pos) in self.source_partitions() {
+                if let Source::Local(part) = src {
+                    part.add_waiter(notify.clone());
+                    pending |= part.high_watermark() > pos;
+                }
             }
             // Definitions registered on other nodes wake the stage too.
             if let Some(p) = self.broker.partition(DEFINITIONS_TOPIC, 0) {
@@ -2112,7 +2276,7 @@ fn apply_stored<'a>(
 /// Feeds decoded records of `part` to the engine.
 fn process_records(
     engine: &mut Engine,
-    part: &Partition,
+    src: &Source,
     recs: &[records::Record],
     outputs: &mut Vec<Output>,
 ) {
@@ -2127,8 +2291,8 @@ fn process_records(
             })
             .collect();
         let rec = weir_cep::SourceRecord {
-            topic: &part.topic,
-            partition: part.index,
+            topic: src.topic(),
+            partition: src.index(),
             offset: r.offset,
             timestamp_ms: r.timestamp,
             key: r.key.as_deref(),

@@ -238,3 +238,28 @@ def test_sigkill_of_the_stage_node_every_match_exactly_once(cluster, kill_at):
     feeder.send([flush_event(30_000)])
     check_exactly_once(cluster, ev.expected)
     assert patterns_everywhere(cluster)
+
+
+def test_source_partitions_without_a_replica_on_the_stage_node_are_read_from_their_leaders(cluster):
+    # `auth` with one replica per partition: the stage's node holds at most one of its three partitions.
+    admin = cluster.admin()
+    futures = admin.create_topics([NewTopic("auth", PARTITIONS, 1, config={"min.insync.replicas": "1"}),
+                                   NewTopic("alerts", PARTITIONS, 3)], operation_timeout=30)
+    for t in ("auth", "alerts"):
+        futures[t].result(30)
+        cluster.wait_leaders(t, PARTITIONS)
+    stage = register_off_stage(cluster)
+    md = admin.list_topics("auth", timeout=10).topics["auth"]
+    remote = sorted(p for p, info in md.partitions.items() if stage not in info.replicas)
+    assert remote, "every partition of `auth` has a replica on the stage's node"
+    ev = Events()
+    feeder = Feeder(cluster.bootstrap())
+    events = ev.complete("a", 300) + ev.fails("b", 100)
+    ev.at(3000)
+    events += ev.successes("b", 100)
+    feeder.send(events)
+    wait_stage_caught_up(cluster)
+    feeder.send([flush_event(20_000)])
+    check_exactly_once(cluster, ev.expected)
+    listed = sorted(r["partition"] for r in stats(cluster, stage)["remote_sources"] if r["topic"] == "auth")
+    assert listed == remote, (listed, remote)
