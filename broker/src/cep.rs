@@ -17,9 +17,11 @@
 //!   `lagged` event with the number of outputs it missed. `GET /api/openapi.json`:
 //!   the OpenAPI document of every route of the HTTP listener.
 //! * Definitions live in the internal compacted topic `__cep_definitions` (key =
-//!   id, value = `{"definition": ..., "paused": bool}`, a tombstone on delete) and
+//!   id, value = `{"definition": ..., "paused": bool, "from": [[topic, partition,
+//!   offset], ...]}`, a tombstone on delete) and
 //!   are registered again at start, paused ones paused.
-//! * The stage reads records below each source partition's high watermark, feeds
+//! * The stage (on one node of a cluster: see below) reads records below each source
+//!   partition's committed high watermark, feeds
 //!   [`Engine::process`], calls [`Engine::on_processing_time`] at least every
 //!   [`TICK`], and appends the outputs to their topics (created on first use with
 //!   the broker's defaults, whatever `auto.create.topics.enable` says), keyed
@@ -78,9 +80,63 @@
 //! Definitions and pause state come from `__cep_definitions` (the source of truth):
 //! at start, restored definitions deleted or replaced since the snapshot are dropped,
 //! and ones registered since then (a crash within the moment between a registration
-//! and the next pass) start with empty state at the high watermark of their new
-//! source topics. Source partitions the snapshot does not know (the topic was created
-//! after it) are read from their start.
+//! and the next pass, or a registration on another node) start with empty state where
+//! their new source topics were when registered (the registration record carries the
+//! committed high watermarks the registering node saw, `"from"`). Source partitions the
+//! snapshot does not know (the topic was created after it) are read from their start.
+//!
+//! ## In a cluster: one stage, on the leader of `__cep_checkpoints-0`
+//!
+//! Every partition is a Raft group (a single node is a one-voter cluster), and so are
+//! the two internal topics. The stage runs on one node only: the Raft leader of
+//! `__cep_checkpoints-0`. Its loop (`Cep::run`) follows that leadership:
+//!
+//! * On gaining it, once everything in the new leader's log is committed (its high
+//!   watermark reached its log end, as the consumer-group coordinator waits before
+//!   loading), the node recovers exactly as a restart does: newest committed snapshot,
+//!   committed log entries replayed (after its replicas of the source partitions
+//!   caught up with the ranges they name), definitions applied, recorded planned writes
+//!   redone idempotently. Only then does it run passes.
+//! * On losing it (or another term), it stops: the current pass ends (its appends fail
+//!   with not-leader; outputs are not written once leadership is gone), the engine
+//!   state is dropped, and only the definitions are kept (for listing).
+//! * The checkpoint record of a pass is committed by a majority before any output is
+//!   written, and each output write is committed before the next one (acks=all), so a
+//!   new leader has every pass whose outputs may exist. A pass whose checkpoint or
+//!   outputs cannot be written is not retried piecemeal: the stage drops its state
+//!   and recovers from the checkpoint topic, whose redo completes the writes.
+//! * It reads source partitions below their committed high watermark, from this node's
+//!   replica (a follower's replica holds every committed record below its own high
+//!   watermark). A source partition with no replica on the stage's node is read from
+//!   its leader through the broker's Kafka client (a fetch answers committed records
+//!   only; listed in the stats as `remote_sources`): the stage asks for its high
+//!   watermark every pass and looks at it at least every [`TICK`] (local replicas wake
+//!   the stage when they grow). With a replication factor equal to the number of nodes
+//!   (the default of `conf/cluster`) every partition is local.
+//! * Outputs go to the partition's leader: appended here when this node leads it, else
+//!   forwarded with acks=all through the broker's Kafka client (as HTTP ingest does).
+//!   A planned write's end offset is the log end where this node leads the partition,
+//!   else the leader's high watermark. Redo compares with committed records only: on
+//!   this node's replica once it caught up with the leader's high watermark (a leader
+//!   first waits until its whole log is committed), or fetched from the leader.
+//! * Definitions: `POST`/`DELETE`/pause/resume work on every node: the record goes to
+//!   the leader of `__cep_definitions-0` (forwarded with acks=all when another node
+//!   leads it) and is committed before the answer. Every node applies the committed
+//!   records of the definitions topic as they change (the stage before each pass), so
+//!   `GET /api/cep/patterns` lists them everywhere. Two registrations of one id on two
+//!   nodes at once can both succeed (the later record wins).
+//! * `GET /api/cep/stats` on any node says which node runs the stage (`stage_node`)
+//!   and whether this one does (`stage_running`); the counters, positions and lag are
+//!   those of this node's engine, so they are only meaningful on the stage's node.
+//!   `GET /api/cep/matches` streams only on the stage's node (it publishes what it
+//!   writes); elsewhere it stays silent.
+//!
+//! Limits: processing does not scale out (one stage per cluster, whatever the number of
+//! nodes); a failover costs an election plus a recovery (restore and replay since the
+//! last snapshot). Exactly-once rests on the deposed stage being gone: a stage cut off
+//! by a network partition (not killed) whose output write was already on its way when
+//! leadership moved can race with the new stage's redo and duplicate that write (there
+//! is no producer fencing). Webhook deliveries stay at least once.
 
 pub mod httpc;
 
@@ -98,10 +154,10 @@ use axum::Router;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{btree_map, BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -142,6 +198,19 @@ const LIVE_BUFFER: usize = 4096;
 /// Webhook delivery: attempts and the timeout of each.
 const WEBHOOK_ATTEMPTS: u32 = 3;
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the stage waits for a replicated append (checkpoint or output) to be
+/// committed by a majority, or for a forwarded one to be acknowledged.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long recovery waits for a local replica to catch up with records it must read.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a node that does not run the stage looks at the checkpoint partition's
+/// leadership and at the definitions topic.
+const LEADERSHIP_POLL: Duration = Duration::from_millis(200);
+/// The longest a fetch from another node's partition waits for records (the stage
+/// asks only when the leader's high watermark says there are some).
+const REMOTE_FETCH_WAIT: Duration = Duration::from_millis(500);
+/// Pause after a failed recovery before the next attempt.
+const RECOVERY_BACKOFF: Duration = Duration::from_secs(1);
 
 pub struct Cep {
     broker: Arc<Broker>,
@@ -165,9 +234,57 @@ pub struct Cep {
     /// Where webhook deliveries run (set by `start_stage`).
     runtime: Mutex<Option<tokio::runtime::Handle>>,
     webhooks: Arc<WebhookCounters>,
+    /// The Raft term of `__cep_checkpoints-0` in which this node runs the stage (it
+    /// leads that partition and recovered the state from it); 0: not running it.
+    stage_term: Arc<AtomicU64>,
+    /// A pass could not be recorded or its outputs not written: the state is dropped
+    /// and recovered again from the checkpoint topic (whose redo completes the writes).
+    needs_recovery: AtomicBool,
+    /// The definitions topic's high watermark when its definitions were last applied.
+    definitions_seen: AtomicI64,
+    /// Source partitions with no replica on this node (read from their leaders), with
+    /// the high watermark the leader last reported (-1: none yet).
+    unhosted: Mutex<BTreeMap<(String, i32), i64>>,
     /// Tests: stop a pass right after its checkpoint, as a crash there would.
     #[cfg(test)]
     crash_after_checkpoint: AtomicBool,
+}
+
+/// Where this node stands with `__cep_checkpoints-0`, whose Raft leader runs the stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StageLeadership {
+    /// Another node leads it (or none does, or it has no replica here).
+    Follower,
+    /// Led by this node in this term, but entries of earlier leaders (or its own
+    /// appends in flight) are not all committed yet.
+    CatchingUp(u64),
+    /// Led by this node in this term and everything in its log is committed.
+    Ready(u64),
+}
+
+/// A source partition as the stage reads it.
+enum Source {
+    /// A replica on this node: read from its log below its committed high watermark.
+    Local(Arc<Partition>),
+    /// No replica on this node: read from its leader through the broker's Kafka client
+    /// (a Kafka fetch answers committed records only).
+    Remote { topic: String, index: i32 },
+}
+
+impl Source {
+    fn topic(&self) -> &str {
+        match self {
+            Source::Local(p) => &p.topic,
+            Source::Remote { topic, .. } => topic,
+        }
+    }
+
+    fn index(&self) -> i32 {
+        match self {
+            Source::Local(p) => p.index,
+            Source::Remote { index, .. } => *index,
+        }
+    }
 }
 
 struct WalState {
@@ -181,6 +298,20 @@ struct WalState {
     /// The clock of the last pass not recorded since the last record.
     idle_now: Option<i64>,
     seq: u64,
+}
+
+impl WalState {
+    fn new() -> Self {
+        WalState {
+            last_snapshot: Instant::now(),
+            snapshot_cost: Duration::ZERO,
+            // The state after a recovery is not in any snapshot yet.
+            snapshot_epoch: u64::MAX,
+            entries: 0,
+            idle_now: None,
+            seq: 0,
+        }
+    }
 }
 
 /// A source range read by a pass: topic, partition, from, to (exclusive).
@@ -296,6 +427,10 @@ struct Stored {
     id: String,
     json: String,
     paused: bool,
+    /// Where its source partitions started when it was registered (their committed
+    /// high watermarks on the registering node): the stage may learn of a
+    /// definition registered on another node a moment later.
+    from: Vec<(String, i32, i64)>,
 }
 
 /// An API failure: status and message (plus the CEP error's field and position).
@@ -379,40 +514,121 @@ impl Cep {
             next_partition: AtomicUsize::new(0),
             admin_epoch: AtomicU64::new(0),
             snapshot_thread: Mutex::new(None),
-            wal: Arc::new(Mutex::new(WalState {
-                last_snapshot: Instant::now(),
-                snapshot_cost: Duration::ZERO,
-                // The state after a start is not in any snapshot yet.
-                snapshot_epoch: u64::MAX,
-                entries: 0,
-                idle_now: None,
-                seq: 0,
-            })),
+            wal: Arc::new(Mutex::new(WalState::new())),
             live,
             // Redone alert outputs at start deliver their webhooks on the caller's runtime.
             runtime: Mutex::new(tokio::runtime::Handle::try_current().ok()),
             webhooks: Arc::new(WebhookCounters::default()),
+            stage_term: Arc::new(AtomicU64::new(0)),
+            needs_recovery: AtomicBool::new(false),
+            definitions_seen: AtomicI64::new(i64::MIN),
+            unhosted: Mutex::new(BTreeMap::new()),
             #[cfg(test)]
             crash_after_checkpoint: AtomicBool::new(false),
         });
-        let stored = cep.load_stored()?;
-        let recovered = match cep.load_checkpoints() {
+        // The definitions, for listing on every node (the stage, if this node runs
+        // it, restores them with its state below or when it gains leadership).
+        cep.sync_definitions();
+        // A single node leads the checkpoint partition from the start: recover now,
+        // as a restart always did. In a cluster the stage's loop follows leadership.
+        if let StageLeadership::Ready(term) = cep.checkpoint_leadership() {
+            match cep.recover() {
+                Ok(()) => {
+                    cep.stage_term.store(term, Ordering::Release);
+                    tracing::info!(
+                        term,
+                        "running the CEP stage (this node leads {CHECKPOINT_TOPIC}-0)"
+                    );
+                }
+                // The stage's loop tries again.
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "CEP stage recovery failed")
+                }
+            }
+        }
+        Ok(cep)
+    }
+
+    /// Where this node stands with the checkpoint partition.
+    fn checkpoint_leadership(&self) -> StageLeadership {
+        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) else {
+            return StageLeadership::Follower;
+        };
+        if !p.is_leader() {
+            return StageLeadership::Follower;
+        }
+        // A partition without Raft has epoch 0; 0 means "not running" in `stage_term`.
+        let term = (p.current_leader_epoch().max(0) as u64).max(1);
+        // Everything in a new leader's log is committed once the high watermark
+        // reaches its end (its first entry of the term commits earlier leaders' tails).
+        if p.high_watermark() >= p.log.log_end_offset() {
+            StageLeadership::Ready(term)
+        } else {
+            StageLeadership::CatchingUp(term)
+        }
+    }
+
+    /// Whether this node still runs the stage in the term it recovered in.
+    fn still_stage(&self) -> bool {
+        let term = self.stage_term.load(Ordering::Acquire);
+        term != 0
+            && matches!(self.checkpoint_leadership(),
+                StageLeadership::Ready(t) | StageLeadership::CatchingUp(t) if t == term)
+    }
+
+    /// The node running the stage: the leader of `__cep_checkpoints-0` (-1: none known).
+    pub fn stage_node(&self) -> i32 {
+        self.broker.partition_leader(CHECKPOINT_TOPIC, 0).0
+    }
+
+    /// Drops the engine state (definitions included), positions and log bookkeeping.
+    /// Called with the engine lock held.
+    fn reset_locked(&self, engine: &mut Engine) {
+        *engine = Engine::new(Limits::default());
+        self.positions.lock().clear();
+        self.unhosted.lock().clear();
+        *self.wal.lock() = WalState::new();
+        self.admin_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Waits for the periodic snapshot thread, if one runs (its append fails once this
+    /// node is not the stage, but a stale one must not land after a new recovery).
+    fn join_snapshot_thread(&self) {
+        let handle = self.snapshot_thread.lock().take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// Rebuilds the stage's state from the committed checkpoint topic: restores the
+    /// newest snapshot, replays the log entries after it, applies the definitions
+    /// topic, and redoes the recorded planned writes idempotently. Blocking.
+    fn recover(&self) -> anyhow::Result<()> {
+        self.join_snapshot_thread();
+        let _admin = self.admin.lock();
+        let (stored, definitions_hw) = self.load_stored()?;
+        let recovered = match self.load_checkpoints() {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "the CEP checkpoints cannot be read: starting from the high watermarks, without state");
+                tracing::error!(error = %format!("{e:#}"), "the CEP checkpoints cannot be read: starting from the high watermarks, without state");
                 None
             }
         };
-        let mut engine = cep.engine.lock();
+        let mut engine = self.engine.lock();
+        self.reset_locked(&mut engine);
         let mut header = CheckpointHeader::default();
         if let Some(rec) = recovered {
-            cep.wal.lock().seq = rec.max_seq;
+            self.wal.lock().seq = rec.max_seq;
             match engine.restore(&rec.state) {
                 Ok(()) => {
                     let entries = rec.entries.len();
                     header = rec.header;
                     for entry in rec.entries {
-                        cep.replay(&mut engine, &entry);
+                        if let Err(e) = self.replay(&mut engine, &entry) {
+                            // Not running the stage: dropped and recovered again.
+                            self.reset_locked(&mut engine);
+                            anyhow::bail!("{e}");
+                        }
                         header.positions = entry.positions;
                         header.writes.extend(entry.writes);
                     }
@@ -430,78 +646,127 @@ impl Cep {
         }
         // The definitions topic is the truth: drop restored definitions deleted or
         // replaced since the checkpoint, register new ones, apply pause state.
-        for info in engine.definitions() {
-            let keep = stored
-                .iter()
-                .any(|s| s.id == info.id && same_json(&s.json, &info.json));
-            if !keep {
-                engine.remove(&info.id);
-                tracing::info!(definition = %info.id, "checkpointed CEP definition deleted or replaced since: dropped");
-            }
-        }
-        let restored_sources = engine.sources();
-        for s in &stored {
-            let exists = engine.definitions().iter().any(|d| d.id == s.id);
-            if !exists {
-                match parse_definition_json(&s.json).and_then(|d| engine.register(d)) {
-                    Ok(_) => tracing::info!(definition = %s.id, "CEP definition loaded"),
-                    Err(e) => {
-                        tracing::error!(definition = %s.id, error = %e, "not loading a stored CEP definition");
-                        continue;
-                    }
-                }
-            }
-            if s.paused {
-                engine.pause(&s.id);
-            } else {
-                engine.resume(&s.id);
-            }
-        }
+        let (_, added, restored_sources) = apply_stored(&mut engine, &stored);
         {
-            let mut positions = cep.positions.lock();
+            let mut positions = self.positions.lock();
             for (t, p, o) in &header.positions {
                 if restored_sources.contains(t) {
                     positions.insert((t.clone(), *p), *o);
                 }
             }
         }
-        for topic in engine.sources() {
-            // Sources of definitions registered since the checkpoint: from their high
-            // watermark. (Partitions of restored sources that the checkpoint does not
-            // know were created after it: read from their start.)
-            if !restored_sources.contains(&topic) {
-                cep.seed_positions(&topic, false);
-            }
-        }
-        drop(engine);
-        for w in &header.writes {
-            match cep.redo(w) {
-                Ok((present, appended)) => tracing::info!(
-                    topic = %w.topic,
-                    partition = w.partition,
-                    present,
-                    appended,
-                    "CEP outputs of the last checkpoint checked"
-                ),
-                Err(e) => {
-                    tracing::error!(topic = %w.topic, partition = w.partition, error = %e, "CEP outputs of the last checkpoint not redone")
+        // Sources of definitions registered since the checkpoint: from where they
+        // were when registered. (Partitions of restored sources that the checkpoint
+        // does not know were created after it: read from their start.)
+        let mut seeded: Vec<String> = Vec::new();
+        for s in &added {
+            for t in sources_of(&engine, &s.id) {
+                if !restored_sources.contains(&t) && !seeded.contains(&t) {
+                    self.seed_positions_from(&t, true, &s.from);
+                    seeded.push(t);
                 }
             }
         }
-        Ok(cep)
+        drop(engine);
+        self.definitions_seen
+            .store(definitions_hw, Ordering::Release);
+        for w in &header.writes {
+            let (present, appended) = self.redo(w).map_err(|e| {
+                anyhow::anyhow!(
+                    "redoing the CEP outputs of the last checkpoint to {}-{}: {e}",
+                    w.topic,
+                    w.partition
+                )
+            })?;
+            tracing::info!(
+                topic = %w.topic,
+                partition = w.partition,
+                present,
+                appended,
+                "CEP outputs of the last checkpoint checked"
+            );
+        }
+        self.needs_recovery.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stops running the stage: drops its state and keeps only the definitions (for
+    /// listing). Its appends in flight fail with not-leader; the next stage redoes
+    /// whatever it recorded. Blocking.
+    fn relinquish(&self) {
+        self.stage_term.store(0, Ordering::Release);
+        self.join_snapshot_thread();
+        {
+            let _admin = self.admin.lock();
+            let mut engine = self.engine.lock();
+            self.reset_locked(&mut engine);
+        }
+        self.needs_recovery.store(false, Ordering::Release);
+        self.definitions_seen.store(i64::MIN, Ordering::Release);
+        self.sync_definitions();
+        tracing::info!(
+            "not running the CEP stage any more (this node does not lead {CHECKPOINT_TOPIC}-0)"
+        );
+    }
+
+    /// Applies the definitions topic's committed records to the engine when they
+    /// changed since the last look: definitions registered, deleted or paused on
+    /// another node. Blocking.
+    fn sync_definitions(&self) {
+        let hw = self
+            .broker
+            .partition(DEFINITIONS_TOPIC, 0)
+            .map_or(-1, |p| p.high_watermark());
+        if hw == self.definitions_seen.load(Ordering::Acquire) {
+            return;
+        }
+        let _admin = self.admin.lock();
+        let (stored, hw) = match self.load_stored() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the CEP definitions");
+                return;
+            }
+        };
+        let mut engine = self.engine.lock();
+        let (changed, added) = {
+            // Sources still read by a kept definition continue from their position.
+            let (changed, added, mut sources) = apply_stored(&mut engine, &stored);
+            for s in &added {
+                for t in sources_of(&engine, &s.id) {
+                    let fresh = !sources.contains(&t);
+                    self.seed_positions_from(&t, fresh, &s.from);
+                    sources.push(t);
+                }
+            }
+            (changed, added.len())
+        };
+        if changed {
+            self.admin_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        drop(engine);
+        self.definitions_seen.store(hw, Ordering::Release);
+        if changed {
+            tracing::info!(added, "CEP definitions updated from {DEFINITIONS_TOPIC}");
+            self.changed.notify_one();
+        }
     }
 
     /// The live definitions of the definitions topic, oldest registration first.
-    fn load_stored(&self) -> anyhow::Result<Vec<Stored>> {
+    /// Only committed records are read; returns the high watermark read up to too.
+    fn load_stored(&self) -> anyhow::Result<(Vec<Stored>, i64)> {
         let Some(p) = self.broker.partition(DEFINITIONS_TOPIC, 0) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), -1));
         };
         let hw = p.high_watermark();
-        // id -> (offset of first registration, latest value)
-        let mut latest: HashMap<String, (i64, Option<String>)> = HashMap::new();
+        // id -> (offset of first registration, latest value, registration's value)
+        let mut latest: HashMap<String, (i64, Option<String>, Option<String>)> = HashMap::new();
         let mut pos = p.log.log_start_offset();
         while pos < hw {
-            let read = p.log.read(pos, READ_BYTES, true)?;
+            let read = p
+                .log
+                .read(pos, READ_BYTES, true)
+                .map_err(|e| anyhow::anyhow!("reading {DEFINITIONS_TOPIC}-0 at {pos}: {e}"))?;
             if read.batches.is_empty() {
                 break;
             }
@@ -519,11 +784,12 @@ impl Cep {
                         .and_then(|v| std::str::from_utf8(v).ok())
                         .map(str::to_string);
                     // A pause or resume keeps the registration's place in the order.
-                    let update = value.is_some() && matches!(latest.get(key), Some((_, Some(_))));
+                    let update =
+                        value.is_some() && matches!(latest.get(key), Some((_, Some(_), _)));
                     match latest.get_mut(key) {
                         Some(entry) if update => entry.1 = value,
                         _ => {
-                            latest.insert(key.to_string(), (r.offset, value));
+                            latest.insert(key.to_string(), (r.offset, value.clone(), value));
                         }
                     }
                 }
@@ -533,8 +799,16 @@ impl Cep {
             }
         }
         let mut live: Vec<(i64, Stored)> = Vec::new();
-        for (id, (offset, v)) in latest {
+        for (id, (offset, v, registered)) in latest {
             let Some(v) = v else { continue };
+            // Where the sources started: recorded with the registration (a pause or
+            // resume record does not repeat it).
+            let from = registered
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<Value>(r).ok())
+                .and_then(|r| r.get("from").cloned())
+                .and_then(|f| serde_json::from_value::<Vec<(String, i32, i64)>>(f).ok())
+                .unwrap_or_default();
             let (json, paused) = match serde_json::from_str::<Value>(&v) {
                 // {"definition": {...}, "paused": bool}; older records hold the definition itself.
                 Ok(Value::Object(o)) if o.contains_key("definition") && !o.contains_key("id") => {
@@ -550,10 +824,18 @@ impl Cep {
                 }
                 _ => (v, false),
             };
-            live.push((offset, Stored { id, json, paused }));
+            live.push((
+                offset,
+                Stored {
+                    id,
+                    json,
+                    paused,
+                    from,
+                },
+            ));
         }
         live.sort_by_key(|(o, _)| *o);
-        Ok(live.into_iter().map(|(_, s)| s).collect())
+        Ok((live.into_iter().map(|(_, s)| s).collect(), hw))
     }
 
     /// The latest snapshot of the checkpoint topic (highest sequence number) and the log
@@ -569,7 +851,10 @@ impl Cep {
         let mut entries: Vec<LogEntry> = Vec::new();
         let mut max_seq = 0u64;
         while pos < hw {
-            let read = p.log.read(pos, READ_BYTES, true)?;
+            let read = p
+                .log
+                .read(pos, READ_BYTES, true)
+                .map_err(|e| anyhow::anyhow!("reading {CHECKPOINT_TOPIC}-0 at {pos}: {e}"))?;
             if read.batches.is_empty() {
                 break;
             }
@@ -618,45 +903,58 @@ impl Cep {
     }
 
     /// Re-runs a recorded pass on `engine` (its outputs were recorded with it).
-    fn replay(&self, engine: &mut Engine, entry: &LogEntry) {
+    /// Errs when a source partition that still exists cannot be read (recovery is
+    /// retried: replaying less would rebuild another state).
+    fn replay(&self, engine: &mut Engine, entry: &LogEntry) -> Result<(), String> {
         let mut dropped = Vec::new();
         if let Some(t) = entry.idle_now_ms {
             let _ = engine.on_processing_time(t);
         }
         for (topic, partition, from, to) in &entry.reads {
-            let Some(part) = self.broker.partition(topic, *partition) else {
+            if self
+                .broker
+                .topic(topic)
+                .is_none_or(|m| *partition >= m.partitions)
+            {
                 tracing::warn!(topic = %topic, partition, "CEP replay: the source partition is gone");
                 continue;
-            };
+            }
+            let src = self.source(topic, *partition);
+            if let Source::Local(part) = &src {
+                // A new stage's replica may still be catching up with records the
+                // previous stage read (they are committed, so they arrive).
+                if !wait_for(|| part.high_watermark() >= *to, CATCH_UP_TIMEOUT) {
+                    tracing::warn!(topic = %topic, partition, to, high_watermark = part.high_watermark(), "CEP replay: the local replica did not catch up; replaying what it has");
+                }
+            }
             let mut pos = *from;
             while pos < *to {
-                let read = match part.log.read(pos, READ_BYTES, true) {
-                    Ok(r) if !r.batches.is_empty() => r,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(topic = %topic, partition, error = %e, "CEP replay cannot read");
-                        break;
-                    }
-                };
-                let before = pos;
-                for chunk in &read.batches {
-                    let (recs, next) = decode_chunk(chunk, pos, *to);
-                    pos = next;
-                    process_records(engine, &part, &recs, &mut dropped);
-                    dropped.clear();
-                }
-                if pos == before {
+                let (recs, next) = self
+                    .read_source(&src, pos, *to)
+                    .map_err(|e| format!("CEP replay of {topic}-{partition}: {e}"))?;
+                process_records(engine, &src, &recs, &mut dropped);
+                dropped.clear();
+                if next <= pos {
                     break;
                 }
+                pos = next;
             }
         }
         let _ = engine.on_processing_time(entry.now_ms);
+        Ok(())
     }
 
     /// Sets the position of each existing partition of `topic` to its high watermark
     /// (only records appended from now on are processed): all of them when `reset`
     /// (a topic no definition read until now), else those not read yet.
     fn seed_positions(&self, topic: &str, reset: bool) {
+        self.seed_positions_from(topic, reset, &[]);
+    }
+
+    /// [`Cep::seed_positions`], with the positions in `from` (recorded when the
+    /// definition was registered, maybe on another node) instead of the current high
+    /// watermark where it has them.
+    fn seed_positions_from(&self, topic: &str, reset: bool, from: &[(String, i32, i64)]) {
         let Some(meta) = self.broker.topic(topic) else {
             // Not there yet: its partitions are read from their start once it exists.
             self.positions.lock().retain(|(t, _), _| t != topic);
@@ -667,36 +965,117 @@ impl Cep {
             positions.retain(|(t, _), _| t != topic);
         }
         for p in 0..meta.partitions {
-            if let Some(part) = self.broker.partition(topic, p) {
-                positions
-                    .entry((topic.to_string(), p))
-                    .or_insert_with(|| part.high_watermark());
-            }
+            let recorded = from
+                .iter()
+                .find(|(t, q, _)| t == topic && *q == p)
+                .map(|(_, _, o)| *o);
+            let start = match (recorded, self.broker.partition(topic, p)) {
+                (Some(o), _) => o,
+                (None, Some(part)) => part.high_watermark(),
+                // No replica here: the leader's high watermark.
+                (None, None) => match self.remote_offset(topic, p, true) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::warn!(topic, partition = p, error = %e, "CEP: where to start reading is unknown; reading the partition from its start");
+                        continue;
+                    }
+                },
+            };
+            positions.entry((topic.to_string(), p)).or_insert(start);
         }
     }
 
+    /// The committed high watermark of each partition of the given topics (asked of the
+    /// leader where this node has no replica): where a definition registered now
+    /// starts reading them.
+    fn start_positions(&self, topics: &[String]) -> Vec<(String, i32, i64)> {
+        let mut out = Vec::new();
+        for topic in topics {
+            let Some(meta) = self.broker.topic(topic) else {
+                continue;
+            };
+            for p in 0..meta.partitions {
+                let hw = match self.broker.partition(topic, p) {
+                    Some(part) => Ok(part.high_watermark()),
+                    None => self.remote_offset(topic, p, true),
+                };
+                match hw {
+                    Ok(hw) => out.push((topic.clone(), p, hw)),
+                    // The stage then starts at the high watermark it sees.
+                    Err(e) => {
+                        tracing::warn!(topic, partition = p, error = %e, "CEP: high watermark unknown at registration")
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Appends one record (a tombstone when `value` is None) to the definitions topic, durably.
+    /// Committed by a majority when replicated: on this node if it leads the topic's
+    /// partition, else forwarded to its leader with acks=all. Returns once this node's
+    /// replica has it too, so that listing here shows the change.
     fn persist(&self, id: &str, value: Option<&[u8]>) -> Result<(), String> {
-        let p = self
-            .broker
-            .partition(DEFINITIONS_TOPIC, 0)
-            .ok_or_else(|| format!("{DEFINITIONS_TOPIC} is not open"))?;
         let now = now_ms();
         let mut b = BatchBuilder::new(Compression::None);
         b.push(now, Some(id.as_bytes()), value, &[]);
-        let mut set = b.build().map_err(|e| e.to_string())?;
-        let appended = p.append(&mut set, now).map_err(|(_, m)| m)?;
-        p.log
-            .wait_durable(appended.last_offset)
-            .map_err(|e| e.to_string())
+        let set = b.build().map_err(|e| e.to_string())?;
+        let local = self.broker.partition(DEFINITIONS_TOPIC, 0);
+        let last = self.append_to(DEFINITIONS_TOPIC, 0, set)?;
+        if let Some(p) = local {
+            if !wait_for(|| p.high_watermark() > last, COMMIT_TIMEOUT) {
+                return Err(format!(
+                    "stored, but this node's replica of {DEFINITIONS_TOPIC}-0 did not catch up"
+                ));
+            }
+            self.definitions_seen.store(i64::MIN, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Appends a record set to a partition and waits until it is committed: on this
+    /// node if it leads the partition (acks=all: refused below min.insync.replicas),
+    /// else forwarded to the leader with acks=all. Returns the last offset written.
+    fn append_to(&self, topic: &str, partition: i32, mut set: Vec<u8>) -> Result<i64, String> {
+        let local = self
+            .broker
+            .partition(topic, partition)
+            .filter(|p| p.is_leader());
+        if let Some(part) = local {
+            let appended = part
+                .append_with_acks(&mut set, now_ms(), true)
+                .map_err(|(_, m)| format!("appending to {topic}-{partition}: {m}"))?;
+            wait_appended(&part, &appended)
+                .map_err(|e| format!("appending to {topic}-{partition}: {e}"))?;
+            return Ok(appended.last_offset);
+        }
+        let count = records::batches(&set)
+            .filter_map(|b| b.ok())
+            .map(|(h, _)| i64::from(h.last_offset_delta) + 1)
+            .sum::<i64>();
+        let client = self.broker.forwarder().map_err(|e| {
+            format!("connecting to the cluster to reach the leader of {topic}-{partition}: {e}")
+        })?;
+        let produced = crate::ingest::block_on(client.produce(
+            topic,
+            partition,
+            Bytes::from(set),
+            -1,
+            COMMIT_TIMEOUT,
+        ))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("forwarding to the leader of {topic}-{partition}: {e}"))?;
+        Ok(produced.base_offset + count - 1)
     }
 
     /// The stored form of a definition.
-    fn stored_value(json: &str, paused: bool) -> Vec<u8> {
+    fn stored_value(json: &str, paused: bool, from: &[(String, i32, i64)]) -> Vec<u8> {
         let def = serde_json::from_str::<Value>(json).unwrap_or(Value::String(json.to_string()));
-        json!({ "definition": def, "paused": paused })
-            .to_string()
-            .into_bytes()
+        let mut v = json!({ "definition": def, "paused": paused });
+        if !from.is_empty() {
+            v["from"] = json!(from);
+        }
+        v.to_string().into_bytes()
     }
 
     /// Parses and registers a definition and stores it. Blocking.
@@ -718,6 +1097,8 @@ impl Cep {
             }
         }
         let json = def.to_json();
+        // Registrations on other nodes first (a taken id is a conflict).
+        self.sync_definitions();
         let _admin = self.admin.lock();
         let id = {
             let mut engine = self.engine.lock();
@@ -731,14 +1112,17 @@ impl Cep {
                 Failure::cep(status, &e)
             })?;
             self.admin_epoch.fetch_add(1, Ordering::AcqRel);
+            let mut sources = Vec::new();
             if let Some(info) = engine.definitions().into_iter().find(|d| d.id == id) {
                 for t in &info.sources {
                     self.seed_positions(t, !before.contains(t));
                 }
+                sources = info.sources;
             }
-            id
+            (id, self.start_positions(&sources))
         };
-        if let Err(e) = self.persist(&id, Some(&Self::stored_value(&json, false))) {
+        let (id, from) = id;
+        if let Err(e) = self.persist(&id, Some(&Self::stored_value(&json, false, &from))) {
             let mut engine = self.engine.lock();
             engine.remove(&id);
             self.admin_epoch.fetch_add(1, Ordering::AcqRel);
@@ -754,6 +1138,7 @@ impl Cep {
 
     /// Removes a definition and writes its tombstone. Blocking. False: unknown id.
     pub fn remove(&self, id: &str) -> Result<bool, Failure> {
+        self.sync_definitions();
         let _admin = self.admin.lock();
         let Some(info) = self
             .engine
@@ -811,6 +1196,7 @@ impl Cep {
 
     /// Pauses or resumes a definition and stores that. Blocking. False: unknown id.
     pub fn set_paused(&self, id: &str, paused: bool) -> Result<bool, Failure> {
+        self.sync_definitions();
         let _admin = self.admin.lock();
         let Some(info) = self
             .engine
@@ -822,7 +1208,7 @@ impl Cep {
             return Ok(false);
         };
         if info.paused != paused {
-            self.persist(id, Some(&Self::stored_value(&info.json, paused)))
+            self.persist(id, Some(&Self::stored_value(&info.json, paused, &[])))
                 .map_err(|e| {
                     Failure::msg(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -862,6 +1248,7 @@ impl Cep {
             (engine.stats(), engine.definitions())
         };
         let positions = self.positions.lock().clone();
+        let remote = self.unhosted.lock().clone();
         let defs: Vec<Value> = rows
             .into_iter()
             .map(|s| {
@@ -896,11 +1283,24 @@ impl Cep {
         let sources: Vec<Value> = sources
             .into_iter()
             .map(|(t, p, o)| {
-                let hw = self.broker.partition(&t, p).map(|x| x.high_watermark());
+                // Read from another node: its high watermark as of the last pass.
+                let hw = match self.broker.partition(&t, p) {
+                    Some(x) => Some(x.high_watermark()),
+                    None => remote.get(&(t.clone(), p)).copied(),
+                };
                 json!({"topic": t, "partition": p, "position": o, "high_watermark": hw})
             })
             .collect();
+        let unhosted: Vec<Value> = remote
+            .iter()
+            .map(|((t, p), hw)| json!({"topic": t, "partition": p, "high_watermark": hw}))
+            .collect();
         json!({
+            // The stage runs on one node of a cluster: the leader of __cep_checkpoints-0.
+            // Elsewhere the counters and positions are empty (the definitions are listed).
+            "stage_node": self.stage_node(),
+            "stage_running": self.stage_term.load(Ordering::Acquire) != 0,
+            "remote_sources": unhosted,
             "definitions": defs,
             "sources": sources,
             "live_subscribers": self.live.receiver_count(),
@@ -912,7 +1312,8 @@ impl Cep {
     }
 
     /// The source partitions with the position to read from (positions of new ones set).
-    fn source_partitions(&self) -> Vec<(Arc<Partition>, i64)> {
+    /// Never blocks on the network (the stage's loop calls it on the runtime).
+    fn source_partitions(&self) -> Vec<(Source, i64)> {
         let sources = self.engine.lock().sources();
         let mut out = Vec::new();
         let mut positions = self.positions.lock();
@@ -922,53 +1323,170 @@ impl Cep {
             };
             for p in 0..meta.partitions {
                 let Some(part) = self.broker.partition(&topic, p) else {
+                    // No replica here: read from the leader. A partition not read yet
+                    // starts at 0 (a fetch below the log start moves to it).
+                    if let btree_map::Entry::Vacant(v) =
+                        self.unhosted.lock().entry((topic.clone(), p))
+                    {
+                        v.insert(-1);
+                        tracing::info!(topic = %topic, partition = p, "CEP source partition has no replica on the stage's node: read from its leader");
+                    }
+                    let pos = *positions.entry((topic.clone(), p)).or_insert(0);
+                    out.push((
+                        Source::Remote {
+                            topic: topic.clone(),
+                            index: p,
+                        },
+                        pos,
+                    ));
                     continue;
                 };
                 let start = part.log.log_start_offset();
                 let pos = positions.entry((topic.clone(), p)).or_insert(start);
-                // Deleted and recreated, or truncated by retention.
-                if *pos > part.high_watermark() || *pos < start {
+                // Deleted and recreated, or truncated by retention. A follower's
+                // replica may lag the position (recorded by another node): only a
+                // leader, which holds every committed record, can tell.
+                let beyond = if part.is_leader() {
+                    *pos > part.high_watermark().max(part.log.log_end_offset())
+                } else {
+                    false
+                };
+                if beyond || *pos < start {
                     *pos = start;
                 }
-                out.push((part, *pos));
+                out.push((Source::Local(part), *pos));
             }
         }
         out
     }
 
+    /// A source partition: this node's replica, else its leader.
+    fn source(&self, topic: &str, index: i32) -> Source {
+        match self.broker.partition(topic, index) {
+            Some(p) => Source::Local(p),
+            None => Source::Remote {
+                topic: topic.to_string(),
+                index,
+            },
+        }
+    }
+
+    /// The committed high watermark of a source partition (asked of its leader when
+    /// this node has no replica).
+    fn source_high_watermark(&self, src: &Source) -> Result<i64, String> {
+        match src {
+            Source::Local(p) => Ok(p.high_watermark()),
+            Source::Remote { topic, index } => self.remote_offset(topic, *index, true),
+        }
+    }
+
+    /// ListOffsets (latest: the high watermark, or earliest) of a partition, from its leader.
+    fn remote_offset(&self, topic: &str, index: i32, latest: bool) -> Result<i64, String> {
+        let client = self.broker.forwarder().map_err(|e| {
+            format!("connecting to the cluster to reach the leader of {topic}-{index}: {e}")
+        })?;
+        let spec = if latest {
+            crate::client::OffsetSpec::Latest
+        } else {
+            crate::client::OffsetSpec::Earliest
+        };
+        crate::ingest::block_on(client.list_offset(topic, index, spec))
+            .map_err(|e| e.to_string())?
+            .map(|(offset, _)| offset)
+            .map_err(|e| format!("the offsets of {topic}-{index}: {e}"))
+    }
+
+    /// Committed records of a source partition from `from` up to `end` (exclusive; at
+    /// most about [`READ_BYTES`] of them) and the offset to read next.
+    fn read_source(
+        &self,
+        src: &Source,
+        from: i64,
+        end: i64,
+    ) -> Result<(Vec<records::Record>, i64), String> {
+        if from >= end {
+            return Ok((Vec::new(), from));
+        }
+        match src {
+            Source::Local(part) => {
+                let read = part
+                    .log
+                    .read(from, READ_BYTES, true)
+                    .map_err(|e| format!("reading {}-{} at {from}: {e}", part.topic, part.index))?;
+                let mut out = Vec::new();
+                let mut next = from;
+                for chunk in &read.batches {
+                    let (recs, after) = decode_chunk(chunk, next, end);
+                    next = after;
+                    out.extend(recs);
+                }
+                Ok((out, next))
+            }
+            Source::Remote { topic, index } => {
+                let client = self.broker.forwarder().map_err(|e| {
+                    format!(
+                        "connecting to the cluster to read {topic}-{index} from its leader: {e}"
+                    )
+                })?;
+                let fetched = crate::ingest::block_on(client.fetch(
+                    topic,
+                    *index,
+                    from,
+                    READ_BYTES as i32,
+                    REMOTE_FETCH_WAIT,
+                ))
+                .map_err(|e| e.to_string())?;
+                let fetched = match fetched {
+                    Ok(f) => f,
+                    // Below the log start (retention): continue from there, as with
+                    // a local replica.
+                    Err(e) if e.kafka_code() == Some(1) => {
+                        let start = self.remote_offset(topic, *index, false)?;
+                        return Ok((Vec::new(), start.max(from).min(end)));
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "fetching {topic}-{index} at {from} from its leader: {e}"
+                        ))
+                    }
+                };
+                let end = end.min(fetched.high_watermark);
+                Ok(decode_chunk(&fetched.records, from, end))
+            }
+        }
+    }
+
     /// One pass over every source partition; true if any record was read. Blocking.
     fn pass(&self) -> bool {
+        // Definitions registered, deleted or paused on other nodes.
+        self.sync_definitions();
         let mut outputs = Vec::new();
         let mut reads: Vec<ReadRange> = Vec::new();
-        for (part, pos) in self.source_partitions() {
-            let hw = part.high_watermark();
-            if pos >= hw {
-                continue;
-            }
-            let read = match part.log.read(pos, READ_BYTES, true) {
+        for (src, pos) in self.source_partitions() {
+            let read = self.source_high_watermark(&src).and_then(|hw| {
+                if let Source::Remote { topic, index } = &src {
+                    self.unhosted.lock().insert((topic.clone(), *index), hw);
+                }
+                self.read_source(&src, pos, hw)
+            });
+            let (recs, next) = match read {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "CEP stage cannot read");
+                    tracing::warn!(topic = %src.topic(), partition = src.index(), error = %e, "CEP stage cannot read");
                     continue;
                 }
             };
-            let mut next = pos;
-            {
-                let mut engine = self.engine.lock();
-                for chunk in &read.batches {
-                    let (recs, after) = decode_chunk(chunk, next, hw);
-                    next = after;
-                    process_records(&mut engine, &part, &recs, &mut outputs);
-                }
-                if next > pos {
-                    // Under the engine lock: a snapshot never sees the engine past
-                    // records whose position is not recorded.
-                    reads.push((part.topic.clone(), part.index, pos, next));
-                    self.positions
-                        .lock()
-                        .insert((part.topic.clone(), part.index), next);
-                }
+            if next <= pos {
+                continue;
             }
+            let mut engine = self.engine.lock();
+            process_records(&mut engine, &src, &recs, &mut outputs);
+            // Under the engine lock: a snapshot never sees the engine past records
+            // whose position is not recorded.
+            reads.push((src.topic().to_string(), src.index(), pos, next));
+            self.positions
+                .lock()
+                .insert((src.topic().to_string(), src.index()), next);
         }
         let now = now_ms();
         outputs.extend(self.engine.lock().on_processing_time(now));
@@ -1002,7 +1520,16 @@ impl Cep {
             self.wal.lock().idle_now = Some(now);
             return;
         }
-        let writes = self.plan(outputs);
+        let writes = match self.plan(outputs) {
+            Ok(w) => w,
+            Err(e) => {
+                // The engine is past records whose pass is not recorded: start over
+                // from the last recorded pass.
+                tracing::error!(error = %e, "CEP pass not recorded (its outputs cannot be placed): recovering from the last recorded pass");
+                self.needs_recovery.store(true, Ordering::Release);
+                return;
+            }
+        };
         let recorded = if snapshot {
             self.write_snapshot(&writes)
         } else {
@@ -1013,26 +1540,40 @@ impl Cep {
             })
         };
         if let Err(e) = recorded {
-            // The next pass writes a snapshot (the log has a gap).
+            // Writing outputs of an unrecorded pass could duplicate them (the next
+            // stage reads and matches the records again), so none are written: the
+            // state is recovered from the last recorded pass and the records read again.
             self.wal.lock().snapshot_epoch = u64::MAX;
-            tracing::error!(error = %e, "CEP pass not recorded: outputs written anyway; a crash before the next snapshot may duplicate them");
+            tracing::error!(error = %e, "CEP pass not recorded: its outputs are not written; recovering from the last recorded pass");
+            self.needs_recovery.store(true, Ordering::Release);
+            return;
         }
         #[cfg(test)]
         if self.crash_after_checkpoint.load(Ordering::Acquire) {
             return;
         }
         for w in &writes {
+            // Leadership moved: the new stage redoes this pass's writes.
+            if !self.still_stage() {
+                tracing::warn!("CEP stage lost leadership of {CHECKPOINT_TOPIC}-0 before writing its outputs: the new stage writes them");
+                self.needs_recovery.store(true, Ordering::Release);
+                return;
+            }
             match self.append_planned(w, &w.records) {
                 Ok(base) => self.publish(w, base),
                 Err(e) => {
-                    tracing::error!(topic = %w.topic, partition = w.partition, error = %e, "CEP outputs not written")
+                    // Recovery redoes the recorded writes (appending only what is missing).
+                    tracing::error!(topic = %w.topic, partition = w.partition, error = %e, "CEP outputs not written: recovering, which redoes them");
+                    self.needs_recovery.store(true, Ordering::Release);
+                    return;
                 }
             }
         }
     }
 
     /// Assigns outputs to partitions (creating output topics) and notes their end offsets.
-    fn plan(&self, outputs: Vec<Output>) -> Vec<PlannedWrite> {
+    /// Errs when an output partition's end offset cannot be learnt.
+    fn plan(&self, outputs: Vec<Output>) -> Result<Vec<PlannedWrite>, String> {
         let mut by_topic: BTreeMap<String, Vec<Output>> = BTreeMap::new();
         for o in outputs {
             by_topic.entry(o.topic.clone()).or_default().push(o);
@@ -1078,19 +1619,40 @@ impl Cep {
                 });
             }
             for (p, records) in by_partition {
-                let Some(part) = self.broker.partition(&topic, p) else {
-                    tracing::error!(topic = %topic, partition = p, dropped = records.len(), "CEP output partition is not open");
-                    continue;
-                };
+                let end_offset = self.end_offset(&topic, p)?;
                 writes.push(PlannedWrite {
                     topic: topic.clone(),
                     partition: p,
-                    end_offset: part.log.log_end_offset(),
+                    end_offset,
                     records,
                 });
             }
         }
-        writes
+        Ok(writes)
+    }
+
+    /// An offset at or before where records appended to the partition now land: the
+    /// log end where this node leads it, else the leader's high watermark (only the
+    /// stage writes output records, and it waits for each write's commit).
+    fn end_offset(&self, topic: &str, partition: i32) -> Result<i64, String> {
+        if let Some(part) = self
+            .broker
+            .partition(topic, partition)
+            .filter(|p| p.is_leader())
+        {
+            return Ok(part.log.log_end_offset());
+        }
+        let client = self.broker.forwarder().map_err(|e| {
+            format!("connecting to the cluster to reach the leader of {topic}-{partition}: {e}")
+        })?;
+        let (offset, _) = crate::ingest::block_on(client.list_offset(
+            topic,
+            partition,
+            crate::client::OffsetSpec::Latest,
+        ))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("the end offset of {topic}-{partition}: {e}"))?;
+        Ok(offset)
     }
 
     fn positions_vec(&self) -> Vec<(String, i32, i64)> {
@@ -1151,9 +1713,13 @@ impl Cep {
             wal.entries = 0;
             wal.idle_now = None;
         }
+        // Everything before the snapshot is committed (it is): trimmed on this node's
+        // replica (other replicas keep theirs; recovery reads from the newest snapshot).
         if let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) {
-            if let Err(e) = p.log.delete_before(offset) {
-                tracing::warn!(error = %e, "CEP checkpoint log not trimmed");
+            if p.is_leader() {
+                if let Err(e) = p.log.delete_before(offset) {
+                    tracing::warn!(error = %e, "CEP checkpoint log not trimmed");
+                }
             }
         }
         Ok(())
@@ -1186,6 +1752,10 @@ impl Cep {
         // Entries after the captured state are appended from here on.
         let trim_to = p.log.log_end_offset();
         let wal = self.wal.clone();
+        // Written only while this node runs the stage in the same term: a snapshot of a
+        // deposed stage must not land after a new one recovered.
+        let stage_term = self.stage_term.clone();
+        let term = stage_term.load(Ordering::Acquire);
         let spawned = std::thread::Builder::new()
             .name("cep-snapshot".into())
             .spawn(move || {
@@ -1200,6 +1770,9 @@ impl Cep {
                     writes: Vec::new(),
                 };
                 let result = encode_snapshot(&header, &state).and_then(|value| {
+                    if stage_term.load(Ordering::Acquire) != term {
+                        return Err("this node stopped running the stage".to_string());
+                    }
                     append_checkpoint_to(&p, b"snapshot", &value, true).map(|_| value.len())
                 });
                 match result {
@@ -1207,8 +1780,10 @@ impl Cep {
                         let cost = started.elapsed();
                         tracing::debug!(bytes, ms = cost.as_millis() as u64, seq, "CEP snapshot written");
                         wal.lock().snapshot_cost = cost;
-                        if let Err(e) = p.log.delete_before(trim_to) {
-                            tracing::warn!(error = %e, "CEP checkpoint log not trimmed");
+                        if p.is_leader() {
+                            if let Err(e) = p.log.delete_before(trim_to) {
+                                tracing::warn!(error = %e, "CEP checkpoint log not trimmed");
+                            }
                         }
                     }
                     Err(e) => {
@@ -1253,11 +1828,9 @@ impl Cep {
     }
 
     /// Appends `records` to the planned partition, durably; returns the first offset.
+    /// Committed by a majority (fsync'd on a single node); forwarded to the partition's
+    /// leader when another node leads it.
     fn append_planned(&self, w: &PlannedWrite, records: &[PlannedRecord]) -> Result<i64, String> {
-        let part = self
-            .broker
-            .partition(&w.topic, w.partition)
-            .ok_or_else(|| format!("{}-{} is not open", w.topic, w.partition))?;
         let mut set = Vec::new();
         let mut b = BatchBuilder::new(Compression::None);
         for r in records {
@@ -1271,50 +1844,111 @@ impl Cep {
             set.extend_from_slice(&b.build().map_err(|e| e.to_string())?);
         }
         if set.is_empty() {
-            return Ok(part.log.log_end_offset());
+            return Ok(w.end_offset);
         }
-        let appended = part.append(&mut set, now_ms()).map_err(|(_, m)| m)?;
-        part.log
-            .wait_durable(appended.last_offset)
-            .map_err(|e| e.to_string())?;
-        Ok(appended.base_offset)
+        let count = records.len() as i64;
+        let last = self.append_to(&w.topic, w.partition, set)?;
+        Ok(last + 1 - count)
     }
 
     /// Completes a checkpoint's planned write: appends the planned records not found, in
     /// order, from its end offset on. Returns (records present, records appended).
     fn redo(&self, w: &PlannedWrite) -> Result<(usize, usize), String> {
-        let part = self
+        let name = format!("{}-{}", w.topic, w.partition);
+        if self
             .broker
-            .partition(&w.topic, w.partition)
-            .ok_or_else(|| format!("{}-{} does not exist any more", w.topic, w.partition))?;
-        let end = part.log.log_end_offset();
-        let mut pos = w.end_offset.max(part.log.log_start_offset());
+            .topic(&w.topic)
+            .is_none_or(|m| w.partition >= m.partitions)
+        {
+            // Deleted since: nothing to complete (retrying could not help).
+            tracing::warn!(partition = %name, "CEP outputs of the last checkpoint not redone: the partition does not exist any more");
+            return Ok((0, 0));
+        }
         let mut found = 0usize;
-        while pos < end && found < w.records.len() {
-            let read = part
-                .log
-                .read(pos, READ_BYTES, true)
-                .map_err(|e| format!("reading {}-{} at {pos}: {e}", w.topic, w.partition))?;
-            if read.batches.is_empty() {
-                break;
+        // The planned records in order, among the partition's records (only the stage
+        // writes records equal to them).
+        let compare = |recs: Vec<records::Record>, found: &mut usize| {
+            for r in recs {
+                let Some(want) = w.records.get(*found) else {
+                    break;
+                };
+                if r.key.as_deref() == want.key.as_deref()
+                    && r.value.as_deref() == Some(want.value.as_slice())
+                {
+                    *found += 1;
+                }
             }
-            let before = pos;
-            for chunk in &read.batches {
-                let (recs, next) = decode_chunk(chunk, pos, end);
-                pos = next;
-                for r in recs {
-                    let Some(want) = w.records.get(found) else {
+        };
+        match self.broker.partition(&w.topic, w.partition) {
+            Some(part) => {
+                // Committed records only, once the partition's records are settled:
+                // writes the previous stage had in flight commit (or are dropped)
+                // moments after it died.
+                let end = if part.is_leader() {
+                    if !wait_for(
+                        || part.high_watermark() >= part.log.log_end_offset(),
+                        CATCH_UP_TIMEOUT,
+                    ) {
+                        tracing::warn!(partition = %name, "CEP redo: records of the output partition still not committed; comparing with the committed ones");
+                    }
+                    part.high_watermark()
+                } else {
+                    // A follower learns of commits a moment after its leader.
+                    let leader_hw = self.end_offset(&w.topic, w.partition)?;
+                    if !wait_for(|| part.high_watermark() >= leader_hw, CATCH_UP_TIMEOUT) {
+                        return Err(format!(
+                            "this node's replica of {name} did not catch up with its leader's high watermark {leader_hw}"
+                        ));
+                    }
+                    part.high_watermark()
+                };
+                let mut pos = w.end_offset.max(part.log.log_start_offset());
+                while pos < end && found < w.records.len() {
+                    let read = part
+                        .log
+                        .read(pos, READ_BYTES, true)
+                        .map_err(|e| format!("reading {name} at {pos}: {e}"))?;
+                    if read.batches.is_empty() {
                         break;
-                    };
-                    if r.key.as_deref() == want.key.as_deref()
-                        && r.value.as_deref() == Some(want.value.as_slice())
-                    {
-                        found += 1;
+                    }
+                    let before = pos;
+                    for chunk in &read.batches {
+                        let (recs, next) = decode_chunk(chunk, pos, end);
+                        pos = next;
+                        compare(recs, &mut found);
+                    }
+                    if pos == before {
+                        break;
                     }
                 }
             }
-            if pos == before {
-                break;
+            None => {
+                // No replica on this node: the leader's committed records.
+                let client = self.broker.forwarder().map_err(|e| {
+                    format!("connecting to the cluster to read {name} from its leader: {e}")
+                })?;
+                let mut pos = w.end_offset;
+                while found < w.records.len() {
+                    let fetched = crate::ingest::block_on(client.fetch(
+                        &w.topic,
+                        w.partition,
+                        pos,
+                        READ_BYTES as i32,
+                        Duration::from_millis(100),
+                    ))
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("fetching {name} at {pos} from its leader: {e}"))?;
+                    let hw = fetched.high_watermark;
+                    if pos >= hw {
+                        break;
+                    }
+                    let (recs, next) = decode_chunk(&fetched.records, pos, hw);
+                    compare(recs, &mut found);
+                    if next <= pos {
+                        break;
+                    }
+                    pos = next;
+                }
             }
         }
         let missing = &w.records[found..];
@@ -1409,8 +2043,56 @@ impl Cep {
         *self.task.lock() = Some(handle);
     }
 
+    /// The stage's loop. It runs passes only while this node leads
+    /// `__cep_checkpoints-0` in the term it recovered in; on gaining that leadership
+    /// (once everything in its log is committed) it recovers, on losing it (or after a
+    /// pass that could not be recorded or written) it drops the state.
     async fn run(self: Arc<Self>) {
         while !self.stop.load(Ordering::Acquire) {
+            let leadership = self.checkpoint_leadership();
+            let active = self.stage_term.load(Ordering::Acquire);
+            let running = active != 0
+                && !self.needs_recovery.load(Ordering::Acquire)
+                && matches!(leadership,
+                    StageLeadership::Ready(t) | StageLeadership::CatchingUp(t) if t == active);
+            if !running {
+                if active != 0 || self.needs_recovery.load(Ordering::Acquire) {
+                    let cep = self.clone();
+                    if let Err(e) = tokio::task::spawn_blocking(move || cep.relinquish()).await {
+                        tracing::error!(error = %e, "stopping the CEP stage failed");
+                    }
+                    continue;
+                }
+                if let StageLeadership::Ready(term) = leadership {
+                    let cep = self.clone();
+                    match tokio::task::spawn_blocking(move || cep.recover()).await {
+                        Ok(Ok(())) => {
+                            self.stage_term.store(term, Ordering::Release);
+                            tracing::info!(
+                                term,
+                                "running the CEP stage (this node leads {CHECKPOINT_TOPIC}-0)"
+                            );
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %format!("{e:#}"), "CEP stage recovery failed; retrying");
+                            tokio::time::sleep(RECOVERY_BACKOFF).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "CEP stage recovery failed; retrying");
+                            tokio::time::sleep(RECOVERY_BACKOFF).await;
+                        }
+                    }
+                    continue;
+                }
+                // Not the stage: keep the definitions current for listing.
+                let cep = self.clone();
+                let _ = tokio::task::spawn_blocking(move || cep.sync_definitions()).await;
+                tokio::select! {
+                    _ = self.changed.notified() => {}
+                    _ = tokio::time::sleep(LEADERSHIP_POLL) => {}
+                }
+                continue;
+            }
             let cep = self.clone();
             let progressed = match tokio::task::spawn_blocking(move || cep.pass()).await {
                 Ok(p) => p,
@@ -1425,11 +2107,19 @@ impl Cep {
             // Register for new data, then look again so that an append in between wakes us.
             let notify = Arc::new(Notify::new());
             let mut pending = false;
-            for (part, pos) in self.source_partitions() {
-                part.add_waiter(notify.clone());
-                pending |= part.high_watermark() > pos;
+            // Partitions read from another node are looked at every TICK.
+            for (src, pos) in self.source_partitions() {
+                if let Source::Local(part) = src {
+                    part.add_waiter(notify.clone());
+                    pending |= part.high_watermark() > pos;
+                }
             }
-            if pending {
+            // Definitions registered on other nodes wake the stage too.
+            if let Some(p) = self.broker.partition(DEFINITIONS_TOPIC, 0) {
+                p.add_waiter(notify.clone());
+                pending |= p.high_watermark() != self.definitions_seen.load(Ordering::Acquire);
+            }
+            if pending || self.needs_recovery.load(Ordering::Acquire) {
                 continue;
             }
             tokio::select! {
@@ -1484,19 +2174,109 @@ fn append_checkpoint_to(
     let mut b = BatchBuilder::new(compression);
     b.push(now, Some(key), Some(value), &[]);
     let mut set = b.build().map_err(|e| e.to_string())?;
-    let appended = p.append(&mut set, now).map_err(|(_, m)| m)?;
+    // Only the stage (the partition's leader) appends; a deposed one fails here.
+    let appended = p
+        .append(&mut set, now)
+        .map_err(|(_, m)| format!("appending to {CHECKPOINT_TOPIC}-0: {m}"))?;
     if durable {
-        p.log
-            .wait_durable(appended.last_offset)
-            .map_err(|e| e.to_string())?;
+        wait_appended(p, &appended)
+            .map_err(|e| format!("appending to {CHECKPOINT_TOPIC}-0: {e}"))?;
     }
     Ok(appended.base_offset)
+}
+
+/// Waits until an append is committed by a majority of the partition's replicas
+/// (fsync'd first on a one-voter group), or durable on a partition without Raft.
+fn wait_appended(p: &Partition, appended: &crate::partition::Appended) -> Result<(), String> {
+    match appended.commit {
+        Some(ticket) => crate::ingest::block_on(p.wait_committed(ticket, COMMIT_TIMEOUT))
+            .map_err(|e| format!("waiting for the commit: {e}"))?
+            .map_err(|(_, m)| m),
+        None => p
+            .log
+            .wait_durable(appended.last_offset)
+            .map_err(|e| format!("fsync: {e}")),
+    }
+}
+
+/// Polls `done` until it holds or `timeout` passes; whether it held.
+fn wait_for(mut done: impl FnMut() -> bool, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The sources of definition `id`.
+fn sources_of(engine: &Engine, id: &str) -> Vec<String> {
+    engine
+        .definitions()
+        .into_iter()
+        .find(|d| d.id == id)
+        .map(|d| d.sources)
+        .unwrap_or_default()
+}
+
+/// Brings the engine's definitions and pause state in line with the definitions topic:
+/// drops definitions deleted or replaced since, registers the ones it does not run.
+/// Returns whether anything changed, the definitions registered, and the sources of
+/// the definitions kept (read before: they continue from their positions).
+fn apply_stored<'a>(
+    engine: &mut Engine,
+    stored: &'a [Stored],
+) -> (bool, Vec<&'a Stored>, Vec<String>) {
+    let mut changed = false;
+    for info in engine.definitions() {
+        let keep = stored
+            .iter()
+            .any(|s| s.id == info.id && same_json(&s.json, &info.json));
+        if !keep {
+            engine.remove(&info.id);
+            changed = true;
+            tracing::info!(definition = %info.id, "CEP definition deleted or replaced since: dropped");
+        }
+    }
+    let kept_sources = engine.sources();
+    let mut added = Vec::new();
+    for s in stored {
+        let current = engine.definitions().into_iter().find(|d| d.id == s.id);
+        let paused = match current {
+            Some(d) => d.paused,
+            None => match parse_definition_json(&s.json).and_then(|d| engine.register(d)) {
+                Ok(_) => {
+                    tracing::info!(definition = %s.id, "CEP definition loaded");
+                    changed = true;
+                    added.push(s);
+                    false
+                }
+                Err(e) => {
+                    tracing::error!(definition = %s.id, error = %e, "not loading a stored CEP definition");
+                    continue;
+                }
+            },
+        };
+        if paused != s.paused {
+            changed = true;
+            if s.paused {
+                engine.pause(&s.id);
+            } else {
+                engine.resume(&s.id);
+            }
+        }
+    }
+    (changed, added, kept_sources)
 }
 
 /// Feeds decoded records of `part` to the engine.
 fn process_records(
     engine: &mut Engine,
-    part: &Partition,
+    src: &Source,
     recs: &[records::Record],
     outputs: &mut Vec<Output>,
 ) {
@@ -1511,8 +2291,8 @@ fn process_records(
             })
             .collect();
         let rec = weir_cep::SourceRecord {
-            topic: &part.topic,
-            partition: part.index,
+            topic: src.topic(),
+            partition: src.index(),
             offset: r.offset,
             timestamp_ms: r.timestamp,
             key: r.key.as_deref(),
@@ -1809,12 +2589,12 @@ pub fn openapi() -> Value {
     );
     paths.insert(
         "/api/cep/stats".into(),
-        json!({"get": op("Per definition: events in, matches out, partial matches held, lag; per source partition: the stage's position", &[("200", "stats")])}),
+        json!({"get": op("Per definition: events in, matches out, partial matches held, lag; per source partition: the stage's position; in a cluster, the node running the stage (stage_node) and whether this one does (stage_running): the counters are this node's", &[("200", "stats")])}),
     );
     paths.insert(
         "/api/cep/matches".into(),
         json!({"get": {
-            "summary": "Live Server-Sent Events stream of the outputs written from now on",
+            "summary": "Live Server-Sent Events stream of the outputs written from now on (in a cluster, by the stage on this node: only the stage's node streams)",
             "parameters": [{"name": "pattern", "in": "query", "required": false, "schema": {"type": "string"}, "description": "only this definition's outputs"}],
             "responses": {
                 "200": {"description": "text/event-stream; events match, window_result, alert, late, dead_letter, lagged", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
@@ -1974,6 +2754,59 @@ mod tests {
             StatusCode::NOT_FOUND
         );
         assert_eq!(list(State(cep)).await.status(), StatusCode::OK);
+    }
+
+    /// Appends a record to the definitions topic as another node's registration would.
+    fn store_elsewhere(b: &Broker, id: &str, value: Option<&str>) {
+        let p = b.partition(DEFINITIONS_TOPIC, 0).unwrap();
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(now_ms(), Some(id.as_bytes()), value.map(str::as_bytes), &[]);
+        let mut set = builder.build().unwrap();
+        p.append(&mut set, now_ms()).unwrap();
+    }
+
+    #[test]
+    fn definitions_stored_by_another_node_are_applied_from_their_recorded_start() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        // Before the registration's recorded start: not read.
+        let old: Vec<String> = (1..=3).map(|i| login("carol", false, i * 1000)).collect();
+        produce(&tb.broker, "auth", &old);
+        let start = tb.broker.partition("auth", 0).unwrap().high_watermark();
+        let def: Value = serde_json::from_str(BRUTE).unwrap();
+        let value = json!({"definition": def, "paused": false, "from": [["auth", 0, start]]});
+        // The stage learns of it only now, after more records arrived.
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login("carol", true, 4000),
+                login("alice", false, 5000),
+                login("alice", false, 6000),
+                login("alice", false, 7000),
+                login("alice", true, 8000),
+            ],
+        );
+        store_elsewhere(&tb.broker, "brute-force", Some(&value.to_string()));
+        produce(&tb.broker, "auth", &[login("zed", false, 100_000)]);
+        while cep.pass() {}
+        assert_eq!(cep.list()[0]["id"], "brute-force");
+        assert_eq!(
+            read_all(&tb.broker, "alerts"),
+            vec![json!({"user": "alice", "fails": 3, "first_fail": 5000})]
+        );
+        // Deleted on another node: dropped here at the next pass.
+        store_elsewhere(&tb.broker, "brute-force", None);
+        cep.pass();
+        assert_eq!(cep.list(), json!([]));
+        // A restart starts it where its record says too (no checkpoint knows it).
+        store_elsewhere(&tb.broker, "brute-force", Some(&value.to_string()));
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        assert_eq!(cep.list()[0]["id"], "brute-force");
+        let positions = cep.positions.lock().clone();
+        assert_eq!(positions.get(&("auth".to_string(), 0)), Some(&start));
     }
 
     #[test]

@@ -63,10 +63,15 @@ static RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLoc
 static FORWARDER: parking_lot::Mutex<Option<Arc<crate::client::Client>>> =
     parking_lot::Mutex::new(None);
 
+/// The client id of the forwarding client, followed by the node id. The produce
+/// handler accepts records for `__cep_definitions` from it (CEP registrations on a
+/// node that does not lead that partition); a label, not an authentication.
+pub const FORWARDER_CLIENT_PREFIX: &str = "weir-forwarder-";
+
 /// How long an ingest append waits for a majority (cluster) or a forwarded produce.
 const REPLICATED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, SinkError> {
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, SinkError> {
     let handle = match tokio::runtime::Handle::try_current() {
         Ok(h) => h,
         Err(_) => RUNTIME
@@ -80,7 +85,7 @@ fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, SinkError> {
 impl Broker {
     /// A client for forwarding records to the leaders of partitions this node
     /// does not lead.
-    fn forwarder(&self) -> Result<Arc<crate::client::Client>, SinkError> {
+    pub(crate) fn forwarder(&self) -> Result<Arc<crate::client::Client>, SinkError> {
         if let Some(c) = FORWARDER.lock().clone() {
             return Ok(c);
         }
@@ -90,7 +95,7 @@ impl Broker {
             .map(|(_, h, p)| format!("{h}:{p}"))
             .collect();
         let config = crate::client::ClientConfig {
-            client_id: format!("weir-ingest-{}", self.node_id()),
+            client_id: format!("{FORWARDER_CLIENT_PREFIX}{}", self.node_id()),
             ..crate::client::ClientConfig::default()
         };
         let client = block_on(crate::client::Client::connect(&bootstrap.join(","), config))?

@@ -28,6 +28,12 @@ struct PartitionOutcome {
 pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequest) -> Pending {
     let acks = req.acks;
     let now = now_ms();
+    // From another node's forwarding client (see `append_one`).
+    let forwarded = ctx
+        .header
+        .client_id
+        .as_ref()
+        .is_some_and(|c| c.starts_with(crate::ingest::FORWARDER_CLIENT_PREFIX));
     let mut topics: Vec<(TopicName, Uuid, Vec<PartitionOutcome>)> =
         Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
@@ -46,7 +52,7 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequest) -
                     (Err((ResponseError::InvalidRequiredAcks, message)), None)
                 } else {
                     match &name {
-                        Some(name) => match append_one(broker, name, p.index, p.records, acks, now) {
+                        Some(name) => match append_one(broker, name, p.index, p.records, acks, now, forwarded) {
                             Ok((a, partition)) if partition.replica.is_some() => {
                                 // Replicated: durability is a majority's (under each
                                 // replica's flush policy), not this node's fsync.
@@ -93,8 +99,12 @@ fn append_one(
     records: Option<Bytes>,
     acks: i16,
     now: i64,
+    forwarded: bool,
 ) -> Result<(Appended, Arc<Partition>), AppendError> {
-    if crate::metadata::is_internal_topic(topic) {
+    // A CEP registration on a node that does not lead __cep_definitions-0 reaches
+    // its leader through that node's forwarding client.
+    let cep_forward = forwarded && topic == crate::cep::DEFINITIONS_TOPIC;
+    if crate::metadata::is_internal_topic(topic) && !cep_forward {
         return Err((
             ResponseError::InvalidTopicException,
             format!("cannot append to internal topic {topic}"),
