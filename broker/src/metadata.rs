@@ -43,9 +43,17 @@ enum MetaRecord {
         name: String,
         configs: BTreeMap<String, String>,
     },
-    /// Producer ids below `end` have been handed out (allocated in blocks).
+    /// Producer ids below `end` have been handed out (allocated in blocks). Written
+    /// by earlier versions, which gave every node the same block in a cluster.
     ProducerIdBlock {
         end: i64,
+    },
+    /// `node` takes the next `size` producer ids, from the current end on. The
+    /// block is decided when the record is applied, in log order, so two nodes
+    /// asking at the same moment get different blocks.
+    ProducerIdBlockTaken {
+        node: i32,
+        size: i64,
     },
     /// A partition's replicas are to become `target` (AlterPartitionReassignments;
     /// a target equal to the current replicas cancels a reassignment).
@@ -97,6 +105,8 @@ struct MetaState {
     topics: BTreeMap<String, TopicMeta>,
     ids: HashMap<Uuid, String>,
     producer_id_end: i64,
+    /// The latest block of producer ids each node took: [start, end).
+    producer_id_blocks: BTreeMap<i32, (i64, i64)>,
     /// Nodes registered after the cluster was founded: id -> Raft address.
     registered: BTreeMap<i32, String>,
     /// Nodes removed from the cluster.
@@ -166,6 +176,12 @@ impl MetaState {
             MetaRecord::ProducerIdBlock { end } => {
                 self.producer_id_end = self.producer_id_end.max(end)
             }
+            MetaRecord::ProducerIdBlockTaken { node, size } => {
+                let start = self.producer_id_end;
+                let end = start.saturating_add(size.clamp(1, MAX_PRODUCER_ID_BLOCK));
+                self.producer_id_end = end;
+                self.producer_id_blocks.insert(node, (start, end));
+            }
             MetaRecord::ReassignmentStarted {
                 name,
                 partition,
@@ -205,6 +221,8 @@ impl MetaState {
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
+/// Bound on a block's size as applied (a record is input too).
+const MAX_PRODUCER_ID_BLOCK: i64 = 1 << 20;
 
 /// The metadata log's directory name, `<topic>-<partition>` as Kafka's KRaft
 /// names it, beside the partitions in the data dir.
@@ -238,7 +256,10 @@ pub struct MetadataStore {
     state: RwLock<MetaState>,
     /// Serialises writers so that validation and append see the same state.
     write: Mutex<()>,
-    next_producer_id: Mutex<i64>,
+    /// This node's current block of producer ids: the next one to hand out and the
+    /// block's end. Empty at start: a restarted node takes a new block, because ids
+    /// of its previous one may have been handed out before it stopped.
+    next_producer_id: Mutex<(i64, i64)>,
     /// Cluster mode: changes go through Raft and are applied when committed.
     proposer: RwLock<Option<Proposer>>,
     listener: RwLock<Option<Listener>>,
@@ -303,12 +324,11 @@ impl MetadataStore {
                 }
             }
         }
-        let next_producer_id = state.producer_id_end;
         Ok(MetadataStore {
             log,
             state: RwLock::new(state),
             write: Mutex::new(()),
-            next_producer_id: Mutex::new(next_producer_id),
+            next_producer_id: Mutex::new((0, 0)),
             proposer: RwLock::new(None),
             listener: RwLock::new(None),
             waiting: Mutex::new(HashMap::new()),
@@ -577,15 +597,28 @@ impl MetadataStore {
 
     /// A producer id never handed out before, also across restarts: ids are
     /// reserved in blocks, each block recorded in the log before it is used.
-    pub fn allocate_producer_id(&self) -> anyhow::Result<i64> {
-        let mut next = self.next_producer_id.lock();
-        if *next >= self.state.read().producer_id_end {
+    /// A producer id no node has handed out: from this node's block, taking a new
+    /// block through the metadata log when it is used up.
+    pub fn allocate_producer_id(&self, node: i32) -> anyhow::Result<i64> {
+        let mut block = self.next_producer_id.lock();
+        if block.0 >= block.1 {
             let _guard = self.write.lock();
-            let end = *next + PRODUCER_ID_BLOCK;
-            self.commit(MetaRecord::ProducerIdBlock { end })?;
+            self.commit(MetaRecord::ProducerIdBlockTaken {
+                node,
+                size: PRODUCER_ID_BLOCK,
+            })?;
+            // Applied before commit returns; this node's requests are serialised by
+            // the lock held here, so the entry is the block just taken.
+            *block = self
+                .state
+                .read()
+                .producer_id_blocks
+                .get(&node)
+                .copied()
+                .context("the producer id block taken is not in the metadata state")?;
         }
-        let id = *next;
-        *next += 1;
+        let id = block.0;
+        block.0 += 1;
         Ok(id)
     }
 
@@ -658,6 +691,29 @@ mod tests {
     }
 
     #[test]
+    fn producer_id_blocks_are_disjoint_per_node_and_in_log_order() {
+        let mut state = MetaState::default();
+        state.apply(MetaRecord::ProducerIdBlock { end: 1000 });
+        for node in [1, 2, 1, 3] {
+            state.apply(MetaRecord::ProducerIdBlockTaken { node, size: 1000 });
+        }
+        // Node 1's second block replaced its first; blocks start after the old records' end.
+        assert_eq!(state.producer_id_blocks.get(&2), Some(&(2000, 3000)));
+        assert_eq!(state.producer_id_blocks.get(&1), Some(&(3000, 4000)));
+        assert_eq!(state.producer_id_blocks.get(&3), Some(&(4000, 5000)));
+        // A block size from the log is bounded.
+        state.apply(MetaRecord::ProducerIdBlockTaken {
+            node: 4,
+            size: i64::MAX,
+        });
+        let (start, end) = state.producer_id_blocks[&4];
+        assert_eq!(end - start, MAX_PRODUCER_ID_BLOCK);
+        state.apply(MetaRecord::ProducerIdBlockTaken { node: 5, size: -7 });
+        let (start, end) = state.producer_id_blocks[&5];
+        assert_eq!(end - start, 1);
+    }
+
+    #[test]
     fn topics_and_producer_ids_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (cluster, pid) = {
@@ -676,7 +732,7 @@ mod tests {
                 .unwrap();
             store.set_partition_count("a", 5, Vec::new()).unwrap();
             store.delete_topic("b").unwrap();
-            let pid = store.allocate_producer_id().unwrap();
+            let pid = store.allocate_producer_id(1).unwrap();
             store.close().unwrap();
             (store.cluster_id(), pid)
         };
@@ -688,7 +744,7 @@ mod tests {
         assert_eq!(a.configs.get("retention.ms").map(String::as_str), Some("5"));
         assert!(store.topic("b").is_none());
         assert!(
-            store.allocate_producer_id().unwrap() > pid,
+            store.allocate_producer_id(1).unwrap() > pid,
             "producer ids are never reused"
         );
     }

@@ -722,3 +722,59 @@ def test_http_ingest_on_any_node_reaches_every_partition_committed(cluster):
     # Every answered offset is where the record is.
     for i, o in enumerate(keyed["offsets"] + unkeyed["offsets"]):
         assert seen[i] == (o["partition"], o["offset"])
+
+
+def init_producer_id(address: str) -> tuple[int, int, int]:
+    """InitProducerId v1 (no transactional id) sent to one node: (error, producer id, epoch)."""
+    from kafkawire import KafkaConn, i32, string
+    with KafkaConn.to(address) as conn:
+        r = conn.request(22, 1, string(None) + i32(60000))
+        r.i32()  # throttle_time_ms
+        return r.i16(), r.i64(), r.i16()
+
+
+def test_producer_ids_are_unique_across_nodes_and_restarts(cluster):
+    """Every node hands out producer ids from a block of its own (taken through the metadata log),
+    so idempotent producers that asked different nodes never share an id, and a restarted node does
+    not hand out ids of its previous block again. Two idempotent producers that share an id would
+    corrupt each other's sequence numbers (OUT_OF_ORDER_SEQUENCE_NUMBER, or a batch taken for a
+    duplicate and dropped)."""
+    seen = []
+    for _round in range(2):
+        for node in cluster.nodes:
+            for _ in range(3):
+                err, pid, epoch = init_producer_id(cluster.address(node))
+                assert err == 0 and pid >= 0 and epoch == 0, (node, err, pid, epoch)
+                seen.append((node, pid))
+    cluster.nodes[2].restart()
+    for _ in range(3):
+        err, pid, _epoch = init_producer_id(cluster.address(2))
+        assert err == 0, err
+        seen.append((2, pid))
+    pids = [p for _, p in seen]
+    assert len(set(pids)) == len(pids), f"a producer id was handed out twice: {seen}"
+
+    # Real idempotent producers bootstrapped to different nodes write one partition together.
+    topic = unique_topic("pids")
+    create(cluster, topic, 1)
+    acked, errors = [], []
+    producers = []
+    for node in cluster.nodes:
+        p = Producer({"bootstrap.servers": cluster.address(node), "enable.idempotence": True,
+                      "acks": "all", "linger.ms": 5, "message.timeout.ms": 60000})
+        producers.append((node, p))
+    for i in range(200):
+        for node, p in producers:
+            p.produce(topic, value=str(node * 100000 + i).encode(), partition=0,
+                      on_delivery=lambda err, msg: (errors if err else acked).append(err or int(msg.value())))
+        for _, p in producers:
+            p.poll(0)
+    for _, p in producers:
+        assert p.flush(60) == 0
+    assert not errors, errors[:5]
+    got = read_all(cluster.bootstrap(), topic, 1, len(acked))
+    values = [v for _offset, v in got[0]]
+    assert len(values) == 600 and sorted(values) == sorted(acked), (len(values), len(acked))
+    for node in cluster.nodes:
+        mine = [v for v in values if v // 100000 == node]
+        assert mine == sorted(mine) and len(mine) == 200, f"producer via node {node}: {mine[:10]}"

@@ -38,7 +38,7 @@ pub fn handle(
             .with_producer_id(req.producer_id)
             .with_producer_epoch(req.producer_epoch + 1);
     }
-    match broker.meta.allocate_producer_id() {
+    match broker.meta.allocate_producer_id(broker.node_id()) {
         Ok(id) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(0),
