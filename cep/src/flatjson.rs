@@ -401,8 +401,8 @@ mod tests {
             offset: 0,
             timestamp_ms: 0,
             key: None,
-            value: b.to_vec(),
-            headers: vec![],
+            value: Box::from(b),
+            headers: Box::default(),
         };
         match t.parse(rec) {
             Ok(ev) => {
