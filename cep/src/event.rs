@@ -323,7 +323,13 @@ impl FieldTable {
     #[inline]
     fn top_entries(&self, k: &str) -> Option<&Entries> {
         if self.top_list.len() <= 8 {
-            self.top_list.iter().find(|(t, _)| t == k).map(|(_, e)| e)
+            // Lengths first, then the bytes inline: keys are a few bytes, and `==` on
+            // strings calls `memcmp` for every candidate of the same length.
+            let k = k.as_bytes();
+            self.top_list
+                .iter()
+                .find(|(t, _)| t.len() == k.len() && t.bytes().zip(k).all(|(a, &b)| a == b))
+                .map(|(_, e)| e)
         } else {
             self.top.get(k)
         }
@@ -338,8 +344,8 @@ impl FieldTable {
     /// [`FieldTable::parse`], sharing string values with recent events through `strs`.
     #[allow(clippy::result_unit_err)]
     pub fn parse_cached(&self, rec: RawRecord, strs: &mut StrCache) -> Result<Event, ()> {
-        let mut vals: SmallVec<[Val; INLINE_FIELDS]> =
-            SmallVec::from_elem(Val::Null, self.paths.len());
+        let mut vals: SmallVec<[Val; INLINE_FIELDS]> = SmallVec::new();
+        vals.extend(std::iter::repeat_with(|| Val::Null).take(self.paths.len()));
         // The common case without serde (see `flatjson`); anything it does not decide
         // goes through serde_json as before.
         if crate::flatjson::scan(&rec.value, |k| self.top_entries(k), &mut vals, strs).is_none() {
