@@ -98,9 +98,7 @@ pub mod bytes_text {
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<Box<[u8]>>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<[u8]>>, D::Error> {
             #[derive(Deserialize)]
             struct W(#[serde(with = "super")] Vec<u8>);
             Ok(Option::<W>::deserialize(d)?.map(|w| w.0.into_boxed_slice()))
@@ -561,7 +559,10 @@ mod tests {
     #[test]
     fn raw_records_round_trip_as_text_or_bytes() {
         for (key, value) in [
-            (Some(Box::from(&b"k"[..])), Box::from(&br#"{"a":"\"x\""}"#[..])),
+            (
+                Some(Box::from(&b"k"[..])),
+                Box::from(&br#"{"a":"\"x\""}"#[..]),
+            ),
             (None, Box::from(&[0xffu8, 0, 1][..])),
         ] {
             let r = RawRecord {
