@@ -362,9 +362,9 @@ impl Engine {
                 partition: 0,
                 offset: 0,
                 timestamp_ms: o.timestamp_ms,
-                key: o.key.clone(),
-                value: o.value.clone(),
-                headers: Vec::new(),
+                key: o.key.as_deref().map(Box::from),
+                value: Box::from(&o.value[..]),
+                headers: Box::default(),
             };
             let Ok(ev) = self.fields.parse(raw) else {
                 continue;

@@ -705,8 +705,8 @@ fn push_i32(out: &mut String, v: i32) {
 pub(crate) fn late_output(id: &str, topic: &str, ev: &Event) -> Output {
     Output {
         topic: topic.to_string(),
-        key: ev.rec.key.clone(),
-        value: ev.rec.value.clone(),
+        key: ev.rec.key.as_deref().map(<[u8]>::to_vec),
+        value: ev.rec.value.to_vec(),
         definition_id: id.to_string(),
         kind: OutputKind::Late,
         timestamp_ms: ev.rec.timestamp_ms,

@@ -321,8 +321,8 @@ fn run_case(
                         offset: i as i64,
                         timestamp_ms: i as i64 * 1000,
                         key: None,
-                        value: values[i].as_bytes().to_vec(),
-                        headers: vec![],
+                        value: Box::from(values[i].as_bytes()),
+                        headers: Box::default(),
                     })
                     .map_err(|_| TestCaseError::fail("parse"))
             })
