@@ -154,25 +154,9 @@ pub(crate) fn write_num(n: f64, out: &mut String) {
     }
 }
 
-/// `v` in decimal, as `write!(out, "{v}")` does, without `fmt`.
-fn write_i64(v: i64, out: &mut String) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = v.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if v < 0 {
-        out.push('-');
-    }
-    for &d in &buf[i..] {
-        out.push(d as char);
-    }
+/// `v` in decimal, as `write!(out, "{v}")` does, without `fmt` (itoa).
+pub(crate) fn write_i64(v: i64, out: &mut String) {
+    out.push_str(itoa::Buffer::new().format(v));
 }
 
 pub(crate) fn write_str(s: &str, out: &mut String) {
