@@ -60,17 +60,6 @@ pub fn pattern(id: &str, source: &str, sink: &str) -> Value {
     })
 }
 
-/// A small deterministic generator (xorshift64*): the event mix is the same every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
 pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()> {
     let a = &args.common;
     let rate = a.rate.unwrap_or(10_000.0);
@@ -205,7 +194,8 @@ async fn produce_events(
     a: &BenchArgs,
     keys: u32,
 ) -> anyhow::Result<Throughput> {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    // A fixed seed: the event mix is the same every run.
+    let mut rng = super::produce::Rng(0x9E37_79B9_7F4A_7C15);
     let started = Instant::now();
     let duration = Duration::from_secs_f64(a.duration);
     let mut tick = tokio::time::interval(Duration::from_millis(1));

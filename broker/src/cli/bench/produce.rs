@@ -79,11 +79,11 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// xorshift64*: payload bytes without a rand dependency.
-struct Rng(u64);
+/// xorshift64*: payload bytes and event mixes without a rand dependency.
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
