@@ -25,18 +25,10 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import NewTopic
 
 from test_cep import BRUTE_FORCE, PATTERNS, http, login, read_topic
-from test_cluster import Cluster
+from test_cluster import Cluster, cluster  # noqa: F401 (the fixture)
 from util import wait_until
 
 PARTITIONS = 3
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path).start()
-    yield c
-    c.stop()
-    c.assert_no_panic()
 
 
 def create_topics(cluster: Cluster, *topics: str):
