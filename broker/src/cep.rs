@@ -60,7 +60,10 @@
 //! more than 2% of the time): after the pass's log entry, the state is captured under
 //! the engine lock without encoding it ([`Engine::capture`], events shared), and a
 //! thread of its own encodes and appends it (numbered like that entry), then trims
-//! the log to the entries after it, while the stage goes on. The first pass after any
+//! the log to the entries after it, while the stage goes on. Snapshots are appended in
+//! pieces of [`SNAPSHOT_CHUNK_BYTES`], each committed before the next, so that the
+//! stage's own log entries never queue behind a multi-megabyte append (and no Raft
+//! entry is that large); recovery uses a snapshot only when it finds all its pieces. The first pass after any
 //! change of definitions or pause state writes a snapshot itself, with a new number,
 //! instead of a log entry (so that replaying a log entry always runs the definitions it
 //! ran with). At start, the snapshot with the highest number is restored and the log
@@ -173,6 +176,15 @@ pub const DEFINITIONS_TOPIC: &str = "__cep_definitions";
 /// The compacted topic holding the stage's write-ahead checkpoints.
 pub const CHECKPOINT_TOPIC: &str = "__cep_checkpoints";
 const SNAPSHOT_MAGIC: &[u8; 4] = b"WCP1";
+/// A piece of a snapshot: `WCS1`, sequence number (u64), index and count (u32 each,
+/// big-endian), then that piece of the `WCP1` bytes.
+const SNAPSHOT_CHUNK_MAGIC: &[u8; 4] = b"WCS1";
+/// Snapshots are appended in pieces of at most this many bytes, each committed before
+/// the next: the stage's log entries, appended to the same partition and waiting for
+/// their own commits, then queue behind one piece at most instead of a whole
+/// multi-megabyte snapshot (and a Raft entry stays small enough to replicate).
+/// (Tiny in unit tests, so that their snapshots come in several pieces.)
+const SNAPSHOT_CHUNK_BYTES: usize = if cfg!(test) { 1 << 10 } else { 512 << 10 };
 const LOG_ENTRY_MAGIC: &[u8; 4] = b"WWL1";
 /// Largest checkpoint record (compressed).
 const CHECKPOINT_MAX_BYTES: &str = "536870912";
@@ -849,6 +861,7 @@ impl Cep {
         let mut pos = p.log.log_start_offset();
         let mut best: Option<(CheckpointHeader, Vec<u8>)> = None;
         let mut entries: Vec<LogEntry> = Vec::new();
+        let mut pieces = SnapshotPieces::default();
         let mut max_seq = 0u64;
         while pos < hw {
             let read = p
@@ -871,6 +884,11 @@ impl Cep {
                         if best.as_ref().is_none_or(|(h, _)| header.seq >= h.seq) {
                             best = Some((header, state));
                         }
+                    } else if value.starts_with(SNAPSHOT_CHUNK_MAGIC) {
+                        let seq = pieces.add(&value).map_err(|e| {
+                            anyhow::anyhow!("snapshot piece at offset {}: {e}", r.offset)
+                        })?;
+                        max_seq = max_seq.max(seq);
                     } else if let Some(json) = value.strip_prefix(LOG_ENTRY_MAGIC) {
                         let entry: LogEntry = serde_json::from_slice(json).map_err(|e| {
                             anyhow::anyhow!("log entry at offset {}: {e}", r.offset)
@@ -887,6 +905,13 @@ impl Cep {
             }
             if pos == before {
                 break;
+            }
+        }
+        if let Some((seq, bytes)) = pieces.newest_complete() {
+            if best.as_ref().is_none_or(|(h, _)| seq >= h.seq) {
+                let (header, state) = decode_snapshot(&bytes)
+                    .map_err(|e| anyhow::anyhow!("snapshot {seq} (in pieces): {e}"))?;
+                best = Some((header, state));
             }
         }
         let Some((header, state)) = best else {
@@ -1698,7 +1723,11 @@ impl Cep {
             writes: writes.to_vec(),
         };
         let value = encode_snapshot(&header, &state)?;
-        let offset = self.append_checkpoint(b"snapshot", &value, true)?;
+        let p = self
+            .broker
+            .partition(CHECKPOINT_TOPIC, 0)
+            .ok_or_else(|| format!("{CHECKPOINT_TOPIC} is not open"))?;
+        let offset = append_snapshot_to(&p, seq, &value, || Ok(()))?;
         let cost = started.elapsed();
         tracing::debug!(
             bytes = value.len(),
@@ -1770,10 +1799,13 @@ impl Cep {
                     writes: Vec::new(),
                 };
                 let result = encode_snapshot(&header, &state).and_then(|value| {
-                    if stage_term.load(Ordering::Acquire) != term {
-                        return Err("this node stopped running the stage".to_string());
-                    }
-                    append_checkpoint_to(&p, b"snapshot", &value, true).map(|_| value.len())
+                    append_snapshot_to(&p, seq, &value, || {
+                        if stage_term.load(Ordering::Acquire) != term {
+                            return Err("this node stopped running the stage".to_string());
+                        }
+                        Ok(())
+                    })
+                    .map(|_| value.len())
                 });
                 match result {
                     Ok(bytes) => {
@@ -2183,6 +2215,82 @@ fn append_checkpoint_to(
             .map_err(|e| format!("appending to {CHECKPOINT_TOPIC}-0: {e}"))?;
     }
     Ok(appended.base_offset)
+}
+
+/// Appends a snapshot's bytes (`WCP1`, from [`encode_snapshot`]) in pieces of
+/// [`SNAPSHOT_CHUNK_BYTES`], each committed before the next (`go_on` is asked before
+/// each); returns the offset of the first. Recovery uses a snapshot only once it finds
+/// every piece, so a crash in between leaves the previous snapshot in charge.
+fn append_snapshot_to(
+    p: &Partition,
+    seq: u64,
+    value: &[u8],
+    go_on: impl Fn() -> Result<(), String>,
+) -> Result<i64, String> {
+    let count = value.len().div_ceil(SNAPSHOT_CHUNK_BYTES).max(1);
+    let count32 = u32::try_from(count).map_err(|_| "snapshot too large".to_string())?;
+    let mut first = None;
+    for (i, piece) in value.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
+        go_on()?;
+        let mut chunk = Vec::with_capacity(20 + piece.len());
+        chunk.extend_from_slice(SNAPSHOT_CHUNK_MAGIC);
+        chunk.extend_from_slice(&seq.to_be_bytes());
+        chunk.extend_from_slice(&(i as u32).to_be_bytes());
+        chunk.extend_from_slice(&count32.to_be_bytes());
+        chunk.extend_from_slice(piece);
+        // Unique keys: compaction must never keep a newer, incomplete snapshot's piece
+        // in place of an older complete one's.
+        let key = format!("snapshot/{seq}/{i}");
+        let offset = append_checkpoint_to(p, key.as_bytes(), &chunk, true)?;
+        first.get_or_insert(offset);
+    }
+    first.ok_or_else(|| "empty snapshot".to_string())
+}
+
+/// The pieces of snapshots found while reading the checkpoint topic, by sequence number.
+#[derive(Default)]
+struct SnapshotPieces {
+    by_seq: BTreeMap<u64, (u32, BTreeMap<u32, Bytes>)>,
+}
+
+impl SnapshotPieces {
+    /// Notes a `WCS1` record; errs on a malformed one.
+    fn add(&mut self, value: &Bytes) -> Result<u64, String> {
+        let field = |at: usize, len: usize| {
+            value
+                .get(at..at + len)
+                .ok_or_else(|| "truncated snapshot piece".to_string())
+        };
+        let seq = u64::from_be_bytes(field(4, 8)?.try_into().map_err(|_| "bad piece")?);
+        let index = u32::from_be_bytes(field(12, 4)?.try_into().map_err(|_| "bad piece")?);
+        let count = u32::from_be_bytes(field(16, 4)?.try_into().map_err(|_| "bad piece")?);
+        if index >= count {
+            return Err(format!("snapshot piece {index} of {count}"));
+        }
+        let entry = self
+            .by_seq
+            .entry(seq)
+            .or_insert_with(|| (count, BTreeMap::new()));
+        if entry.0 != count {
+            // A second attempt at the same number, cut differently: the newer one counts.
+            *entry = (count, BTreeMap::new());
+        }
+        entry.1.insert(index, value.slice(20..));
+        Ok(seq)
+    }
+
+    /// The bytes of the complete snapshot with the highest sequence number.
+    fn newest_complete(&self) -> Option<(u64, Vec<u8>)> {
+        self.by_seq.iter().rev().find_map(|(seq, (count, pieces))| {
+            (pieces.len() == *count as usize).then(|| {
+                let mut out = Vec::with_capacity(pieces.values().map(Bytes::len).sum());
+                for piece in pieces.values() {
+                    out.extend_from_slice(piece);
+                }
+                (*seq, out)
+            })
+        })
+    }
 }
 
 /// Waits until an append is committed by a majority of the partition's replicas
@@ -2982,6 +3090,48 @@ mod tests {
         assert_eq!(cep.stats()["definitions"][0]["lag"], 0);
     }
 
+    /// (sequence number, index, count) of each snapshot piece in the checkpoint log.
+    fn snapshot_pieces(b: &Broker) -> Vec<(u64, u32, u32)> {
+        let p = b.partition(CHECKPOINT_TOPIC, 0).unwrap();
+        let read = p
+            .log
+            .read(p.log.log_start_offset(), 64 << 20, true)
+            .unwrap();
+        let mut out = Vec::new();
+        for chunk in &read.batches {
+            for r in decode_chunk(chunk, 0, i64::MAX).0 {
+                let v = r.value.unwrap_or_default();
+                if v.starts_with(SNAPSHOT_CHUNK_MAGIC) {
+                    let n = |at: usize, len: usize| {
+                        v[at..at + len].iter().fold(0u64, |a, b| a << 8 | *b as u64)
+                    };
+                    out.push((n(4, 8), n(12, 4) as u32, n(16, 4) as u32));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn snapshot_pieces_are_used_only_when_complete() {
+        let piece = |seq: u64, index: u32, count: u32, body: &[u8]| {
+            let mut v = SNAPSHOT_CHUNK_MAGIC.to_vec();
+            v.extend_from_slice(&seq.to_be_bytes());
+            v.extend_from_slice(&index.to_be_bytes());
+            v.extend_from_slice(&count.to_be_bytes());
+            v.extend_from_slice(body);
+            Bytes::from(v)
+        };
+        let mut p = SnapshotPieces::default();
+        assert_eq!(p.add(&piece(7, 1, 2, b"def")), Ok(7));
+        assert_eq!(p.add(&piece(7, 0, 2, b"abc")), Ok(7));
+        assert_eq!(p.add(&piece(9, 0, 3, b"xyz")), Ok(9)); // torn: 1 of 3
+        assert_eq!(p.newest_complete(), Some((7, b"abcdef".to_vec())));
+        assert!(p.add(&piece(9, 3, 3, b"")).is_err());
+        assert!(p.add(&Bytes::from_static(b"WCS1\0\0")).is_err());
+        assert_eq!(p.newest_complete(), Some((7, b"abcdef".to_vec())));
+    }
+
     #[test]
     fn periodic_snapshot_on_its_thread_then_crash_after_a_log_entry() {
         let tb = broker();
@@ -3031,6 +3181,18 @@ mod tests {
         produce(&tb.broker, "auth", &[login_at("zed", false, 100_000)]);
         cep.crash_after_checkpoint.store(true, Ordering::Release);
         while cep.pass() {}
+        // The periodic snapshot came in several pieces; and a newer snapshot was cut off
+        // by the crash after its first piece: recovery must not use it.
+        let pieces = snapshot_pieces(&tb.broker);
+        assert!(pieces.iter().any(|&(_, _, count)| count > 1), "{pieces:?}");
+        let torn_seq = cep.wal.lock().seq + 1;
+        let mut torn = SNAPSHOT_CHUNK_MAGIC.to_vec();
+        torn.extend_from_slice(&torn_seq.to_be_bytes());
+        torn.extend_from_slice(&0u32.to_be_bytes());
+        torn.extend_from_slice(&2u32.to_be_bytes());
+        torn.extend_from_slice(b"WCP1 and then nothing");
+        cep.append_checkpoint(b"snapshot/torn/0", &torn, true)
+            .unwrap();
         drop(cep);
         let tb = reopen(tb);
         let cep = Cep::open(tb.broker.clone()).unwrap();
