@@ -233,7 +233,8 @@ pub struct Cep {
     admin: Mutex<()>,
     changed: Notify,
     stop: AtomicBool,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The stage's thread.
+    task: Mutex<Option<std::thread::JoinHandle<()>>>,
     next_partition: AtomicUsize,
     /// Bumped (under the engine lock) by every change of definitions or pause state.
     admin_epoch: AtomicU64,
@@ -257,9 +258,69 @@ pub struct Cep {
     /// Source partitions with no replica on this node (read from their leaders), with
     /// the high watermark the leader last reported (-1: none yet).
     unhosted: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Where the stage's time goes, for `GET /api/cep/stats`.
+    timings: Mutex<StageTimings>,
     /// Tests: stop a pass right after its checkpoint, as a crash there would.
     #[cfg(test)]
     crash_after_checkpoint: AtomicBool,
+}
+
+/// Histograms (microseconds) of the stage's passes since start: what an operator needs
+/// to see where the end-to-end latency of a match goes.
+struct StageTimings {
+    /// Age of the newest record a pass read, when the pass started reading (record
+    /// timestamp to now: the producer's batching, the produce and its commit, and the
+    /// stage's wake-up; meaningful for producer-set timestamps on one clock).
+    record_age: hdrhistogram::Histogram<u64>,
+    /// Reading and matching (the engine), per pass that read records.
+    process: hdrhistogram::Histogram<u64>,
+    /// Recording the pass (log entry or snapshot, until committed).
+    checkpoint: hdrhistogram::Histogram<u64>,
+    /// Writing the pass's outputs (until committed), per pass with outputs.
+    write: hdrhistogram::Histogram<u64>,
+    /// From the idle stage's thread being woken by new records to its pass starting.
+    handoff: hdrhistogram::Histogram<u64>,
+}
+
+impl StageTimings {
+    fn new() -> StageTimings {
+        let h = || {
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .unwrap_or_else(|_| unreachable!("constant bounds are valid"))
+        };
+        StageTimings {
+            record_age: h(),
+            process: h(),
+            checkpoint: h(),
+            write: h(),
+            handoff: h(),
+        }
+    }
+
+    fn summary(h: &hdrhistogram::Histogram<u64>) -> Value {
+        let ms = |us: u64| us as f64 / 1000.0;
+        json!({
+            "count": h.len(),
+            "p50_ms": ms(h.value_at_quantile(0.5)),
+            "p99_ms": ms(h.value_at_quantile(0.99)),
+            "p999_ms": ms(h.value_at_quantile(0.999)),
+            "max_ms": ms(h.max()),
+        })
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "record_age": Self::summary(&self.record_age),
+            "process": Self::summary(&self.process),
+            "checkpoint": Self::summary(&self.checkpoint),
+            "write": Self::summary(&self.write),
+            "handoff": Self::summary(&self.handoff),
+        })
+    }
+}
+
+fn record_us(h: &mut hdrhistogram::Histogram<u64>, d: Duration) {
+    h.saturating_record((d.as_micros() as u64).max(1));
 }
 
 /// Where this node stands with `__cep_checkpoints-0`, whose Raft leader runs the stage.
@@ -535,6 +596,7 @@ impl Cep {
             needs_recovery: AtomicBool::new(false),
             definitions_seen: AtomicI64::new(i64::MIN),
             unhosted: Mutex::new(BTreeMap::new()),
+            timings: Mutex::new(StageTimings::new()),
             #[cfg(test)]
             crash_after_checkpoint: AtomicBool::new(false),
         });
@@ -1329,6 +1391,7 @@ impl Cep {
             "definitions": defs,
             "sources": sources,
             "live_subscribers": self.live.receiver_count(),
+            "timings": self.timings.lock().to_json(),
             "webhooks": {
                 "sent": self.webhooks.sent.load(Ordering::Relaxed),
                 "failed": self.webhooks.failed.load(Ordering::Relaxed),
@@ -1504,8 +1567,14 @@ impl Cep {
             if next <= pos {
                 continue;
             }
+            if let Some(newest) = recs.iter().map(|r| r.timestamp).max() {
+                let age = Duration::from_millis(now_ms().saturating_sub(newest).max(0) as u64);
+                record_us(&mut self.timings.lock().record_age, age);
+            }
+            let started = Instant::now();
             let mut engine = self.engine.lock();
             process_records(&mut engine, &src, &recs, &mut outputs);
+            record_us(&mut self.timings.lock().process, started.elapsed());
             // Under the engine lock: a snapshot never sees the engine past records
             // whose position is not recorded.
             reads.push((src.topic().to_string(), src.index(), pos, next));
@@ -1555,6 +1624,7 @@ impl Cep {
                 return;
             }
         };
+        let started = Instant::now();
         let recorded = if snapshot {
             self.write_snapshot(&writes)
         } else {
@@ -1573,10 +1643,12 @@ impl Cep {
             self.needs_recovery.store(true, Ordering::Release);
             return;
         }
+        record_us(&mut self.timings.lock().checkpoint, started.elapsed());
         #[cfg(test)]
         if self.crash_after_checkpoint.load(Ordering::Acquire) {
             return;
         }
+        let started = Instant::now();
         for w in &writes {
             // Leadership moved: the new stage redoes this pass's writes.
             if !self.still_stage() {
@@ -1593,6 +1665,9 @@ impl Cep {
                     return;
                 }
             }
+        }
+        if !writes.is_empty() {
+            record_us(&mut self.timings.lock().write, started.elapsed());
         }
     }
 
@@ -2069,17 +2144,51 @@ impl Cep {
 
     /// Starts the engine stage on the current tokio runtime.
     pub fn start_stage(self: &Arc<Self>) {
-        *self.runtime.lock() = Some(tokio::runtime::Handle::current());
+        let rt = tokio::runtime::Handle::current();
+        *self.runtime.lock() = Some(rt.clone());
         let cep = self.clone();
-        let handle = tokio::spawn(async move { cep.run().await });
-        *self.task.lock() = Some(handle);
+        // A thread of its own: a pass blocks (fsyncs, commits), and handing each pass to
+        // the blocking pool and back cost two cross-thread wake-ups per pass, which on a
+        // busy machine is where a match's latency went.
+        let spawned = std::thread::Builder::new()
+            .name("weir-cep-stage".into())
+            .spawn(move || {
+                let _entered = rt.enter();
+                cep.run(&rt)
+            });
+        match spawned {
+            Ok(h) => *self.task.lock() = Some(h),
+            Err(e) => tracing::error!(error = %e, "cannot start the CEP stage thread"),
+        }
     }
 
-    /// The stage's loop. It runs passes only while this node leads
+    /// Runs `f`, logging a panic instead of ending the stage's thread with it.
+    fn guarded<T>(&self, what: &str, f: impl FnOnce() -> T) -> Option<T> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::error!("CEP stage: {what} panicked");
+                None
+            }
+        }
+    }
+
+    /// Waits (on the stage's thread) until `changed` is notified or `timeout` passes.
+    fn idle(&self, rt: &tokio::runtime::Handle, timeout: Duration) {
+        rt.block_on(async {
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(timeout) => {}
+            }
+        });
+    }
+
+    /// The stage's loop, on its own thread. It runs passes only while this node leads
     /// `__cep_checkpoints-0` in the term it recovered in; on gaining that leadership
     /// (once everything in its log is committed) it recovers, on losing it (or after a
     /// pass that could not be recorded or written) it drops the state.
-    async fn run(self: Arc<Self>) {
+    fn run(self: Arc<Self>, rt: &tokio::runtime::Handle) {
+        let mut woken: Option<Instant> = None;
         while !self.stop.load(Ordering::Acquire) {
             let leadership = self.checkpoint_leadership();
             let active = self.stage_term.load(Ordering::Acquire);
@@ -2089,50 +2198,35 @@ impl Cep {
                     StageLeadership::Ready(t) | StageLeadership::CatchingUp(t) if t == active);
             if !running {
                 if active != 0 || self.needs_recovery.load(Ordering::Acquire) {
-                    let cep = self.clone();
-                    if let Err(e) = tokio::task::spawn_blocking(move || cep.relinquish()).await {
-                        tracing::error!(error = %e, "stopping the CEP stage failed");
-                    }
+                    self.guarded("stopping", || self.relinquish());
                     continue;
                 }
                 if let StageLeadership::Ready(term) = leadership {
-                    let cep = self.clone();
-                    match tokio::task::spawn_blocking(move || cep.recover()).await {
-                        Ok(Ok(())) => {
+                    match self.guarded("recovery", || self.recover()) {
+                        Some(Ok(())) => {
                             self.stage_term.store(term, Ordering::Release);
                             tracing::info!(
                                 term,
                                 "running the CEP stage (this node leads {CHECKPOINT_TOPIC}-0)"
                             );
                         }
-                        Ok(Err(e)) => {
+                        Some(Err(e)) => {
                             tracing::error!(error = %format!("{e:#}"), "CEP stage recovery failed; retrying");
-                            tokio::time::sleep(RECOVERY_BACKOFF).await;
+                            self.idle(rt, RECOVERY_BACKOFF);
                         }
-                        Err(e) => {
-                            tracing::error!(error = %e, "CEP stage recovery failed; retrying");
-                            tokio::time::sleep(RECOVERY_BACKOFF).await;
-                        }
+                        None => self.idle(rt, RECOVERY_BACKOFF),
                     }
                     continue;
                 }
                 // Not the stage: keep the definitions current for listing.
-                let cep = self.clone();
-                let _ = tokio::task::spawn_blocking(move || cep.sync_definitions()).await;
-                tokio::select! {
-                    _ = self.changed.notified() => {}
-                    _ = tokio::time::sleep(LEADERSHIP_POLL) => {}
-                }
+                self.guarded("reading definitions", || self.sync_definitions());
+                self.idle(rt, LEADERSHIP_POLL);
                 continue;
             }
-            let cep = self.clone();
-            let progressed = match tokio::task::spawn_blocking(move || cep.pass()).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "CEP stage pass failed");
-                    false
-                }
-            };
+            if let Some(at) = woken.take() {
+                record_us(&mut self.timings.lock().handoff, at.elapsed());
+            }
+            let progressed = self.guarded("pass", || self.pass()).unwrap_or(false);
             if progressed {
                 continue;
             }
@@ -2154,11 +2248,13 @@ impl Cep {
             if pending || self.needs_recovery.load(Ordering::Acquire) {
                 continue;
             }
-            tokio::select! {
-                _ = notify.notified() => {}
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep(TICK) => {}
-            }
+            rt.block_on(async {
+                tokio::select! {
+                    _ = notify.notified() => woken = Some(Instant::now()),
+                    _ = self.changed.notified() => {}
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+            });
         }
     }
 
@@ -2168,7 +2264,7 @@ impl Cep {
         self.changed.notify_one();
         let handle = self.task.lock().take();
         if let Some(h) = handle {
-            let _ = h.await;
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
         let snapshot = self.snapshot_thread.lock().take();
         if let Some(h) = snapshot {

@@ -734,8 +734,9 @@ pub struct NodeRec {
 struct NodeTable {
     nodes: Vec<NodeRec>,
     events: Vec<Arc<Event>>,
-    node_ix: HashMap<*const Node, usize>,
-    event_ix: HashMap<*const Event, usize>,
+    // Keyed by address: foldhash, not SipHash (which was most of a snapshot's encoding).
+    node_ix: hashbrown::HashMap<*const Node, usize, foldhash::fast::RandomState>,
+    event_ix: hashbrown::HashMap<*const Event, usize, foldhash::fast::RandomState>,
 }
 
 impl NodeTable {
