@@ -8,8 +8,10 @@
 //!   `POST /api/cep/patterns/{id}/pause` and `/resume`; the same routes under
 //!   `/api/analytics/queries` (one engine serves both). `GET /api/cep/stats`:
 //!   per definition events in, matches out, partial matches held and lag (records of
-//!   its source partitions not read yet), and per source partition the stage's
-//!   position. `GET /api/cep/matches?pattern=ID` (all definitions without `pattern`):
+//!   its source partitions not read yet), per source partition the stage's
+//!   position, and `timings`: histograms (count, p50, p99, p99.9, max in ms) of the
+//!   age of the newest record a pass read, the matching, the checkpoint's commit, the
+//!   outputs' commit, and the stage's wake-up, i.e. where a match's latency goes. `GET /api/cep/matches?pattern=ID` (all definitions without `pattern`):
 //!   a live Server-Sent Events stream of the outputs written from now on (event name
 //!   = output kind: `match`, `window_result`, `alert`, `late`, `dead_letter`; data =
 //!   `{"pattern", "kind", "topic", "partition", "offset", "timestamp", "key",
