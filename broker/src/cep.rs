@@ -199,6 +199,8 @@ const SNAPSHOT_COST_FACTOR: u32 = 50;
 pub const SNAPSHOT_EVERY: u64 = 20_000;
 /// Segment size of the checkpoint topic (the log is trimmed segment by segment).
 const CHECKPOINT_SEGMENT_BYTES: &str = "67108864";
+/// Passes slower than this are logged (at debug), with where their time went.
+const SLOW_PASS: Duration = Duration::from_millis(5);
 /// The longest the stage sleeps without new data (processing-time timers).
 pub const TICK: Duration = Duration::from_millis(500);
 /// Bytes read from one partition per pass.
@@ -1548,6 +1550,7 @@ impl Cep {
 
     /// One pass over every source partition; true if any record was read. Blocking.
     fn pass(&self) -> bool {
+        let pass_started = Instant::now();
         // Definitions registered, deleted or paused on other nodes.
         self.sync_definitions();
         let mut outputs = Vec::new();
@@ -1587,7 +1590,20 @@ impl Cep {
         let now = now_ms();
         outputs.extend(self.engine.lock().on_processing_time(now));
         let progressed = !reads.is_empty();
+        let events: i64 = reads.iter().map(|r| r.3 - r.2).sum();
+        let (n_outputs, matched) = (outputs.len(), pass_started.elapsed());
         self.commit(outputs, reads, now);
+        let took = pass_started.elapsed();
+        if took >= SLOW_PASS {
+            tracing::debug!(
+                total_ms = took.as_secs_f64() * 1e3,
+                read_and_match_ms = matched.as_secs_f64() * 1e3,
+                record_and_write_ms = (took - matched).as_secs_f64() * 1e3,
+                offsets = events,
+                outputs = n_outputs,
+                "CEP slow pass"
+            );
+        }
         progressed
     }
 
@@ -1866,7 +1882,9 @@ impl Cep {
             .name("cep-snapshot".into())
             .spawn(move || {
                 lower_priority();
+                let encode_started = Instant::now();
                 let state = captured.encode();
+                let encode_ms = encode_started.elapsed().as_millis() as u64;
                 // The capture shares the engine's per-key state; while it is alive, the
                 // stage copies each key it changes. Release it before the slow append.
                 drop(captured);
@@ -1887,7 +1905,7 @@ impl Cep {
                 match result {
                     Ok(bytes) => {
                         let cost = started.elapsed();
-                        tracing::debug!(bytes, ms = cost.as_millis() as u64, seq, "CEP snapshot written");
+                        tracing::debug!(bytes, ms = cost.as_millis() as u64, encode_ms, seq, "CEP snapshot written");
                         wal.lock().snapshot_cost = cost;
                         if p.is_leader() {
                             if let Err(e) = p.log.delete_before(trim_to) {

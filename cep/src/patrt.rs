@@ -15,7 +15,7 @@ use crate::value::{write_num, write_str};
 use hashbrown::hash_map::EntryRef;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 /// Per-key state map. foldhash instead of std's SipHash (which was ~10% of the engine's
