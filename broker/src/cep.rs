@@ -2413,8 +2413,8 @@ impl SnapshotPieces {
 /// (fsync'd first on a one-voter group), or durable on a partition without Raft.
 fn wait_appended(p: &Partition, appended: &crate::partition::Appended) -> Result<(), String> {
     match appended.commit {
-        Some(ticket) => crate::ingest::block_on(p.wait_committed(ticket, COMMIT_TIMEOUT))
-            .map_err(|e| format!("waiting for the commit: {e}"))?
+        Some(ticket) => p
+            .wait_committed_blocking(ticket, COMMIT_TIMEOUT)
             .map_err(|(_, m)| m),
         None => p
             .log

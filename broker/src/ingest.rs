@@ -289,7 +289,8 @@ impl Broker {
             }
         }
         for (partition, ticket) in commits {
-            block_on(partition.wait_committed(ticket, REPLICATED_TIMEOUT))?
+            partition
+                .wait_committed_blocking(ticket, REPLICATED_TIMEOUT)
                 .map_err(|(_, message)| SinkError::Storage(message))?;
         }
         Ok(out)

@@ -195,31 +195,57 @@ impl Partition {
         ticket: Ticket,
         timeout: std::time::Duration,
     ) -> Result<(), AppendError> {
-        let Some(handle) = &self.replica else {
-            return Ok(());
-        };
-        // The group's own configuration, not the replica list it was opened
-        // with: a reassignment may have changed the number of voters since.
-        let one_voter = handle.inspect(|g| g.voters().len() == 1);
-        let rx = handle.watch(ticket);
-        match tokio::time::timeout(timeout, rx).await {
-            // A one-voter group commits on its own write: acks=all keeps the
-            // single-node promise of an fsync before the answer.
-            Ok(Ok(Outcome::Committed(meta))) if one_voter && meta.end > meta.base => {
+        match self.committed(ticket, timeout).await? {
+            None => Ok(()),
+            Some(last) => {
                 let log = self.log.clone();
-                match tokio::task::spawn_blocking(move || log.wait_durable(meta.end - 1)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err((
-                        ResponseError::KafkaStorageError,
-                        format!("fsync failed: {e}"),
-                    )),
+                match tokio::task::spawn_blocking(move || log.wait_durable(last)).await {
+                    Ok(r) => r.map_err(fsync_failed),
                     Err(e) => Err((
                         ResponseError::KafkaStorageError,
                         format!("fsync task failed: {e}"),
                     )),
                 }
             }
-            Ok(Ok(Outcome::Committed(_))) => Ok(()),
+        }
+    }
+
+    /// [`Partition::wait_committed`] for a thread that may block (the CEP stage,
+    /// ingest): the fsync of a one-voter group runs on the calling thread instead of
+    /// being handed to the blocking pool and back.
+    pub fn wait_committed_blocking(
+        &self,
+        ticket: Ticket,
+        timeout: std::time::Duration,
+    ) -> Result<(), AppendError> {
+        let committed = crate::ingest::block_on(self.committed(ticket, timeout))
+            .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))??;
+        match committed {
+            None => Ok(()),
+            Some(last) => self.log.wait_durable(last).map_err(fsync_failed),
+        }
+    }
+
+    /// Waits for the commit; the last offset still to fsync when a one-voter group
+    /// committed records on its own write (acks=all keeps the single-node promise of
+    /// an fsync before the answer).
+    async fn committed(
+        &self,
+        ticket: Ticket,
+        timeout: std::time::Duration,
+    ) -> Result<Option<i64>, AppendError> {
+        let Some(handle) = &self.replica else {
+            return Ok(None);
+        };
+        // The group's own configuration, not the replica list it was opened
+        // with: a reassignment may have changed the number of voters since.
+        let one_voter = handle.inspect(|g| g.voters().len() == 1);
+        let rx = handle.watch(ticket);
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Outcome::Committed(meta))) if one_voter && meta.end > meta.base => {
+                Ok(Some(meta.end - 1))
+            }
+            Ok(Ok(Outcome::Committed(_))) => Ok(None),
             Ok(Ok(Outcome::Lost)) | Ok(Err(_)) | Ok(Ok(Outcome::Pending)) => Err((
                 ResponseError::NotLeaderOrFollower,
                 "leadership changed before the records were committed".into(),
@@ -459,4 +485,11 @@ pub fn storage_error(e: StorageError) -> AppendError {
         StorageError::OffsetOutOfRange { .. } => (ResponseError::OffsetOutOfRange, e.to_string()),
         e => (ResponseError::KafkaStorageError, e.to_string()),
     }
+}
+
+fn fsync_failed(e: weir_storage::StorageError) -> (ResponseError, String) {
+    (
+        ResponseError::KafkaStorageError,
+        format!("fsync failed: {e}"),
+    )
 }
