@@ -199,6 +199,8 @@ const SNAPSHOT_COST_FACTOR: u32 = 50;
 pub const SNAPSHOT_EVERY: u64 = 20_000;
 /// Segment size of the checkpoint topic (the log is trimmed segment by segment).
 const CHECKPOINT_SEGMENT_BYTES: &str = "67108864";
+/// How often a node that does not run the stage trims its replica of the checkpoint log.
+const REPLICA_TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// Passes slower than this are logged (at debug), with where their time went.
 const SLOW_PASS: Duration = Duration::from_millis(5);
 /// The longest the stage sleeps without new data (processing-time timers).
@@ -264,6 +266,8 @@ pub struct Cep {
     unhosted: Mutex<BTreeMap<(String, i32), i64>>,
     /// Where the stage's time goes, for `GET /api/cep/stats`.
     timings: Mutex<StageTimings>,
+    /// This node's replica of the checkpoint topic while another node runs the stage.
+    replica_trim: Mutex<ReplicaTrim>,
     /// Tests: stop a pass right after its checkpoint, as a crash there would.
     #[cfg(test)]
     crash_after_checkpoint: AtomicBool,
@@ -601,6 +605,7 @@ impl Cep {
             definitions_seen: AtomicI64::new(i64::MIN),
             unhosted: Mutex::new(BTreeMap::new()),
             timings: Mutex::new(StageTimings::new()),
+            replica_trim: Mutex::new(ReplicaTrim::default()),
             #[cfg(test)]
             crash_after_checkpoint: AtomicBool::new(false),
         });
@@ -785,6 +790,69 @@ impl Cep {
         tracing::info!(
             "not running the CEP stage any more (this node does not lead {CHECKPOINT_TOPIC}-0)"
         );
+    }
+
+    /// On a node that does not run the stage: trims its replica of the checkpoint topic
+    /// as the stage trims its own after each snapshot (the stage's trim is not
+    /// replicated), up to the newest complete snapshot and the log entries numbered
+    /// after it. Reads only what was committed since the last look, at most every
+    /// [`REPLICA_TRIM_INTERVAL`].
+    fn trim_checkpoint_replica(&self) {
+        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) else {
+            return;
+        };
+        let mut trim = self.replica_trim.lock();
+        if p.is_leader()
+            || trim
+                .last
+                .is_some_and(|t| t.elapsed() < REPLICA_TRIM_INTERVAL)
+        {
+            return;
+        }
+        trim.last = Some(Instant::now());
+        let hw = p.high_watermark();
+        let start = p.log.log_start_offset();
+        if trim.next < start {
+            *trim = ReplicaTrim {
+                last: trim.last,
+                next: start,
+                ..ReplicaTrim::default()
+            };
+        }
+        let mut pos = trim.next;
+        while pos < hw {
+            let read = match p.log.read(pos, READ_BYTES, true) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the checkpoint replica to trim it");
+                    return;
+                }
+            };
+            if read.batches.is_empty() {
+                break;
+            }
+            let before = pos;
+            for chunk in &read.batches {
+                let (recs, next) = decode_chunk(chunk, pos, hw);
+                pos = next;
+                for r in recs {
+                    trim.note(r.offset, r.key.as_deref(), r.value.as_deref());
+                }
+            }
+            if pos == before {
+                break;
+            }
+        }
+        trim.next = pos;
+        if let Some(keep_from) = trim.keep_from() {
+            if keep_from > start {
+                match p.log.delete_before(keep_from) {
+                    Ok(low) => tracing::debug!(low, "checkpoint replica trimmed"),
+                    Err(e) => tracing::warn!(error = %e, "checkpoint replica not trimmed"),
+                }
+            }
+            trim.forget_before(keep_from);
+        }
     }
 
     /// Applies the definitions topic's committed records to the engine when they
@@ -2238,8 +2306,12 @@ impl Cep {
                     }
                     continue;
                 }
-                // Not the stage: keep the definitions current for listing.
+                // Not the stage: keep the definitions current for listing, and this
+                // node's copy of the checkpoint log as short as the stage keeps its own.
                 self.guarded("reading definitions", || self.sync_definitions());
+                self.guarded("trimming the checkpoint replica", || {
+                    self.trim_checkpoint_replica()
+                });
                 self.idle(rt, LEADERSHIP_POLL);
                 continue;
             }
@@ -2409,6 +2481,73 @@ impl SnapshotPieces {
     }
 }
 
+/// What a replica of the checkpoint topic holds, as far as trimming it goes: where
+/// each snapshot's pieces and each log entry are.
+#[derive(Default)]
+struct ReplicaTrim {
+    /// The next offset to look at.
+    next: i64,
+    /// When the replica was last looked at.
+    last: Option<Instant>,
+    /// Per snapshot number: pieces expected (0: a snapshot in one record), pieces
+    /// seen, offset of its first.
+    snapshots: BTreeMap<u64, (u32, u32, i64)>,
+    /// Per log entry number: its offset.
+    entries: BTreeMap<u64, i64>,
+}
+
+impl ReplicaTrim {
+    /// Notes one record of the checkpoint topic (by its key, and a piece's header).
+    fn note(&mut self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let key = key.and_then(|k| std::str::from_utf8(k).ok()).unwrap_or("");
+        let value = value.unwrap_or(&[]);
+        if value.starts_with(SNAPSHOT_CHUNK_MAGIC) && value.len() >= 20 {
+            let word = |at: usize| {
+                value[at..at + 4]
+                    .iter()
+                    .fold(0u32, |a, b| a << 8 | *b as u32)
+            };
+            let seq = value[4..12].iter().fold(0u64, |a, b| a << 8 | *b as u64);
+            let count = word(16);
+            let entry = self.snapshots.entry(seq).or_insert((count, 0, offset));
+            if entry.0 != count {
+                *entry = (count, 0, offset);
+            }
+            entry.1 += 1;
+        } else if value.starts_with(SNAPSHOT_MAGIC) {
+            // A snapshot in one record (before pieces): its number is in its header.
+            if let Ok((header, _)) = decode_snapshot_header(value) {
+                self.snapshots.insert(header.seq, (0, 0, offset));
+            }
+        } else if let Some(seq) = key
+            .strip_prefix("log/")
+            .and_then(|rest| rest.rsplit('/').next())
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            self.entries.insert(seq, offset);
+        }
+    }
+
+    /// Where the replica may start: the first record of the newest complete snapshot
+    /// or anything numbered after it (entries appended while it was written, a newer
+    /// snapshot still being written), whichever comes first. None: no complete one.
+    fn keep_from(&self) -> Option<i64> {
+        let (&seq, &(_, _, first)) = self
+            .snapshots
+            .iter()
+            .rev()
+            .find(|(_, (count, seen, _))| *count == 0 || seen >= count)?;
+        let later_entries = self.entries.range(seq + 1..).map(|(_, &o)| o);
+        let later_snapshots = self.snapshots.range(seq + 1..).map(|(_, &(_, _, o))| o);
+        Some(later_entries.chain(later_snapshots).fold(first, i64::min))
+    }
+
+    fn forget_before(&mut self, offset: i64) {
+        self.snapshots.retain(|_, (_, _, first)| *first >= offset);
+        self.entries.retain(|_, o| *o >= offset);
+    }
+}
+
 /// Waits until an append is committed by a majority of the partition's replicas
 /// (fsync'd first on a one-voter group), or durable on a partition without Raft.
 fn wait_appended(p: &Partition, appended: &crate::partition::Appended) -> Result<(), String> {
@@ -2539,7 +2678,8 @@ fn encode_snapshot(header: &CheckpointHeader, state: &[u8]) -> Result<Vec<u8>, S
     Ok(out)
 }
 
-fn decode_snapshot(bytes: &[u8]) -> Result<(CheckpointHeader, Vec<u8>), String> {
+/// A one-record snapshot's header and the offset of its state in `bytes`.
+fn decode_snapshot_header(bytes: &[u8]) -> Result<(CheckpointHeader, usize), String> {
     let rest = bytes
         .strip_prefix(SNAPSHOT_MAGIC)
         .ok_or("not a checkpoint (bad magic)")?;
@@ -2551,7 +2691,12 @@ fn decode_snapshot(bytes: &[u8]) -> Result<(CheckpointHeader, Vec<u8>), String> 
     let header = rest.get(4..4 + len).ok_or("truncated checkpoint header")?;
     let header: CheckpointHeader =
         serde_json::from_slice(header).map_err(|e| format!("bad checkpoint header: {e}"))?;
-    Ok((header, rest[4 + len..].to_vec()))
+    Ok((header, SNAPSHOT_MAGIC.len() + 4 + len))
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<(CheckpointHeader, Vec<u8>), String> {
+    let (header, at) = decode_snapshot_header(bytes)?;
+    Ok((header, bytes[at..].to_vec()))
 }
 
 /// The records of a chunk of batches with offsets in `from..hw`, and the offset to
@@ -3229,6 +3374,53 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_is_trimmed_to_the_newest_complete_snapshot_and_what_follows_it() {
+        let piece = |seq: u64, index: u32, count: u32| {
+            let mut v = SNAPSHOT_CHUNK_MAGIC.to_vec();
+            v.extend_from_slice(&seq.to_be_bytes());
+            v.extend_from_slice(&index.to_be_bytes());
+            v.extend_from_slice(&count.to_be_bytes());
+            v.extend_from_slice(b"state");
+            v
+        };
+        let entry = |seq: u64| format!("log/1700000000000/{seq}");
+        let one_record = encode_snapshot(
+            &CheckpointHeader {
+                seq: 3,
+                positions: Vec::new(),
+                writes: Vec::new(),
+            },
+            b"{}",
+        )
+        .unwrap();
+        let mut t = ReplicaTrim::default();
+        assert_eq!(t.keep_from(), None, "nothing to trim to yet");
+        t.note(0, Some(b"snapshot"), Some(&one_record));
+        t.note(3, Some(entry(4).as_bytes()), Some(b"WWL1{}"));
+        assert_eq!(t.keep_from(), Some(0));
+        t.note(10, Some(b"snapshot/5/0"), Some(&piece(5, 0, 2)));
+        assert_eq!(t.keep_from(), Some(0), "snapshot 5 is not complete");
+        t.note(11, Some(entry(6).as_bytes()), Some(b"WWL1{}"));
+        t.note(12, Some(b"snapshot/5/1"), Some(&piece(5, 1, 2)));
+        assert_eq!(t.keep_from(), Some(10));
+        // A newer snapshot being written, and an entry written meanwhile.
+        t.note(19, Some(entry(8).as_bytes()), Some(b"WWL1{}"));
+        t.note(20, Some(b"snapshot/7/0"), Some(&piece(7, 0, 3)));
+        assert_eq!(t.keep_from(), Some(10));
+        t.forget_before(10);
+        t.note(21, Some(b"snapshot/7/1"), Some(&piece(7, 1, 3)));
+        t.note(22, Some(b"snapshot/7/2"), Some(&piece(7, 2, 3)));
+        assert_eq!(
+            t.keep_from(),
+            Some(19),
+            "entry 8 was written after snapshot 7's capture"
+        );
+        t.forget_before(19);
+        assert_eq!(t.snapshots.len(), 1);
+        assert_eq!(t.entries.len(), 1);
+    }
+
+    #[test]
     fn snapshot_pieces_are_used_only_when_complete() {
         let piece = |seq: u64, index: u32, count: u32, body: &[u8]| {
             let mut v = SNAPSHOT_CHUNK_MAGIC.to_vec();
@@ -3285,6 +3477,16 @@ mod tests {
             start > 0,
             "trimmed to the entries after the periodic snapshot"
         );
+        // A replica on a node without the stage is trimmed by its own rule to the same
+        // place (here read from the leader's trimmed log: it finds what it must keep).
+        let mut replica = ReplicaTrim::default();
+        let read = ck.log.read(start, 64 << 20, true).unwrap();
+        for chunk in &read.batches {
+            for r in decode_chunk(chunk, start, ck.high_watermark()).0 {
+                replica.note(r.offset, r.key.as_deref(), r.value.as_deref());
+            }
+        }
+        assert_eq!(replica.keep_from(), Some(start));
         // A pass recorded after the snapshot, then a crash before its outputs.
         produce(
             &tb.broker,
