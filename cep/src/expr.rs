@@ -868,7 +868,8 @@ impl Expr {
         match self {
             Expr::FieldEqStr(f, s, neg) => {
                 let eq = match c.current().map(|e| e.get(*f)) {
-                    Some(Val::Str(v)) => **v == **s,
+                    // Short strings compared as words (no `memcmp` call per event).
+                    Some(Val::Str(v)) => crate::event::bytes_eq(v.as_bytes(), s.as_bytes()),
                     _ => false,
                 };
                 eq != *neg
