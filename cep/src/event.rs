@@ -151,11 +151,15 @@ impl RawRecord {
             timestamp_ms: r.timestamp_ms,
             key: r.key.map(Box::from),
             value: Box::from(r.value),
-            headers: r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_vec()))
-                .collect(),
+            // No headers (the usual case) without going through an empty vector.
+            headers: if r.headers.is_empty() {
+                Box::default()
+            } else {
+                r.headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_vec()))
+                    .collect()
+            },
         }
     }
 }

@@ -877,8 +877,18 @@ impl Expr {
             Expr::And(a, b) => a.test(c) && b.test(c),
             Expr::Or(a, b) => a.test(c) || b.test(c),
             Expr::Not(a) => !a.test(c),
-            _ => self.eval(c).truthy(),
+            // The same as `eval(..).truthy()` below, without building a `Cow`.
+            Expr::Field(f) => c.current().is_some_and(|e| e.get(*f).truthy()),
+            Expr::Lit(v) => v.truthy(),
+            _ => self.test_eval(c),
         }
+    }
+
+    /// The general case of [`Expr::test`], out of line: inlined, `eval` made every
+    /// `test` call (twice per event and partial match) pay for its large frame.
+    #[inline(never)]
+    fn test_eval<C: Ctx>(&self, c: &C) -> bool {
+        self.eval(c).truthy()
     }
 
     pub fn eval<'a, C: Ctx>(&'a self, c: &'a C) -> Cow<'a, Val> {

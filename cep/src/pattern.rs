@@ -724,6 +724,10 @@ impl Matcher<'_> {
             c.evictions += excess as u64;
         }
         ks.runs = new;
+        if done.is_empty() && ks.pending.is_empty() {
+            // What `emit` returns for an empty batch and nothing held (the usual case).
+            return Vec::new();
+        }
         let mut batch: Vec<Completed> = done.into_iter().map(Completed::new).collect();
         batch.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         self.emit(ks, batch)
