@@ -5,7 +5,7 @@
 //! rest of the JSON is validated and skipped. The raw record is kept for outputs that
 //! embed whole events, for late/dead-letter outputs and for checkpoints.
 
-use crate::value::Val;
+use crate::value::{VStr, Val};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -209,7 +209,8 @@ const STR_CACHE_MAX_LEN: usize = 32;
 
 impl StrCache {
     pub(crate) fn get(&mut self, field: u32, s: &str) -> Val {
-        if s.len() > STR_CACHE_MAX_LEN {
+        if s.len() > STR_CACHE_MAX_LEN || s.len() <= crate::value::VSTR_INLINE {
+            // Short strings are held inline (cheaper than sharing), long ones not cached.
             return Val::str(s);
         }
         let i = field as usize;
@@ -226,7 +227,7 @@ impl StrCache {
         for w in slot.ways.iter().flatten() {
             if bytes_eq(w.as_bytes(), s.as_bytes()) {
                 slot.misses = 0;
-                return Val::Str(w.clone());
+                return Val::Str(VStr::Shared(w.clone()));
             }
         }
         slot.misses += 1;
@@ -238,7 +239,7 @@ impl StrCache {
         let a: Arc<str> = Arc::from(s);
         slot.ways[slot.next % STR_CACHE_WAYS] = Some(a.clone());
         slot.next = (slot.next + 1) % STR_CACHE_WAYS;
-        Val::Str(a)
+        Val::Str(VStr::Shared(a))
     }
 }
 

@@ -19,7 +19,7 @@
 
 use crate::error::CepError;
 use crate::event::{Event, FieldTable};
-use crate::value::Val;
+use crate::value::{VStr, Val};
 use regex::Regex;
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -542,7 +542,7 @@ pub enum Expr {
     Or(Box<Expr>, Box<Expr>),
     Bin(BinOp, Box<Expr>, Box<Expr>),
     /// Fast path: field == string literal.
-    FieldEqStr(u32, Arc<str>, bool),
+    FieldEqStr(u32, VStr, bool),
     In(Box<Expr>, Vec<Expr>, bool),
     Matches(Box<Expr>, Arc<Regex>),
     Call(Func, Box<Expr>),

@@ -109,7 +109,8 @@ impl ReorderBuffer {
         }
         if let Some(b) = self.in_order.front() {
             for v in b.ev.vals.iter() {
-                if let crate::value::Val::Str(s) = v {
+                // Short strings are inline in the event (loaded with it).
+                if let crate::value::Val::Str(crate::value::VStr::Shared(s)) = v {
                     prefetch(s.as_ptr());
                 }
             }
