@@ -227,7 +227,7 @@ impl StrCache {
         for w in slot.ways.iter().flatten() {
             if bytes_eq(w.as_bytes(), s.as_bytes()) {
                 slot.misses = 0;
-                return Val::Str(VStr::Shared(w.clone()));
+                return Val::Str(VStr::from(w.clone()));
             }
         }
         slot.misses += 1;
@@ -239,7 +239,7 @@ impl StrCache {
         let a: Arc<str> = Arc::from(s);
         slot.ways[slot.next % STR_CACHE_WAYS] = Some(a.clone());
         slot.next = (slot.next + 1) % STR_CACHE_WAYS;
-        Val::Str(VStr::Shared(a))
+        Val::Str(VStr::from(a))
     }
 }
 

@@ -110,8 +110,10 @@ impl ReorderBuffer {
         if let Some(b) = self.in_order.front() {
             for v in b.ev.vals.iter() {
                 // Short strings are inline in the event (loaded with it).
-                if let crate::value::Val::Str(crate::value::VStr::Shared(s)) = v {
-                    prefetch(s.as_ptr());
+                if let crate::value::Val::Str(s) = v {
+                    if !s.is_inline() {
+                        prefetch(s.as_ptr());
+                    }
                 }
             }
         }

@@ -16,7 +16,12 @@ pub(crate) const VSTR_INLINE: usize = 22;
 /// is dropped), shared otherwise. Compares, orders, hashes, prints and serialises as its
 /// `str`; which form holds a string is not observable.
 #[derive(Clone)]
-pub enum VStr {
+pub struct VStr(Repr);
+
+/// Private, so that an inline string is only ever built from a whole `&str` (see
+/// `From<&str>`): its bytes are always valid UTF-8.
+#[derive(Clone)]
+enum Repr {
     Inline { len: u8, buf: [u8; VSTR_INLINE] },
     Shared(Arc<str>),
 }
@@ -24,52 +29,59 @@ pub enum VStr {
 impl VStr {
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            VStr::Inline { len, buf } => buf.get(..*len as usize).unwrap_or(&[]),
-            VStr::Shared(s) => s.as_bytes(),
+        match &self.0 {
+            Repr::Inline { len, buf } => buf.get(..*len as usize).unwrap_or(&[]),
+            Repr::Shared(s) => s.as_bytes(),
         }
     }
 
     #[inline]
     pub fn as_str(&self) -> &str {
-        match self {
-            VStr::Inline { .. } => {
-                let b = self.as_bytes();
-                if b.is_ascii() {
-                    // SAFETY: every byte of `b` is below 0x80, and ASCII is valid UTF-8.
-                    unsafe { std::str::from_utf8_unchecked(b) }
-                } else {
-                    // Built from a whole `&str` (see `From<&str>`), so always valid: the
-                    // fallback is never taken.
-                    std::str::from_utf8(b).unwrap_or("")
-                }
+        match &self.0 {
+            Repr::Inline { len, buf } => {
+                let b = buf.get(..*len as usize).unwrap_or(&[]);
+                // SAFETY: `Repr` is private and an inline string is only built by
+                // `From<&str>`, which copies all `len` bytes of a `&str` (valid UTF-8) into
+                // `buf`; nothing changes them afterwards (`VStr` has no mutating method).
+                // Checked by `short_strings_are_inline_and_behave_as_str`.
+                unsafe { std::str::from_utf8_unchecked(b) }
             }
-            VStr::Shared(s) => s,
+            Repr::Shared(s) => s,
         }
+    }
+
+    /// Whether the string is held inline (not behind a pointer).
+    #[inline]
+    pub fn is_inline(&self) -> bool {
+        matches!(self.0, Repr::Inline { .. })
     }
 }
 
 impl From<&str> for VStr {
     #[inline]
     fn from(s: &str) -> VStr {
-        if s.len() <= VSTR_INLINE {
+        let n = s.len();
+        if n <= VSTR_INLINE {
             let mut buf = [0u8; VSTR_INLINE];
-            if let Some(d) = buf.get_mut(..s.len()) {
-                d.copy_from_slice(s.as_bytes());
+            let b = s.as_bytes();
+            if let Some(w) = crate::event::word8(b) {
+                // Up to 8 bytes (the usual ids and types): one word, no `memcpy` call.
+                if let Some(d) = buf.get_mut(..8) {
+                    d.copy_from_slice(&w.to_le_bytes());
+                }
+            } else if let Some(d) = buf.get_mut(..n) {
+                d.copy_from_slice(b);
             }
-            VStr::Inline {
-                len: s.len() as u8,
-                buf,
-            }
+            VStr(Repr::Inline { len: n as u8, buf })
         } else {
-            VStr::Shared(Arc::from(s))
+            VStr(Repr::Shared(Arc::from(s)))
         }
     }
 }
 
 impl From<Arc<str>> for VStr {
     fn from(s: Arc<str>) -> VStr {
-        VStr::Shared(s)
+        VStr(Repr::Shared(s))
     }
 }
 
@@ -332,17 +344,20 @@ mod write_tests {
             "u12345",
             "login",
             "ü日本",
+            "12345678",
+            "123456789",
+            "é",
             "1234567890123456789012",
             &long,
             "\u{0}",
         ];
         for a in all {
             let v = VStr::from(a);
-            assert_eq!(matches!(v, VStr::Inline { .. }), a.len() <= 22, "{a:?}");
+            assert_eq!(v.is_inline(), a.len() <= 22, "{a:?}");
             assert_eq!((v.as_str(), v.as_bytes(), &*v), (a, a.as_bytes(), a));
             assert_eq!(v.to_string(), a);
             assert_eq!(format!("{v:?}"), format!("{a:?}"));
-            let shared = VStr::Shared(Arc::from(a));
+            let shared = VStr::from(Arc::<str>::from(a));
             assert_eq!(v, shared);
             let j = serde_json::to_string(&Val::Str(v.clone())).unwrap_or_default();
             assert_eq!(
@@ -367,7 +382,7 @@ mod write_tests {
         use std::hash::BuildHasher;
         assert_eq!(
             s.hash_one(VStr::from("abc")),
-            s.hash_one(VStr::Shared(Arc::from("abc")))
+            s.hash_one(VStr::from(Arc::<str>::from("abc")))
         );
     }
 
