@@ -750,6 +750,13 @@ impl Matcher<'_> {
         spare: &mut Runs,
     ) -> Vec<Completed> {
         let e = Step1 { x, time, seq };
+        if ks.runs.is_empty() {
+            // No partial matches (most keys): only new starts, built in place, without
+            // swapping run vectors. The same as below with `old` empty.
+            let mut done = Vec::new();
+            self.proceed(&mut ks.runs, &mut done, c, &e, 0, None);
+            return self.settle(ks, done, c);
+        }
         let mut old = std::mem::take(&mut ks.runs);
         let mut new = std::mem::take(spare);
         new.clear();
@@ -779,14 +786,24 @@ impl Matcher<'_> {
         }
         *spare = old;
         self.proceed(&mut new, &mut done, c, &e, 0, None);
-        if new.len() > self.max_runs {
-            let excess = new.len() - self.max_runs;
+        ks.runs = new;
+        self.settle(ks, done, c)
+    }
+
+    /// After an event: the runs over the limit are evicted, completed matches emitted.
+    fn settle(
+        &self,
+        ks: &mut KeyState,
+        done: Vec<Arc<Node>>,
+        c: &mut MatchCounters,
+    ) -> Vec<Completed> {
+        if ks.runs.len() > self.max_runs {
+            let excess = ks.runs.len() - self.max_runs;
             // the oldest partial matches go first
-            new.sort_by_key(|r| r.start_seq);
-            new.drain(..excess);
+            ks.runs.sort_by_key(|r| r.start_seq);
+            ks.runs.drain(..excess);
             c.evictions += excess as u64;
         }
-        ks.runs = new;
         if done.is_empty() && ks.pending.is_empty() {
             // What `emit` returns for an empty batch and nothing held (the usual case).
             return Vec::new();
