@@ -330,8 +330,11 @@ impl PatternRt {
                 self.scratch_prefix = Some((ev.rec.partition, key.len()));
             }
         }
-        if let Some(p) = &self.partition_by {
-            p.eval(&EventCtx(ev)).key_text(&mut key);
+        match &self.partition_by {
+            // A plain field (the usual `partition_by`): what `eval` returns for it.
+            Some(Expr::Field(f)) => ev.get(*f).key_text(&mut key),
+            Some(p) => p.eval(&EventCtx(ev)).key_text(&mut key),
+            None => {}
         }
         let mut mc = MatchCounters::default();
         let matcher = Matcher {
