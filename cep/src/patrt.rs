@@ -80,10 +80,19 @@ impl ReorderBuffer {
         }
     }
 
-    pub(crate) fn peek_time(&self) -> Option<i64> {
-        match self.next_in_order()? {
-            true => self.in_order.front().map(|b| b.time),
-            false => self.late.peek().map(|b| b.time),
+    /// [`ReorderBuffer::pop`] if the next event's time is at most `t` (one comparison
+    /// of the two heads instead of two: `peek_time`, then `pop`).
+    fn pop_due(&mut self, t: i64) -> Option<Buffered> {
+        if self.next_in_order()? {
+            if self.in_order.front()?.time > t {
+                return None;
+            }
+            self.in_order.pop_front()
+        } else {
+            if self.late.peek()?.time > t {
+                return None;
+            }
+            self.late.pop()
         }
     }
 
@@ -294,15 +303,9 @@ impl PatternRt {
     }
 
     fn release(&mut self, limits: &Limits, st: &mut Stats, out: &mut Vec<Output>) {
-        while self
-            .buffer
-            .peek_time()
-            .is_some_and(|t| t <= self.clock.watermark)
-        {
-            if let Some(b) = self.buffer.pop() {
-                self.buffer.prefetch_next();
-                self.handle(&b.ev, b.time, limits, st, out);
-            }
+        while let Some(b) = self.buffer.pop_due(self.clock.watermark) {
+            self.buffer.prefetch_next();
+            self.handle(&b.ev, b.time, limits, st, out);
         }
     }
 
