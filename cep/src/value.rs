@@ -160,6 +160,7 @@ pub enum Val {
 pub(crate) static NULL: Val = Val::Null;
 
 impl Val {
+    #[inline]
     pub fn str(s: &str) -> Val {
         Val::Str(VStr::from(s))
     }
