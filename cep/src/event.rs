@@ -314,7 +314,9 @@ pub struct FieldTable {
     top_list: Vec<(String, Entries)>,
     /// `(length, first bytes as a word)` of each `top_list` key, for the comparison in
     /// [`FieldTable::top_entries`] (see [`word8`]).
-    top_words: Vec<(usize, Option<u64>)>,
+    /// (A key longer than 8 bytes has word 0: only its length is compared here, and no
+    /// key of up to 8 bytes has its length.)
+    top_words: Vec<(usize, u64)>,
     specials: Vec<(u32, Special)>,
 }
 
@@ -346,7 +348,8 @@ impl FieldTable {
             match self.top_list.iter_mut().find(|(k, _)| *k == first) {
                 Some((_, list)) => list.push((id, rest.clone())),
                 None => {
-                    self.top_words.push((first.len(), word8(first.as_bytes())));
+                    self.top_words
+                        .push((first.len(), word8(first.as_bytes()).unwrap_or(0)));
                     self.top_list
                         .push((first.clone(), vec![(id, rest.clone())]));
                 }
@@ -365,7 +368,7 @@ impl FieldTable {
     }
 
     /// The fields under top-level key `k`.
-    #[inline]
+    #[inline(always)]
     fn top_entries(&self, k: &str) -> Option<&Entries> {
         if self.top_list.len() <= 8 {
             let k = k.as_bytes();
@@ -373,12 +376,11 @@ impl FieldTable {
                 // Keys of up to 8 bytes (nearly all): one comparison of length and word
                 // per candidate instead of a byte loop.
                 let n = k.len();
-                for (i, &(len, tw)) in self.top_words.iter().enumerate() {
-                    if len == n && tw == Some(w) {
-                        return self.top_list.get(i).map(|(_, e)| e);
-                    }
-                }
-                return None;
+                let i = self
+                    .top_words
+                    .iter()
+                    .position(|&(len, tw)| len == n && tw == w)?;
+                return self.top_list.get(i).map(|(_, e)| e);
             }
             // Lengths first, then the bytes inline: keys are a few bytes, and `==` on
             // strings calls `memcmp` for every candidate of the same length.
