@@ -116,6 +116,12 @@ impl DefRt {
     }
 }
 
+/// `t == Some(topic)`, short names compared as words (no `memcmp` call per record).
+#[inline]
+fn is_topic(t: Option<&str>, topic: &str) -> bool {
+    t.is_some_and(|t| crate::event::bytes_eq(t.as_bytes(), topic.as_bytes()))
+}
+
 /// The CEP and streaming analytics engine. See the crate docs.
 pub struct Engine {
     limits: Limits,
@@ -268,13 +274,13 @@ impl Engine {
         if !self
             .defs
             .iter()
-            .any(|d| !d.paused && d.topic() == Some(rec.topic))
+            .any(|d| !d.paused && is_topic(d.topic(), rec.topic))
         {
             return out;
         }
         // The topic of the previous record first: records come in runs of one topic.
         let topic = match &self.last_topic {
-            Some(t) if **t == *rec.topic => t.clone(),
+            Some(t) if is_topic(Some(t), rec.topic) => t.clone(),
             _ => match self.topics.get(rec.topic) {
                 Some(t) => t.clone(),
                 None => {
@@ -326,7 +332,7 @@ impl Engine {
         let limits = self.limits;
         for i in 0..self.defs.len() {
             let d = &mut self.defs[i];
-            if d.paused || d.topic() != Some(rec.topic) {
+            if d.paused || !is_topic(d.topic(), rec.topic) {
                 continue;
             }
             let start = out.len();

@@ -5,7 +5,7 @@
 //! rest of the JSON is validated and skipped. The raw record is kept for outputs that
 //! embed whole events, for late/dead-letter outputs and for checkpoints.
 
-use crate::value::Val;
+use crate::value::{VStr, Val};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -151,11 +151,15 @@ impl RawRecord {
             timestamp_ms: r.timestamp_ms,
             key: r.key.map(Box::from),
             value: Box::from(r.value),
-            headers: r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_vec()))
-                .collect(),
+            // No headers (the usual case) without going through an empty vector.
+            headers: if r.headers.is_empty() {
+                Box::default()
+            } else {
+                r.headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_vec()))
+                    .collect()
+            },
         }
     }
 }
@@ -205,7 +209,8 @@ const STR_CACHE_MAX_LEN: usize = 32;
 
 impl StrCache {
     pub(crate) fn get(&mut self, field: u32, s: &str) -> Val {
-        if s.len() > STR_CACHE_MAX_LEN {
+        if s.len() > STR_CACHE_MAX_LEN || s.len() <= crate::value::VSTR_INLINE {
+            // Short strings are held inline (cheaper than sharing), long ones not cached.
             return Val::str(s);
         }
         let i = field as usize;
@@ -220,9 +225,9 @@ impl StrCache {
             return Val::str(s);
         }
         for w in slot.ways.iter().flatten() {
-            if &**w == s {
+            if bytes_eq(w.as_bytes(), s.as_bytes()) {
                 slot.misses = 0;
-                return Val::Str(w.clone());
+                return Val::Str(VStr::from(w.clone()));
             }
         }
         slot.misses += 1;
@@ -234,7 +239,44 @@ impl StrCache {
         let a: Arc<str> = Arc::from(s);
         slot.ways[slot.next % STR_CACHE_WAYS] = Some(a.clone());
         slot.next = (slot.next + 1) % STR_CACHE_WAYS;
-        Val::Str(a)
+        Val::Str(VStr::from(a))
+    }
+}
+
+/// The bytes of `k` as a little-endian word, zero-padded, if `k` has at most 8 bytes
+/// (with the length, this identifies `k`). No loop and no `memcpy`: two possibly
+/// overlapping loads of 4 (or 2) bytes; a byte in both has the same value in both.
+#[inline]
+pub(crate) fn word8(k: &[u8]) -> Option<u64> {
+    let n = k.len();
+    let le4 = |b: &[u8]| -> u64 {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(b);
+        u64::from(u32::from_le_bytes(w))
+    };
+    let le2 = |b: &[u8]| -> u64 {
+        let mut w = [0u8; 2];
+        w.copy_from_slice(b);
+        u64::from(u16::from_le_bytes(w))
+    };
+    Some(match n {
+        0 => 0,
+        1 => u64::from(k[0]),
+        2..=3 => le2(&k[..2]) | (le2(&k[n - 2..]) << ((n - 2) * 8)),
+        4..=8 => le4(&k[..4]) | (le4(&k[n - 4..]) << ((n - 4) * 8)),
+        _ => return None,
+    })
+}
+
+/// `a == b`, without a `memcmp` call for short strings (field values and literals).
+#[inline]
+pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    match (word8(a), word8(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
     }
 }
 
@@ -270,6 +312,11 @@ pub struct FieldTable {
     /// The same as a list: looked up by a linear scan while short (every key of every
     /// event is looked up; a few string comparisons beat hashing it).
     top_list: Vec<(String, Entries)>,
+    /// `(length, first bytes as a word)` of each `top_list` key, for the comparison in
+    /// [`FieldTable::top_entries`] (see [`word8`]).
+    /// (A key longer than 8 bytes has word 0: only its length is compared here, and no
+    /// key of up to 8 bytes has its length.)
+    top_words: Vec<(usize, u64)>,
     specials: Vec<(u32, Special)>,
 }
 
@@ -300,9 +347,12 @@ impl FieldTable {
             let rest: Vec<String> = segs.map(|s| s.to_string()).collect();
             match self.top_list.iter_mut().find(|(k, _)| *k == first) {
                 Some((_, list)) => list.push((id, rest.clone())),
-                None => self
-                    .top_list
-                    .push((first.clone(), vec![(id, rest.clone())])),
+                None => {
+                    self.top_words
+                        .push((first.len(), word8(first.as_bytes()).unwrap_or(0)));
+                    self.top_list
+                        .push((first.clone(), vec![(id, rest.clone())]));
+                }
             }
             self.top.entry(first).or_default().push((id, rest));
         }
@@ -318,12 +368,22 @@ impl FieldTable {
     }
 
     /// The fields under top-level key `k`.
-    #[inline]
+    #[inline(always)]
     fn top_entries(&self, k: &str) -> Option<&Entries> {
         if self.top_list.len() <= 8 {
+            let k = k.as_bytes();
+            if let Some(w) = word8(k) {
+                // Keys of up to 8 bytes (nearly all): one comparison of length and word
+                // per candidate instead of a byte loop.
+                let n = k.len();
+                let i = self
+                    .top_words
+                    .iter()
+                    .position(|&(len, tw)| len == n && tw == w)?;
+                return self.top_list.get(i).map(|(_, e)| e);
+            }
             // Lengths first, then the bytes inline: keys are a few bytes, and `==` on
             // strings calls `memcmp` for every candidate of the same length.
-            let k = k.as_bytes();
             self.top_list
                 .iter()
                 .find(|(t, _)| t.len() == k.len() && t.bytes().zip(k).all(|(a, &b)| a == b))
@@ -342,8 +402,14 @@ impl FieldTable {
     /// [`FieldTable::parse`], sharing string values with recent events through `strs`.
     #[allow(clippy::result_unit_err)]
     pub fn parse_cached(&self, rec: RawRecord, strs: &mut StrCache) -> Result<Event, ()> {
-        let mut vals: SmallVec<[Val; INLINE_FIELDS]> = SmallVec::new();
-        vals.extend(std::iter::repeat_with(|| Val::Null).take(self.paths.len()));
+        let n = self.paths.len();
+        let mut vals: SmallVec<[Val; INLINE_FIELDS]> = if n <= INLINE_FIELDS {
+            // All slots `Null` at once (the slots past `n` are `Null` too, and hold
+            // nothing to drop).
+            SmallVec::from_buf_and_len([const { Val::Null }; INLINE_FIELDS], n)
+        } else {
+            std::iter::repeat_with(|| Val::Null).take(n).collect()
+        };
         // The common case without serde (see `flatjson`); anything it does not decide
         // goes through serde_json as before.
         if crate::flatjson::scan(&rec.value, |k| self.top_entries(k), &mut vals, strs).is_none() {
@@ -554,6 +620,68 @@ mod tests {
             "{}",
             std::mem::size_of::<Event>()
         );
+    }
+
+    #[test]
+    fn short_words_identify_short_strings() {
+        let all: Vec<&[u8]> = vec![
+            b"",
+            b"a",
+            b"b",
+            b"ab",
+            b"ba",
+            b"abc",
+            b"acb",
+            b"\0",
+            b"\0\0",
+            b"ts",
+            b"ip",
+            b"user",
+            b"type",
+            b"userx",
+            b"success",
+            b"successs",
+            b"abcdefgh",
+            b"abcdefgi",
+            b"bbcdefgh",
+            b"abcdefghi",
+            b"abcdefghj",
+            b"\xff\xfe\0\x01",
+        ];
+        for a in &all {
+            assert_eq!(word8(a).is_some(), a.len() <= 8);
+            if let Some(w) = word8(a) {
+                let mut b = [0u8; 8];
+                b[..a.len()].copy_from_slice(a);
+                assert_eq!(w, u64::from_le_bytes(b), "{a:?}");
+            }
+            for b in &all {
+                assert_eq!(bytes_eq(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+        let mut t = FieldTable::default();
+        for p in ["user", "ts", "success", "a.b", "verylongfieldname", "x"] {
+            t.intern(p);
+        }
+        for (k, id) in [
+            ("user", Some(0)),
+            ("ts", Some(1)),
+            ("success", Some(2)),
+            ("a", Some(3)),
+            ("verylongfieldname", Some(4)),
+            ("x", Some(5)),
+            ("ip", None),
+            ("us", None),
+            ("verylongfieldnamf", None),
+            ("", None),
+            ("tsx", None),
+        ] {
+            assert_eq!(
+                t.top_entries(k).and_then(|e| e.first()).map(|e| e.0),
+                id,
+                "{k}"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@
 
 use crate::error::CepError;
 use crate::event::{Event, FieldTable};
-use crate::value::Val;
+use crate::value::{VStr, Val};
 use regex::Regex;
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -542,7 +542,7 @@ pub enum Expr {
     Or(Box<Expr>, Box<Expr>),
     Bin(BinOp, Box<Expr>, Box<Expr>),
     /// Fast path: field == string literal.
-    FieldEqStr(u32, Arc<str>, bool),
+    FieldEqStr(u32, VStr, bool),
     In(Box<Expr>, Vec<Expr>, bool),
     Matches(Box<Expr>, Arc<Regex>),
     Call(Func, Box<Expr>),
@@ -868,7 +868,8 @@ impl Expr {
         match self {
             Expr::FieldEqStr(f, s, neg) => {
                 let eq = match c.current().map(|e| e.get(*f)) {
-                    Some(Val::Str(v)) => **v == **s,
+                    // Short strings compared as words (no `memcmp` call per event).
+                    Some(Val::Str(v)) => crate::event::bytes_eq(v.as_bytes(), s.as_bytes()),
                     _ => false,
                 };
                 eq != *neg
@@ -876,8 +877,18 @@ impl Expr {
             Expr::And(a, b) => a.test(c) && b.test(c),
             Expr::Or(a, b) => a.test(c) || b.test(c),
             Expr::Not(a) => !a.test(c),
-            _ => self.eval(c).truthy(),
+            // The same as `eval(..).truthy()` below, without building a `Cow`.
+            Expr::Field(f) => c.current().is_some_and(|e| e.get(*f).truthy()),
+            Expr::Lit(v) => v.truthy(),
+            _ => self.test_eval(c),
         }
+    }
+
+    /// The general case of [`Expr::test`], out of line: inlined, `eval` made every
+    /// `test` call (twice per event and partial match) pay for its large frame.
+    #[inline(never)]
+    fn test_eval<C: Ctx>(&self, c: &C) -> bool {
+        self.eval(c).truthy()
     }
 
     pub fn eval<'a, C: Ctx>(&'a self, c: &'a C) -> Cow<'a, Val> {

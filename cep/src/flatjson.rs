@@ -345,7 +345,12 @@ pub(crate) fn scan<'t>(
                         b'"' => {
                             c.i += 1;
                             let s = utf8(c.plain_str()?)?;
-                            strs.get(field, s)
+                            if s.len() <= crate::value::VSTR_INLINE {
+                                // What the cache returns for short strings, without the call.
+                                Val::str(s)
+                            } else {
+                                strs.get(field, s)
+                            }
                         }
                         b'n' => {
                             c.lit(b"null")?;

@@ -14,30 +14,35 @@ const INLINE: usize = 22;
 /// pointer, and a new key costs no allocation. Hashes, compares and orders as its `str`
 /// (so maps keyed by it are looked up by `&str`).
 #[derive(Clone)]
-pub enum KeyStr {
+pub struct KeyStr(Repr);
+
+/// Private, so that an inline key is only ever built from a whole `&str` (see
+/// `From<&str>`): its bytes are always valid UTF-8.
+#[derive(Clone)]
+enum Repr {
     Inline { len: u8, buf: [u8; INLINE] },
     Heap(Box<str>),
 }
 
 impl KeyStr {
     pub fn as_str(&self) -> &str {
-        match self {
-            KeyStr::Inline { len, buf } => {
-                // Built from a whole `&str` of `len` bytes (see `From<&str>`), so this is
-                // always valid UTF-8; the fallback is never taken. Called for every
-                // comparison and hash of a key in the state maps: ASCII keys (the usual
-                // ones) skip `from_utf8`'s general check, which was ~1.5% of the
-                // instructions of the brute-force benchmark.
+        match &self.0 {
+            Repr::Inline { len, buf } => {
                 let b = buf.get(..*len as usize).unwrap_or(&[]);
-                if b.is_ascii() {
-                    // SAFETY: every byte of `b` is below 0x80, and ASCII is valid UTF-8.
-                    unsafe { std::str::from_utf8_unchecked(b) }
-                } else {
-                    std::str::from_utf8(b).unwrap_or("")
-                }
+                // SAFETY: `Repr` is private and an inline key is only built by
+                // `From<&str>`, which copies all `len` bytes of a `&str` (valid UTF-8) into
+                // `buf`; `KeyStr` has no method that changes them. Called for every
+                // comparison and hash of a key in the state maps, which no longer check
+                // the bytes each time (`is_ascii`, before: `from_utf8`).
+                unsafe { std::str::from_utf8_unchecked(b) }
             }
-            KeyStr::Heap(s) => s,
+            Repr::Heap(s) => s,
         }
+    }
+
+    /// Whether the key is held inline (not behind a pointer).
+    pub fn is_inline(&self) -> bool {
+        matches!(self.0, Repr::Inline { .. })
     }
 }
 
@@ -46,12 +51,12 @@ impl From<&str> for KeyStr {
         if s.len() <= INLINE {
             let mut buf = [0u8; INLINE];
             buf[..s.len()].copy_from_slice(s.as_bytes());
-            KeyStr::Inline {
+            KeyStr(Repr::Inline {
                 len: s.len() as u8,
                 buf,
-            }
+            })
         } else {
-            KeyStr::Heap(s.into())
+            KeyStr(Repr::Heap(s.into()))
         }
     }
 }
@@ -115,7 +120,7 @@ mod tests {
         ] {
             let k = KeyStr::from(s);
             assert_eq!(k.as_str(), s);
-            assert_eq!(matches!(k, KeyStr::Inline { .. }), s.len() <= 22);
+            assert_eq!(k.is_inline(), s.len() <= 22);
         }
         assert!(KeyStr::from("0\u{1}a") < KeyStr::from(long.as_str()));
         assert!(KeyStr::from("0\u{1}z") > KeyStr::from(long.as_str()));

@@ -11,6 +11,7 @@ use crate::def::StepDef;
 use crate::error::{parse_duration, CepError};
 use crate::event::{Event, FieldTable};
 use crate::expr::{self, Ctx, Expr, Scope};
+use crate::value::{VStr, Val};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::sync::Arc;
@@ -58,6 +59,59 @@ pub struct Step {
     pub contiguity: Contig,
     pub inner: Contig,
     pub negated: bool,
+    /// `cond` flattened, when it is a conjunction of tests on the current event's
+    /// fields (`type == 'login' && !success`): evaluated in a loop, without the
+    /// recursive [`Expr::test`] (built from `cond` at compile time).
+    pub fast: Option<Vec<FastTest>>,
+}
+
+/// One test of a flattened condition (see [`Step::fast`]).
+#[derive(Debug, Clone)]
+pub enum FastTest {
+    /// `field == 'text'` (`!=` when the flag is set), as `Expr::FieldEqStr`.
+    EqStr(u32, VStr, bool),
+    /// The field is truthy (falsy when the flag is set), as `Expr::Field` / `!field`.
+    Truthy(u32, bool),
+}
+
+/// Appends the tests of `e` if it is a conjunction of field tests (else `false`).
+fn flatten_cond(e: &Expr, out: &mut Vec<FastTest>) -> bool {
+    match e {
+        Expr::And(a, b) => flatten_cond(a, out) && flatten_cond(b, out),
+        Expr::FieldEqStr(f, v, neg) => {
+            out.push(FastTest::EqStr(*f, v.clone(), *neg));
+            true
+        }
+        Expr::Field(f) => {
+            out.push(FastTest::Truthy(*f, false));
+            true
+        }
+        Expr::Not(x) => match &**x {
+            // !(eq != neg) == (eq != !neg)
+            Expr::FieldEqStr(f, v, neg) => {
+                out.push(FastTest::EqStr(*f, v.clone(), !*neg));
+                true
+            }
+            Expr::Field(f) => {
+                out.push(FastTest::Truthy(*f, true));
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// What `Expr::test` gives for the flattened condition `tests` on current event `ev`.
+#[inline]
+fn fast_test(tests: &[FastTest], ev: Option<&Event>) -> bool {
+    tests.iter().all(|t| match t {
+        FastTest::EqStr(f, v, neg) => {
+            let eq = matches!(ev.map(|e| e.get(*f)), Some(Val::Str(x)) if x == v);
+            eq != *neg
+        }
+        FastTest::Truthy(f, neg) => ev.is_some_and(|e| e.get(*f).truthy()) != *neg,
+    })
 }
 
 /// A compiled pattern.
@@ -181,8 +235,13 @@ impl Pattern {
                     )
                 }
             };
+            let fast = cond.as_ref().and_then(|c| {
+                let mut v = Vec::new();
+                flatten_cond(c, &mut v).then_some(v)
+            });
             steps.push(Step {
                 name: d.name.clone(),
+                fast,
                 cond,
                 min,
                 max,
@@ -248,9 +307,13 @@ impl Pattern {
     /// Evaluates step `j`'s condition.
     #[inline]
     pub fn test<C: Ctx>(&self, j: usize, ctx: &C) -> bool {
-        match self.steps.get(j).and_then(|s| s.cond.as_ref()) {
+        match self.steps.get(j) {
             None => true,
-            Some(c) => c.test(ctx),
+            Some(s) => match (&s.fast, &s.cond) {
+                (Some(f), _) => fast_test(f, ctx.current()),
+                (None, None) => true,
+                (None, Some(c)) => c.test(ctx),
+            },
         }
     }
 
@@ -687,6 +750,13 @@ impl Matcher<'_> {
         spare: &mut Runs,
     ) -> Vec<Completed> {
         let e = Step1 { x, time, seq };
+        if ks.runs.is_empty() {
+            // No partial matches (most keys): only new starts, built in place, without
+            // swapping run vectors. The same as below with `old` empty.
+            let mut done = Vec::new();
+            self.proceed(&mut ks.runs, &mut done, c, &e, 0, None);
+            return self.settle(ks, done, c);
+        }
         let mut old = std::mem::take(&mut ks.runs);
         let mut new = std::mem::take(spare);
         new.clear();
@@ -716,14 +786,28 @@ impl Matcher<'_> {
         }
         *spare = old;
         self.proceed(&mut new, &mut done, c, &e, 0, None);
-        if new.len() > self.max_runs {
-            let excess = new.len() - self.max_runs;
+        ks.runs = new;
+        self.settle(ks, done, c)
+    }
+
+    /// After an event: the runs over the limit are evicted, completed matches emitted.
+    fn settle(
+        &self,
+        ks: &mut KeyState,
+        done: Vec<Arc<Node>>,
+        c: &mut MatchCounters,
+    ) -> Vec<Completed> {
+        if ks.runs.len() > self.max_runs {
+            let excess = ks.runs.len() - self.max_runs;
             // the oldest partial matches go first
-            new.sort_by_key(|r| r.start_seq);
-            new.drain(..excess);
+            ks.runs.sort_by_key(|r| r.start_seq);
+            ks.runs.drain(..excess);
             c.evictions += excess as u64;
         }
-        ks.runs = new;
+        if done.is_empty() && ks.pending.is_empty() {
+            // What `emit` returns for an empty batch and nothing held (the usual case).
+            return Vec::new();
+        }
         let mut batch: Vec<Completed> = done.into_iter().map(Completed::new).collect();
         batch.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         self.emit(ks, batch)
@@ -810,5 +894,76 @@ impl Matcher<'_> {
             out.push(m);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::RawRecord;
+
+    #[test]
+    fn flattened_conditions_agree_with_expr_test() {
+        let long = "a_type_name_longer_than_22_bytes";
+        let conds = [
+            "type == 'login' && !success".to_string(),
+            "success".into(),
+            "!success".into(),
+            "type != 'login'".into(),
+            "!(type == 'login')".into(),
+            "!(type != 'x') && success && type == 'login'".into(),
+            "type == 'login' || success".into(),
+            "n > 1 && success".into(),
+            "user == 'u1' && !(user != 'u1')".into(),
+            format!("type == '{long}' && !(type != '{long}')"),
+            "!!success".into(),
+        ];
+        let recs = [
+            r#"{"type":"login","success":false}"#.to_string(),
+            r#"{"type":"login","success":true}"#.into(),
+            r#"{"type":"logout","success":1}"#.into(),
+            r#"{"type":"x","success":0,"n":2}"#.into(),
+            r#"{"success":"","user":"u1"}"#.into(),
+            r#"{"type":["login"],"success":null,"user":"u12"}"#.into(),
+            "{}".into(),
+            r#"{"type":"login","success":"no","n":"2"}"#.into(),
+            format!(r#"{{"type":"{long}","success":true}}"#),
+            format!(r#"{{"type":"{long}x","success":true}}"#),
+        ];
+        let mut flattened = 0;
+        for c in &conds {
+            let mut fields = FieldTable::default();
+            let def: StepDef =
+                serde_json::from_value(serde_json::json!({"name": "a", "where": c})).unwrap();
+            let p = Pattern::compile(&[def], None, None, &mut fields).unwrap();
+            let step = &p.steps[0];
+            let cond = step.cond.as_ref().unwrap();
+            flattened += usize::from(step.fast.is_some());
+            for r in &recs {
+                let ev = fields
+                    .parse(RawRecord {
+                        topic: Arc::from("t"),
+                        partition: 0,
+                        offset: 0,
+                        timestamp_ms: 0,
+                        key: None,
+                        value: Box::from(r.as_bytes()),
+                        headers: Box::default(),
+                    })
+                    .unwrap();
+                let ctx = PathCtx {
+                    path: None,
+                    cur: Some((&ev, 0)),
+                };
+                assert_eq!(p.test(0, &ctx), cond.test(&ctx), "{c} on {r}");
+            }
+            let none = PathCtx {
+                path: None,
+                cur: None,
+            };
+            assert_eq!(p.test(0, &none), cond.test(&none), "{c} without an event");
+        }
+        // All but `||`, `>` and `!!` are flattened.
+        assert_eq!(flattened, conds.len() - 3);
     }
 }

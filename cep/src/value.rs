@@ -1,8 +1,148 @@
 //! The value type expressions evaluate to, and a tiny JSON writer for outputs.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
 use std::sync::Arc;
+
+/// Longest string a [`VStr`] holds inline (with its length and tag, as large as the
+/// shared form: a [`Val`] stays 24 bytes).
+pub(crate) const VSTR_INLINE: usize = 22;
+
+/// A string value: inline when short (user ids, IP addresses, event types: no allocation
+/// when parsed, no reference count to update or cold allocation to free when the event
+/// is dropped), shared otherwise. Compares, orders, hashes, prints and serialises as its
+/// `str`; which form holds a string is not observable.
+#[derive(Clone)]
+pub struct VStr(Repr);
+
+/// Private, so that an inline string is only ever built from a whole `&str` (see
+/// `From<&str>`): its bytes are always valid UTF-8.
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, buf: [u8; VSTR_INLINE] },
+    Shared(Arc<str>),
+}
+
+impl VStr {
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, buf } => buf.get(..*len as usize).unwrap_or(&[]),
+            Repr::Shared(s) => s.as_bytes(),
+        }
+    }
+
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Inline { len, buf } => {
+                let b = buf.get(..*len as usize).unwrap_or(&[]);
+                // SAFETY: `Repr` is private and an inline string is only built by
+                // `From<&str>`, which copies all `len` bytes of a `&str` (valid UTF-8) into
+                // `buf`; nothing changes them afterwards (`VStr` has no mutating method).
+                // Checked by `short_strings_are_inline_and_behave_as_str`.
+                unsafe { std::str::from_utf8_unchecked(b) }
+            }
+            Repr::Shared(s) => s,
+        }
+    }
+
+    /// Whether the string is held inline (not behind a pointer).
+    #[inline]
+    pub fn is_inline(&self) -> bool {
+        matches!(self.0, Repr::Inline { .. })
+    }
+}
+
+impl From<&str> for VStr {
+    #[inline]
+    fn from(s: &str) -> VStr {
+        let n = s.len();
+        if n <= VSTR_INLINE {
+            let mut buf = [0u8; VSTR_INLINE];
+            let b = s.as_bytes();
+            if let Some(w) = crate::event::word8(b) {
+                // Up to 8 bytes (the usual ids and types): one word, no `memcpy` call.
+                if let Some(d) = buf.get_mut(..8) {
+                    d.copy_from_slice(&w.to_le_bytes());
+                }
+            } else if let Some(d) = buf.get_mut(..n) {
+                d.copy_from_slice(b);
+            }
+            VStr(Repr::Inline { len: n as u8, buf })
+        } else {
+            VStr(Repr::Shared(Arc::from(s)))
+        }
+    }
+}
+
+impl From<Arc<str>> for VStr {
+    fn from(s: Arc<str>) -> VStr {
+        VStr(Repr::Shared(s))
+    }
+}
+
+impl Deref for VStr {
+    type Target = str;
+    #[inline]
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for VStr {
+    #[inline]
+    fn eq(&self, o: &Self) -> bool {
+        crate::event::bytes_eq(self.as_bytes(), o.as_bytes())
+    }
+}
+impl Eq for VStr {}
+
+impl PartialOrd for VStr {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for VStr {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // Byte order is `str` order.
+        self.as_bytes().cmp(o.as_bytes())
+    }
+}
+
+impl Hash for VStr {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+impl fmt::Debug for VStr {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for VStr {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        fmt::Display::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for VStr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for VStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<VStr, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(VStr::from(s.as_str()))
+    }
+}
 
 /// A field or expression value. Numbers are `f64` (integral values are written back as
 /// JSON integers). Arrays and objects are kept as JSON.
@@ -12,7 +152,7 @@ pub enum Val {
     Null,
     Bool(bool),
     Num(f64),
-    Str(Arc<str>),
+    Str(VStr),
     List(Arc<Vec<Val>>),
     Json(Arc<serde_json::Value>),
 }
@@ -20,8 +160,9 @@ pub enum Val {
 pub(crate) static NULL: Val = Val::Null;
 
 impl Val {
+    #[inline]
     pub fn str(s: &str) -> Val {
-        Val::Str(Arc::from(s))
+        Val::Str(VStr::from(s))
     }
 
     /// Truthiness used by `&&`, `||`, `!` and `where`: `true`, a non-zero number, a
@@ -47,7 +188,7 @@ impl Val {
 
     pub fn as_str(&self) -> Option<&str> {
         match self {
-            Val::Str(s) => Some(s),
+            Val::Str(s) => Some(s.as_str()),
             _ => None,
         }
     }
@@ -188,6 +329,63 @@ pub(crate) fn write_str(s: &str, out: &mut String) {
 #[cfg(test)]
 mod write_tests {
     use super::*;
+
+    #[test]
+    fn short_strings_are_inline_and_behave_as_str() {
+        // A `Val` is as large with inline strings as it was with `Arc<str>` only.
+        assert!(
+            std::mem::size_of::<Val>() <= 24,
+            "{}",
+            std::mem::size_of::<Val>()
+        );
+        let long = "x".repeat(23);
+        let all = [
+            "",
+            "a",
+            "u12345",
+            "login",
+            "ü日本",
+            "12345678",
+            "123456789",
+            "é",
+            "1234567890123456789012",
+            &long,
+            "\u{0}",
+        ];
+        for a in all {
+            let v = VStr::from(a);
+            assert_eq!(v.is_inline(), a.len() <= 22, "{a:?}");
+            assert_eq!((v.as_str(), v.as_bytes(), &*v), (a, a.as_bytes(), a));
+            assert_eq!(v.to_string(), a);
+            assert_eq!(format!("{v:?}"), format!("{a:?}"));
+            let shared = VStr::from(Arc::<str>::from(a));
+            assert_eq!(v, shared);
+            let j = serde_json::to_string(&Val::Str(v.clone())).unwrap_or_default();
+            assert_eq!(
+                j,
+                serde_json::to_string(&serde_json::json!({ "Str": a })).unwrap_or_default()
+            );
+            let back: Val = serde_json::from_str(&j).unwrap_or(Val::Null);
+            assert_eq!(back, Val::Str(shared.clone()));
+            let h = |x: &VStr| {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(x)
+            };
+            let _ = h(&v);
+            for b in all {
+                let w = VStr::from(b);
+                assert_eq!(v == w, a == b, "{a:?} {b:?}");
+                assert_eq!(v.cmp(&w), a.cmp(b), "{a:?} {b:?}");
+                assert_eq!(Val::Str(v.clone()).loose_eq(&Val::str(b)), a == b);
+            }
+        }
+        let s = std::collections::hash_map::RandomState::new();
+        use std::hash::BuildHasher;
+        assert_eq!(
+            s.hash_one(VStr::from("abc")),
+            s.hash_one(VStr::from(Arc::<str>::from("abc")))
+        );
+    }
 
     #[test]
     fn numbers_and_strings_are_written_as_with_fmt() {
