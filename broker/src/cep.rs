@@ -27,7 +27,8 @@
 //!   [`Engine::process`], calls [`Engine::on_processing_time`] at least every
 //!   [`TICK`], and appends the outputs to their topics (created on first use with
 //!   the broker's defaults, whatever `auto.create.topics.enable` says), keyed
-//!   outputs to the partition of their key, each partition's outputs fsync'd.
+//!   outputs to the partition of their key, each partition's outputs committed
+//!   (see "Durability" below).
 //!   Alert outputs with a webhook are then POSTed to it (JSON, 3 attempts, counted
 //!   in the stats; delivery is at least once and not part of the checkpoint).
 //! * Where reading starts: a definition sees only records appended after it was
@@ -49,13 +50,13 @@
 //!    reading, replayed before its own reads: its timers can only have expired state,
 //!    and a later reading subsumes earlier ones.)
 //! 2. Before any output is appended, one record describing the pass is appended (and
-//!    fsync'd when the pass has outputs): either a **snapshot** (the engine's full
+//!    committed when the pass has outputs): either a **snapshot** (the engine's full
 //!    state from [`Engine::checkpoint`]: definitions, pause state, partial matches,
 //!    windows, watermarks, processed offsets) or a small **log entry** (the ranges
 //!    read, in order, and the clock reading), each with the read positions after the
 //!    pass and the pass's planned writes (partition, end offset before the write,
 //!    the output records themselves).
-//! 3. The outputs are appended and fsync'd.
+//! 3. The outputs are appended and committed.
 //!
 //! Snapshots and log entries share one sequence of numbers. A snapshot is taken every
 //! [`SNAPSHOT_INTERVAL`] (or [`SNAPSHOT_EVERY`] entries; less often if snapshots take
@@ -89,6 +90,25 @@
 //! their new source topics were when registered (the registration record carries the
 //! committed high watermarks the registering node saw, `"from"`). Source partitions the
 //! snapshot does not know (the topic was created after it) are read from their start.
+//!
+//! ## Durability
+//!
+//! "Committed" is the Raft commit: a majority of the replicas wrote the record, each
+//! under its topic's flush policy, as for an acks=all produce in a cluster. On a single
+//! node (a one-voter group) that is the record written to the log, as for acks=1: the
+//! stage does not add the fsync that an acks=all produce gets there. So outputs are
+//! exactly once across a process crash (`kill -9`: the page cache survives it) and a
+//! minority of dead nodes. Across power loss of a single node they are only with
+//! `flush.messages=1` on `__cep_checkpoints` and the output topics (or broker-wide
+//! `log.flush.interval.messages=1`), which makes every commit an fsync; then the log
+//! entry of a pass is on disk before its outputs are written, and they are on disk
+//! before the next pass. Without it, a power loss can lose the tail of both, or keep an
+//! output whose log entry was lost, which the restart then writes again; the source
+//! records, unless fsync'd themselves, are at the same risk. Why not fsync always: a
+//! pass waits for two commits, a few hundred passes a second at 50,000 events/s, and on
+//! the virtual machines this was measured on each fsync cost a quarter of the broker's
+//! CPU (the block device's doorbell is a VM exit) and most of a match's tail latency
+//! (benches/README.md, "cep-s5, end to end").
 //!
 //! ## In a cluster: one stage, on the leader of `__cep_checkpoints-0`
 //!
@@ -2023,7 +2043,7 @@ impl Cep {
     }
 
     /// Appends `records` to the planned partition, durably; returns the first offset.
-    /// Committed by a majority (fsync'd on a single node); forwarded to the partition's
+    /// Committed by a majority (written, on a single node); forwarded to the partition's
     /// leader when another node leads it.
     fn append_planned(&self, w: &PlannedWrite, records: &[PlannedRecord]) -> Result<i64, String> {
         let mut set = Vec::new();
@@ -2548,12 +2568,14 @@ impl ReplicaTrim {
     }
 }
 
-/// Waits until an append is committed by a majority of the partition's replicas
-/// (fsync'd first on a one-voter group), or durable on a partition without Raft.
+/// Waits until an append is committed by a majority of the partition's replicas,
+/// each under its flush policy (on a single node: written, and fsync'd only under
+/// `flush.messages=1`), or durable on a partition without Raft. See the module doc,
+/// "Durability", for why the stage does not add an fsync of its own.
 fn wait_appended(p: &Partition, appended: &crate::partition::Appended) -> Result<(), String> {
     match appended.commit {
         Some(ticket) => p
-            .wait_committed_blocking(ticket, COMMIT_TIMEOUT)
+            .wait_replicated_blocking(ticket, COMMIT_TIMEOUT)
             .map_err(|(_, m)| m),
         None => p
             .log

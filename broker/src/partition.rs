@@ -226,6 +226,20 @@ impl Partition {
         }
     }
 
+    /// Waits until a replicated append is committed (a majority of the replicas wrote
+    /// it, each under its flush policy), without the extra fsync that acks=all adds on
+    /// a one-voter group: the promise of acks=1 on a single node, of acks=all in a
+    /// cluster. For a thread that may block (the CEP stage).
+    pub fn wait_replicated_blocking(
+        &self,
+        ticket: Ticket,
+        timeout: std::time::Duration,
+    ) -> Result<(), AppendError> {
+        crate::ingest::block_on(self.committed(ticket, timeout))
+            .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?
+            .map(|_| ())
+    }
+
     /// Waits for the commit; the last offset still to fsync when a one-voter group
     /// committed records on its own write (acks=all keeps the single-node promise of
     /// an fsync before the answer).
