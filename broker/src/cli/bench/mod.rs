@@ -76,8 +76,11 @@ pub struct BenchArgs {
     /// Partitions of the topic when it is created.
     #[arg(long, default_value_t = 1)]
     pub partitions: i32,
-    /// Replication factor of the topic when it is created.
-    #[arg(long, default_value_t = 1)]
+    /// Replication factor of the topic when it is created (-1: the broker's
+    /// `default.replication.factor`, as `kafka-topics` does; in a cluster with
+    /// `min.insync.replicas=2`, a factor of 1 would refuse every acks=all write,
+    /// the CEP stage's outputs included).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub replication_factor: i16,
     /// Producers, each with its own connection.
     #[arg(long, default_value_t = 1)]
