@@ -2440,12 +2440,7 @@ fn append_snapshot_to(
     let mut first = None;
     for (i, piece) in value.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
         go_on()?;
-        let mut chunk = Vec::with_capacity(20 + piece.len());
-        chunk.extend_from_slice(SNAPSHOT_CHUNK_MAGIC);
-        chunk.extend_from_slice(&seq.to_be_bytes());
-        chunk.extend_from_slice(&(i as u32).to_be_bytes());
-        chunk.extend_from_slice(&count32.to_be_bytes());
-        chunk.extend_from_slice(piece);
+        let chunk = snapshot_piece(seq, i as u32, count32, piece);
         // Unique keys: compaction must never keep a newer, incomplete snapshot's piece
         // in place of an older complete one's.
         let key = format!("snapshot/{seq}/{i}");
@@ -2453,6 +2448,30 @@ fn append_snapshot_to(
         first.get_or_insert(offset);
     }
     first.ok_or_else(|| "empty snapshot".to_string())
+}
+
+/// A `WCS1` record: a snapshot's `index`th piece of `count`.
+fn snapshot_piece(seq: u64, index: u32, count: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(PIECE_HEADER_LEN + body.len());
+    v.extend_from_slice(SNAPSHOT_CHUNK_MAGIC);
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(&index.to_be_bytes());
+    v.extend_from_slice(&count.to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+const PIECE_HEADER_LEN: usize = 20;
+
+/// A `WCS1` record's (sequence number, index, count); None if it is not one or is cut.
+fn piece_header(value: &[u8]) -> Option<(u64, u32, u32)> {
+    if !value.starts_with(SNAPSHOT_CHUNK_MAGIC) {
+        return None;
+    }
+    let seq = u64::from_be_bytes(value.get(4..12)?.try_into().ok()?);
+    let index = u32::from_be_bytes(value.get(12..16)?.try_into().ok()?);
+    let count = u32::from_be_bytes(value.get(16..20)?.try_into().ok()?);
+    Some((seq, index, count))
 }
 
 /// The pieces of snapshots found while reading the checkpoint topic, by sequence number.
@@ -2464,14 +2483,8 @@ struct SnapshotPieces {
 impl SnapshotPieces {
     /// Notes a `WCS1` record; errs on a malformed one.
     fn add(&mut self, value: &Bytes) -> Result<u64, String> {
-        let field = |at: usize, len: usize| {
-            value
-                .get(at..at + len)
-                .ok_or_else(|| "truncated snapshot piece".to_string())
-        };
-        let seq = u64::from_be_bytes(field(4, 8)?.try_into().map_err(|_| "bad piece")?);
-        let index = u32::from_be_bytes(field(12, 4)?.try_into().map_err(|_| "bad piece")?);
-        let count = u32::from_be_bytes(field(16, 4)?.try_into().map_err(|_| "bad piece")?);
+        let (seq, index, count) =
+            piece_header(value).ok_or_else(|| "truncated snapshot piece".to_string())?;
         if index >= count {
             return Err(format!("snapshot piece {index} of {count}"));
         }
@@ -2483,7 +2496,7 @@ impl SnapshotPieces {
             // A second attempt at the same number, cut differently: the newer one counts.
             *entry = (count, BTreeMap::new());
         }
-        entry.1.insert(index, value.slice(20..));
+        entry.1.insert(index, value.slice(PIECE_HEADER_LEN..));
         Ok(seq)
     }
 
@@ -2521,14 +2534,7 @@ impl ReplicaTrim {
     fn note(&mut self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
         let key = key.and_then(|k| std::str::from_utf8(k).ok()).unwrap_or("");
         let value = value.unwrap_or(&[]);
-        if value.starts_with(SNAPSHOT_CHUNK_MAGIC) && value.len() >= 20 {
-            let word = |at: usize| {
-                value[at..at + 4]
-                    .iter()
-                    .fold(0u32, |a, b| a << 8 | *b as u32)
-            };
-            let seq = value[4..12].iter().fold(0u64, |a, b| a << 8 | *b as u64);
-            let count = word(16);
+        if let Some((seq, _, count)) = piece_header(value) {
             let entry = self.snapshots.entry(seq).or_insert((count, 0, offset));
             if entry.0 != count {
                 *entry = (count, 0, offset);
@@ -3383,13 +3389,7 @@ mod tests {
         let mut out = Vec::new();
         for chunk in &read.batches {
             for r in decode_chunk(chunk, 0, i64::MAX).0 {
-                let v = r.value.unwrap_or_default();
-                if v.starts_with(SNAPSHOT_CHUNK_MAGIC) {
-                    let n = |at: usize, len: usize| {
-                        v[at..at + len].iter().fold(0u64, |a, b| a << 8 | *b as u64)
-                    };
-                    out.push((n(4, 8), n(12, 4) as u32, n(16, 4) as u32));
-                }
+                out.extend(piece_header(&r.value.unwrap_or_default()));
             }
         }
         out
@@ -3397,14 +3397,7 @@ mod tests {
 
     #[test]
     fn a_replica_is_trimmed_to_the_newest_complete_snapshot_and_what_follows_it() {
-        let piece = |seq: u64, index: u32, count: u32| {
-            let mut v = SNAPSHOT_CHUNK_MAGIC.to_vec();
-            v.extend_from_slice(&seq.to_be_bytes());
-            v.extend_from_slice(&index.to_be_bytes());
-            v.extend_from_slice(&count.to_be_bytes());
-            v.extend_from_slice(b"state");
-            v
-        };
+        let piece = |seq: u64, index: u32, count: u32| snapshot_piece(seq, index, count, b"state");
         let entry = |seq: u64| format!("log/1700000000000/{seq}");
         let one_record = encode_snapshot(
             &CheckpointHeader {
@@ -3445,12 +3438,7 @@ mod tests {
     #[test]
     fn snapshot_pieces_are_used_only_when_complete() {
         let piece = |seq: u64, index: u32, count: u32, body: &[u8]| {
-            let mut v = SNAPSHOT_CHUNK_MAGIC.to_vec();
-            v.extend_from_slice(&seq.to_be_bytes());
-            v.extend_from_slice(&index.to_be_bytes());
-            v.extend_from_slice(&count.to_be_bytes());
-            v.extend_from_slice(body);
-            Bytes::from(v)
+            Bytes::from(snapshot_piece(seq, index, count, body))
         };
         let mut p = SnapshotPieces::default();
         assert_eq!(p.add(&piece(7, 1, 2, b"def")), Ok(7));
@@ -3526,11 +3514,7 @@ mod tests {
         let pieces = snapshot_pieces(&tb.broker);
         assert!(pieces.iter().any(|&(_, _, count)| count > 1), "{pieces:?}");
         let torn_seq = cep.wal.lock().seq + 1;
-        let mut torn = SNAPSHOT_CHUNK_MAGIC.to_vec();
-        torn.extend_from_slice(&torn_seq.to_be_bytes());
-        torn.extend_from_slice(&0u32.to_be_bytes());
-        torn.extend_from_slice(&2u32.to_be_bytes());
-        torn.extend_from_slice(b"WCP1 and then nothing");
+        let torn = snapshot_piece(torn_seq, 0, 2, b"WCP1 and then nothing");
         cep.append_checkpoint(b"snapshot/torn/0", &torn, true)
             .unwrap();
         drop(cep);
