@@ -210,9 +210,9 @@ impl Partition {
         }
     }
 
-    /// [`Partition::wait_committed`] for a thread that may block (the CEP stage,
-    /// ingest): the fsync of a one-voter group runs on the calling thread instead of
-    /// being handed to the blocking pool and back.
+    /// [`Partition::wait_committed`] for a thread that may block (HTTP/file ingest):
+    /// the fsync of a one-voter group runs on the calling thread instead of being
+    /// handed to the blocking pool and back.
     pub fn wait_committed_blocking(
         &self,
         ticket: Ticket,
