@@ -255,4 +255,7 @@ fn cep_reports_matches_and_their_latency() {
     assert_latency(&v, &["latency_ms"]);
     assert_eq!(num(&v, &["latency_ms", "count"]), matches, "{v}");
     assert_latency(&v, &["wakeup_delay_ms"]);
+    // The broker's own split of the time: every pass that read records is counted.
+    assert!(num(&v, &["stage_timings", "process", "count"]) > 0.0, "{v}");
+    assert!(num(&v, &["stage_timings", "write", "count"]) > 0.0, "{v}");
 }

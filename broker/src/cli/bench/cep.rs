@@ -122,6 +122,15 @@ pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()>
         .await
         .map_err(|e| anyhow!("the match consumer failed: {e}"))?;
     let produced = produced?;
+    // Where the broker's stage spent a match's time (its histograms since the broker
+    // started; absent from brokers without them).
+    let stage = match httpc::request(&args.http, "GET", "/api/cep/stats", None, HTTP_TIMEOUT).await
+    {
+        Ok(r) if r.is_success() => serde_json::from_str::<Value>(&r.text())
+            .ok()
+            .and_then(|v| v.get("timings").cloned()),
+        _ => None,
+    };
     let path = format!("/api/cep/patterns/{}", httpc::encode_segment(&pattern_id));
     if let Err(e) = httpc::request(&args.http, "DELETE", &path, None, HTTP_TIMEOUT).await {
         tracing::warn!(error = %e, "could not remove the benchmark's pattern");
@@ -143,6 +152,7 @@ pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()>
             "matches": matches,
             "latency_ms": latency.map(|l| l.json()),
             "wakeup_delay_ms": wakeup.map(|l| l.json()),
+            "stage_timings": stage,
         });
         println!("{v}");
     } else {
@@ -178,10 +188,30 @@ pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()>
                     .as_ref()
                     .map(|l| super::baseline::describe_wakeup(l, "during the run")),
             )
+            .chain(stage.as_ref().map(describe_stage))
             .collect::<Vec<_>>(),
         );
     }
     Ok(())
+}
+
+/// One line on the broker's stage timings (`GET /api/cep/stats`, "timings").
+fn describe_stage(t: &Value) -> String {
+    let phase = |name: &str, label: &str| {
+        let p = |q: &str| {
+            t[name][q]
+                .as_f64()
+                .map_or("-".to_string(), |v| format!("{v:.2}"))
+        };
+        format!("{label} {} / {}", p("p50_ms"), p("p99_ms"))
+    };
+    format!(
+        "broker's stage since it started, p50 / p99 ms: {}, {}, {}, {}",
+        phase("record_age", "record age when read"),
+        phase("process", "matching"),
+        phase("checkpoint", "checkpoint commit"),
+        phase("write", "outputs commit"),
+    )
 }
 
 /// Produces login events open loop: every 1 ms tick, the events due by then go out
