@@ -11,7 +11,8 @@
 //!   its source partitions not read yet), per source partition the stage's
 //!   position, and `timings`: histograms (count, p50, p99, p99.9, max in ms) of the
 //!   age of the newest record a pass read, the matching, the checkpoint's commit, the
-//!   outputs' commit, and the stage's wake-up, i.e. where a match's latency goes. `GET /api/cep/matches?pattern=ID` (all definitions without `pattern`):
+//!   outputs' commit, and the stage's wake-up, i.e. where a match's latency goes.
+//!   `GET /api/cep/matches?pattern=ID` (all definitions without `pattern`):
 //!   a live Server-Sent Events stream of the outputs written from now on (event name
 //!   = output kind: `match`, `window_result`, `alert`, `late`, `dead_letter`; data =
 //!   `{"pattern", "kind", "topic", "partition", "offset", "timestamp", "key",
@@ -66,13 +67,15 @@
 //! the log to the entries after it, while the stage goes on. Snapshots are appended in
 //! pieces of [`SNAPSHOT_CHUNK_BYTES`], each committed before the next, so that the
 //! stage's own log entries never queue behind a multi-megabyte append (and no Raft
-//! entry is that large); recovery uses a snapshot only when it finds all its pieces. The first pass after any
+//! entry is that large); recovery uses a snapshot only when it finds all its pieces.
+//! The first pass after any
 //! change of definitions or pause state writes a snapshot itself, with a new number,
 //! instead of a log entry (so that replaying a log entry always runs the definitions it
 //! ran with). At start, the snapshot with the highest number is restored and the log
 //! entries numbered after it are replayed in order (the same ranges in the same order,
 //! the same clock readings; their outputs are dropped, they were recorded), which
-//! rebuilds the state the stage had after its last recorded pass. Then every recorded planned write is
+//! rebuilds the state the stage had after its last recorded pass. Then every recorded
+//! planned write is
 //! redone idempotently: for each output partition, the records from the recorded end
 //! offset on are compared in order with the planned ones, and only those not found
 //! (the suffix a crash cut off) are appended. A crash before step 2 completes loses
