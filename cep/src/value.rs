@@ -85,6 +85,14 @@ impl From<Arc<str>> for VStr {
     }
 }
 
+/// Maps keyed by `VStr` (the per-key state, [`crate::keystr::KeyStr`]) are looked up by
+/// `&str`: `Hash`, `Eq` and `Ord` agree with `str`'s.
+impl std::borrow::Borrow<str> for VStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl Deref for VStr {
     type Target = str;
     #[inline]
