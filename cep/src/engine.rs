@@ -91,6 +91,78 @@ struct DefRt {
     paused: bool,
     stats: Stats,
     rt: Rt,
+    /// Which records of its source this engine's shard processes.
+    sees: Sees,
+}
+
+/// One of `count` engines that split the work over a cluster (see [`Engine::set_shard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+impl Shard {
+    /// The shard that processes a pattern's records of source partition `partition`.
+    pub fn of_partition(partition: i32, count: u32) -> u32 {
+        partition.rem_euclid(count.max(1) as i32) as u32
+    }
+
+    /// The shard that runs a windowed query or alert rule: a hash of its id that every
+    /// node computes alike (FNV-1a; not the process-seeded `std` hasher).
+    pub fn of_definition(id: &str, count: u32) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in id.bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        h % count.max(1)
+    }
+}
+
+/// Which records of its source topic a definition gets in this engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sees {
+    /// All of them: the only shard, or the home shard of a query or alert rule (their
+    /// windows and dedup keys span partitions), or an alert rule fed by another
+    /// definition's outputs (which exist only where that definition runs).
+    All,
+    /// A pattern (state per source partition and key): its partitions
+    /// `p ≡ index (mod count)`.
+    Partitions { index: u32, count: u32 },
+    /// A query or alert rule whose home is another shard.
+    Nothing,
+}
+
+impl Sees {
+    fn of(def: &Definition, shard: Shard) -> Sees {
+        if shard.count <= 1 {
+            return Sees::All;
+        }
+        match def {
+            Definition::Pattern(_) => Sees::Partitions {
+                index: shard.index,
+                count: shard.count,
+            },
+            Definition::Alert(a) if a.source.definition.is_some() => Sees::All,
+            _ if Shard::of_definition(def.id(), shard.count) == shard.index => Sees::All,
+            _ => Sees::Nothing,
+        }
+    }
+
+    #[inline]
+    fn partition(self, partition: i32) -> bool {
+        match self {
+            Sees::All => true,
+            Sees::Partitions { index, count } => Shard::of_partition(partition, count) == index,
+            Sees::Nothing => false,
+        }
+    }
 }
 
 impl DefRt {
@@ -127,6 +199,7 @@ pub struct Engine {
     limits: Limits,
     fields: FieldTable,
     defs: Vec<DefRt>,
+    shard: Shard,
     offsets: BTreeMap<String, BTreeMap<i32, i64>>,
     topics: HashMap<String, Arc<str>>,
     last_topic: Option<Arc<str>>,
@@ -148,6 +221,7 @@ impl Engine {
             limits,
             fields: FieldTable::default(),
             defs: Vec::new(),
+            shard: Shard::default(),
             offsets: BTreeMap::new(),
             topics: HashMap::new(),
             last_topic: None,
@@ -177,13 +251,42 @@ impl Engine {
         let mut fields = self.fields.clone();
         let rt = compile(&def, &mut fields)?;
         self.fields = fields;
+        let sees = Sees::of(&def, self.shard);
         self.defs.push(DefRt {
             def,
             paused: false,
             stats: Stats::default(),
             rt,
+            sees,
         });
         Ok(id)
+    }
+
+    /// Makes this engine one of `shard.count` that split the work (each checkpointed on
+    /// its own): patterns, whose state is per source partition and key, get the source
+    /// partitions `p ≡ shard.index (mod shard.count)`; a windowed query or an alert
+    /// rule over a topic gets all of its records in one shard (its windows and dedup
+    /// keys span partitions), the one its id hashes to ([`Shard::of_definition`]), and
+    /// nothing elsewhere. Every shard holds every definition (for listing); event time
+    /// advances per shard, over the partitions it gets. One shard (the default) gets
+    /// everything.
+    pub fn set_shard(&mut self, shard: Shard) {
+        self.shard = shard;
+        for d in &mut self.defs {
+            d.sees = Sees::of(&d.def, shard);
+        }
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// Whether any definition of this shard processes records of `topic`'s `partition`
+    /// (paused ones included: they keep their place).
+    pub fn reads(&self, topic: &str, partition: i32) -> bool {
+        self.defs
+            .iter()
+            .any(|d| d.topic() == Some(topic) && d.sees.partition(partition))
     }
 
     /// Parses (JSON, or SQL when the text starts with INSERT/SELECT) and registers.
@@ -274,7 +377,7 @@ impl Engine {
         if !self
             .defs
             .iter()
-            .any(|d| !d.paused && is_topic(d.topic(), rec.topic))
+            .any(|d| !d.paused && is_topic(d.topic(), rec.topic) && d.sees.partition(rec.partition))
         {
             return out;
         }
@@ -299,7 +402,9 @@ impl Engine {
                 for d in self
                     .defs
                     .iter_mut()
-                    .filter(|d| !d.paused && d.topic() == Some(rec.topic))
+                    .filter(|d| {
+                        !d.paused && d.topic() == Some(rec.topic) && d.sees.partition(rec.partition)
+                    })
                 {
                     d.stats.not_json += 1;
                     if let Some(dl) = d.dead_letter() {
@@ -332,7 +437,7 @@ impl Engine {
         let limits = self.limits;
         for i in 0..self.defs.len() {
             let d = &mut self.defs[i];
-            if d.paused || !is_topic(d.topic(), rec.topic) {
+            if d.paused || !is_topic(d.topic(), rec.topic) || !d.sees.partition(rec.partition) {
                 continue;
             }
             let start = out.len();
@@ -500,6 +605,7 @@ impl Engine {
             )));
         }
         let mut e = Engine::new(self.limits);
+        e.shard = self.shard;
         let mut states = Vec::new();
         for d in snap.defs {
             let def = parse_definition_json(&d.json)?;

@@ -148,7 +148,7 @@ pub mod window;
 
 pub use def::{parse_definition_json, Definition};
 pub use emit::{Output, OutputKind};
-pub use engine::{Captured, DefinitionInfo, DefinitionStats, Engine, Limits, Stats};
+pub use engine::{Captured, DefinitionInfo, DefinitionStats, Engine, Limits, Shard, Stats};
 pub use error::{CepError, Position};
 pub use event::SourceRecord;
 pub use sql::parse_sql;
