@@ -192,6 +192,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, Notify};
 use weir_cep::{
     parse_definition_json, parse_sql, CepError, Definition, Engine, Limits, Output, OutputKind,
+    Shard,
 };
 use weir_protocol::compression::Compression;
 use weir_protocol::records::{self, BatchBuilder};
@@ -255,6 +256,9 @@ const RECOVERY_BACKOFF: Duration = Duration::from_secs(1);
 
 pub struct Cep {
     broker: Arc<Broker>,
+    /// Which part of the work this stage does: its partition of `__cep_checkpoints`,
+    /// and the engine's shard (see [`CepNode`]).
+    shard: Shard,
     engine: Mutex<Engine>,
     /// Next offset the stage reads, per source (topic, partition).
     positions: Mutex<HashMap<(String, i32), i64>>,
@@ -337,6 +341,20 @@ impl StageTimings {
             "p999_ms": ms(h.value_at_quantile(0.999)),
             "max_ms": ms(h.max()),
         })
+    }
+
+    /// Adds another stage's samples (the node's shards, merged for the stats).
+    fn add(&mut self, other: &StageTimings) {
+        for (mine, theirs) in [
+            (&mut self.record_age, &other.record_age),
+            (&mut self.process, &other.process),
+            (&mut self.checkpoint, &other.checkpoint),
+            (&mut self.write, &other.write),
+            (&mut self.handoff, &other.handoff),
+        ] {
+            // Same bounds on both sides: cannot fail.
+            let _ = mine.add(theirs);
+        }
     }
 
     fn to_json(&self) -> Value {
@@ -576,13 +594,15 @@ fn same_json(a: &str, b: &str) -> bool {
 }
 
 impl Cep {
-    /// Creates the internal topics if needed, restores the last checkpoint, registers
-    /// the stored definitions and redoes the checkpoint's planned writes. Blocking.
-    pub fn open(broker: Arc<Broker>) -> anyhow::Result<Arc<Cep>> {
-        for (topic, configs) in [
-            (DEFINITIONS_TOPIC, vec![("cleanup.policy", "compact")]),
+    /// Creates the internal topics if missing, `__cep_checkpoints` with `shards`
+    /// partitions. Returns its partition count: the number of shards, fixed when it was
+    /// created (a shard's state lives in its partition).
+    fn ensure_topics(broker: &Arc<Broker>, shards: i32) -> anyhow::Result<u32> {
+        for (topic, partitions, configs) in [
+            (DEFINITIONS_TOPIC, 1, vec![("cleanup.policy", "compact")]),
             (
                 CHECKPOINT_TOPIC,
+                shards.max(1),
                 vec![
                     ("cleanup.policy", "compact"),
                     ("max.message.bytes", CHECKPOINT_MAX_BYTES),
@@ -595,21 +615,57 @@ impl Cep {
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect();
-                if let Err((_, m)) = broker.create_topic(topic, 1, -1, configs.clone(), false) {
+                if let Err((_, m)) =
+                    broker.create_topic(topic, partitions, -1, configs.clone(), false)
+                {
                     // An older broker may not know a config: retry with compaction only.
                     tracing::warn!(topic, error = %m, "creating with its configs failed; retrying with cleanup.policy=compact only");
                     let minimal =
                         BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
                     broker
-                        .create_topic(topic, 1, -1, minimal, false)
+                        .create_topic(topic, partitions, -1, minimal, false)
                         .map_err(|(_, m)| anyhow::anyhow!("creating {topic}: {m}"))?;
                 }
             }
         }
+        let count = broker
+            .topic(CHECKPOINT_TOPIC)
+            .map(|t| t.partitions)
+            .ok_or_else(|| anyhow::anyhow!("{CHECKPOINT_TOPIC} does not exist yet"))?;
+        u32::try_from(count)
+            .ok()
+            .filter(|&c| c > 0)
+            .ok_or_else(|| anyhow::anyhow!("{CHECKPOINT_TOPIC} has {count} partitions"))
+    }
+
+    /// A single node's only stage (tests): the internal topics with one shard.
+    #[cfg(test)]
+    pub fn open(broker: Arc<Broker>) -> anyhow::Result<Arc<Cep>> {
+        let count = Self::ensure_topics(&broker, 1)?;
         let (live, _) = broadcast::channel(LIVE_BUFFER);
+        Self::open_shard(
+            broker,
+            Shard { index: 0, count },
+            live,
+            Arc::new(WebhookCounters::default()),
+        )
+    }
+
+    /// The stage of one shard: restores its last checkpoint, registers the stored
+    /// definitions and redoes the checkpoint's planned writes when this node leads the
+    /// shard's checkpoint partition. Blocking.
+    fn open_shard(
+        broker: Arc<Broker>,
+        shard: Shard,
+        live: broadcast::Sender<Arc<Published>>,
+        webhooks: Arc<WebhookCounters>,
+    ) -> anyhow::Result<Arc<Cep>> {
+        let mut engine = Engine::new(Limits::default());
+        engine.set_shard(shard);
         let cep = Arc::new(Cep {
             broker,
-            engine: Mutex::new(Engine::new(Limits::default())),
+            shard,
+            engine: Mutex::new(engine),
             positions: Mutex::new(HashMap::new()),
             admin: Mutex::new(()),
             changed: Notify::new(),
@@ -622,7 +678,7 @@ impl Cep {
             live,
             // Redone alert outputs at start deliver their webhooks on the caller's runtime.
             runtime: Mutex::new(tokio::runtime::Handle::try_current().ok()),
-            webhooks: Arc::new(WebhookCounters::default()),
+            webhooks,
             stage_term: Arc::new(AtomicU64::new(0)),
             needs_recovery: AtomicBool::new(false),
             definitions_seen: AtomicI64::new(i64::MIN),
@@ -643,7 +699,9 @@ impl Cep {
                     cep.stage_term.store(term, Ordering::Release);
                     tracing::info!(
                         term,
-                        "running the CEP stage (this node leads {CHECKPOINT_TOPIC}-0)"
+                        shard = cep.shard.index,
+                        "running the CEP stage (this node leads {CHECKPOINT_TOPIC}-{})",
+                        cep.ckpt()
                     );
                 }
                 // The stage's loop tries again.
@@ -655,9 +713,14 @@ impl Cep {
         Ok(cep)
     }
 
+    /// This shard's partition of `__cep_checkpoints`.
+    fn ckpt(&self) -> i32 {
+        self.shard.index as i32
+    }
+
     /// Where this node stands with the checkpoint partition.
     fn checkpoint_leadership(&self) -> StageLeadership {
-        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) else {
+        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, self.ckpt()) else {
             return StageLeadership::Follower;
         };
         if !p.is_leader() {
@@ -684,13 +747,16 @@ impl Cep {
 
     /// The node running the stage: the leader of `__cep_checkpoints-0` (-1: none known).
     pub fn stage_node(&self) -> i32 {
-        self.broker.partition_leader(CHECKPOINT_TOPIC, 0).0
+        self.broker
+            .partition_leader(CHECKPOINT_TOPIC, self.ckpt())
+            .0
     }
 
     /// Drops the engine state (definitions included), positions and log bookkeeping.
     /// Called with the engine lock held.
     fn reset_locked(&self, engine: &mut Engine) {
         *engine = Engine::new(Limits::default());
+        engine.set_shard(self.shard);
         self.positions.lock().clear();
         self.unhosted.lock().clear();
         *self.wal.lock() = WalState::new();
@@ -811,7 +877,9 @@ impl Cep {
         self.definitions_seen.store(i64::MIN, Ordering::Release);
         self.sync_definitions();
         tracing::info!(
-            "not running the CEP stage any more (this node does not lead {CHECKPOINT_TOPIC}-0)"
+            shard = self.shard.index,
+            "not running the CEP stage any more (this node does not lead {CHECKPOINT_TOPIC}-{})",
+            self.ckpt()
         );
     }
 
@@ -821,7 +889,7 @@ impl Cep {
     /// after it. Reads only what was committed since the last look, at most every
     /// [`REPLICA_TRIM_INTERVAL`].
     fn trim_checkpoint_replica(&self) {
-        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) else {
+        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, self.ckpt()) else {
             return;
         };
         let mut trim = self.replica_trim.lock();
@@ -1011,7 +1079,7 @@ impl Cep {
     /// entries after it. A periodic snapshot is written by another thread while log
     /// entries go on, so entries after it in sequence may precede it in the log.
     fn load_checkpoints(&self) -> anyhow::Result<Option<Recovered>> {
-        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) else {
+        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, self.ckpt()) else {
             return Ok(None);
         };
         let hw = p.high_watermark();
@@ -1021,10 +1089,9 @@ impl Cep {
         let mut pieces = SnapshotPieces::default();
         let mut max_seq = 0u64;
         while pos < hw {
-            let read = p
-                .log
-                .read(pos, READ_BYTES, true)
-                .map_err(|e| anyhow::anyhow!("reading {CHECKPOINT_TOPIC}-0 at {pos}: {e}"))?;
+            let read = p.log.read(pos, READ_BYTES, true).map_err(|e| {
+                anyhow::anyhow!("reading {CHECKPOINT_TOPIC}-{} at {pos}: {e}", p.index)
+            })?;
             if read.batches.is_empty() {
                 break;
             }
@@ -1408,11 +1475,12 @@ impl Cep {
     }
 
     /// Records of `topic` not read by the stage yet.
-    fn lag(&self, topic: &str, positions: &HashMap<(String, i32), i64>) -> i64 {
+    fn lag(&self, topic: &str, positions: &HashMap<(String, i32), i64>, engine: &Engine) -> i64 {
         let Some(meta) = self.broker.topic(topic) else {
             return 0;
         };
         (0..meta.partitions)
+            .filter(|&p| engine.reads(topic, p))
             .filter_map(|p| {
                 let part = self.broker.partition(topic, p)?;
                 let pos = positions
@@ -1425,11 +1493,15 @@ impl Cep {
     }
 
     pub fn stats(&self) -> Value {
-        let (rows, infos) = {
-            let engine = self.engine.lock();
-            (engine.stats(), engine.definitions())
-        };
-        let positions = self.positions.lock().clone();
+        let engine = self.engine.lock();
+        let (rows, infos) = (engine.stats(), engine.definitions());
+        let positions: HashMap<(String, i32), i64> = self
+            .positions
+            .lock()
+            .iter()
+            .filter(|((t, p), _)| engine.reads(t, *p))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         let remote = self.unhosted.lock().clone();
         let defs: Vec<Value> = rows
             .into_iter()
@@ -1439,7 +1511,10 @@ impl Cep {
                     .find(|i| i.id == s.id)
                     .map(|i| i.sources.clone())
                     .unwrap_or_default();
-                let lag: i64 = sources.iter().map(|t| self.lag(t, &positions)).sum();
+                let lag: i64 = sources
+                    .iter()
+                    .map(|t| self.lag(t, &positions, &engine))
+                    .sum();
                 json!({
                     "id": s.id,
                     "events_in": s.stats.events_in,
@@ -1457,6 +1532,7 @@ impl Cep {
                 })
             })
             .collect();
+        drop(engine);
         let mut sources: Vec<(String, i32, i64)> = positions
             .iter()
             .map(|((t, p), o)| (t.clone(), *p, *o))
@@ -1497,14 +1573,25 @@ impl Cep {
     /// The source partitions with the position to read from (positions of new ones set).
     /// Never blocks on the network (the stage's loop calls it on the runtime).
     fn source_partitions(&self) -> Vec<(Source, i64)> {
-        let sources = self.engine.lock().sources();
+        // This shard's partitions of each source topic.
+        let wanted: Vec<(String, Vec<i32>)> = {
+            let engine = self.engine.lock();
+            engine
+                .sources()
+                .into_iter()
+                .filter_map(|topic| {
+                    let meta = self.broker.topic(&topic)?;
+                    let mine = (0..meta.partitions)
+                        .filter(|&p| engine.reads(&topic, p))
+                        .collect();
+                    Some((topic, mine))
+                })
+                .collect()
+        };
         let mut out = Vec::new();
         let mut positions = self.positions.lock();
-        for topic in sources {
-            let Some(meta) = self.broker.topic(&topic) else {
-                continue;
-            };
-            for p in 0..meta.partitions {
+        for (topic, mine) in wanted {
+            for p in mine {
                 let Some(part) = self.broker.partition(&topic, p) else {
                     // No replica here: read from the leader. A partition not read yet
                     // starts at 0 (a fetch below the log start moves to it).
@@ -1761,7 +1848,7 @@ impl Cep {
         for w in &writes {
             // Leadership moved: the new stage redoes this pass's writes.
             if !self.still_stage() {
-                tracing::warn!("CEP stage lost leadership of {CHECKPOINT_TOPIC}-0 before writing its outputs: the new stage writes them");
+                tracing::warn!(shard = self.shard.index, "CEP stage lost leadership of {CHECKPOINT_TOPIC}-{} before writing its outputs: the new stage writes them", self.ckpt());
                 self.needs_recovery.store(true, Ordering::Release);
                 return;
             }
@@ -1876,8 +1963,8 @@ impl Cep {
     fn append_checkpoint(&self, key: &[u8], value: &[u8], durable: bool) -> Result<i64, String> {
         let p = self
             .broker
-            .partition(CHECKPOINT_TOPIC, 0)
-            .ok_or_else(|| format!("{CHECKPOINT_TOPIC} is not open"))?;
+            .partition(CHECKPOINT_TOPIC, self.ckpt())
+            .ok_or_else(|| format!("{CHECKPOINT_TOPIC}-{} is not open", self.ckpt()))?;
         append_checkpoint_to(&p, key, value, durable)
     }
 
@@ -1909,8 +1996,8 @@ impl Cep {
         let value = encode_snapshot(&header, &state)?;
         let p = self
             .broker
-            .partition(CHECKPOINT_TOPIC, 0)
-            .ok_or_else(|| format!("{CHECKPOINT_TOPIC} is not open"))?;
+            .partition(CHECKPOINT_TOPIC, self.ckpt())
+            .ok_or_else(|| format!("{CHECKPOINT_TOPIC}-{} is not open", self.ckpt()))?;
         let offset = append_snapshot_to(&p, seq, &value, || Ok(()))?;
         let cost = started.elapsed();
         tracing::debug!(
@@ -1928,7 +2015,7 @@ impl Cep {
         }
         // Everything before the snapshot is committed (it is): trimmed on this node's
         // replica (other replicas keep theirs; recovery reads from the newest snapshot).
-        if let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) {
+        if let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, self.ckpt()) {
             if p.is_leader() {
                 if let Err(e) = p.log.delete_before(offset) {
                     tracing::warn!(error = %e, "CEP checkpoint log not trimmed");
@@ -1948,7 +2035,7 @@ impl Cep {
         if let Some(h) = slot.take() {
             let _ = h.join();
         }
-        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, 0) else {
+        let Some(p) = self.broker.partition(CHECKPOINT_TOPIC, self.ckpt()) else {
             return;
         };
         let started = Instant::now();
@@ -2318,7 +2405,9 @@ impl Cep {
                             self.stage_term.store(term, Ordering::Release);
                             tracing::info!(
                                 term,
-                                "running the CEP stage (this node leads {CHECKPOINT_TOPIC}-0)"
+                                shard = self.shard.index,
+                                "running the CEP stage (this node leads {CHECKPOINT_TOPIC}-{})",
+                                self.ckpt()
                             );
                         }
                         Some(Err(e)) => {
@@ -2388,6 +2477,183 @@ impl Cep {
     }
 }
 
+/// This node's CEP: one stage per shard, the HTTP API over them.
+///
+/// The work is split into shards, one per partition of `__cep_checkpoints` (as many as
+/// the cluster had nodes when the topic was created: one on a single node). Shard `i`
+/// runs on the Raft leader of `__cep_checkpoints-i` with its own engine state, positions
+/// and write-ahead log in that partition; patterns get the source partitions
+/// `p ≡ i (mod shards)`, windowed queries and alert rules all of their source in the
+/// shard their id hashes to ([`Engine::set_shard`]). Partition `p` of every topic and
+/// `__cep_checkpoints-(p mod shards)` have the same preferred leader (replica lists start
+/// at node `p mod nodes`, and leadership returns to the first replica), so while
+/// leadership is where it is preferred each source partition's patterns run on the node
+/// that leads it, and the stages spread over the cluster.
+pub struct CepNode {
+    /// By shard index; the first also answers the definition routes (every shard
+    /// holds every definition; the others apply changes from the definitions topic).
+    shards: Vec<Arc<Cep>>,
+    live: broadcast::Sender<Arc<Published>>,
+}
+
+impl CepNode {
+    /// Creates the internal topics if missing (`__cep_checkpoints` with one partition
+    /// per cluster node) and opens every shard's stage. Blocking.
+    pub fn open(broker: Arc<Broker>) -> anyhow::Result<Arc<CepNode>> {
+        let nodes = broker.cluster_nodes().len().max(1);
+        Self::open_with(broker, i32::try_from(nodes).unwrap_or(1))
+    }
+
+    /// [`CepNode::open`] with `shards` partitions should the checkpoint topic be created.
+    pub fn open_with(broker: Arc<Broker>, shards: i32) -> anyhow::Result<Arc<CepNode>> {
+        let count = Cep::ensure_topics(&broker, shards)?;
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let webhooks = Arc::new(WebhookCounters::default());
+        let shards = (0..count)
+            .map(|index| {
+                Cep::open_shard(
+                    broker.clone(),
+                    Shard { index, count },
+                    live.clone(),
+                    webhooks.clone(),
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Arc::new(CepNode { shards, live }))
+    }
+
+    fn primary(&self) -> &Arc<Cep> {
+        // `open_with` makes at least one (`ensure_topics` refuses zero partitions).
+        &self.shards[0]
+    }
+
+    /// The shards' stages, one thread each.
+    pub fn start_stage(&self) {
+        for s in &self.shards {
+            s.start_stage();
+        }
+    }
+
+    pub async fn stop(&self) {
+        for s in &self.shards {
+            s.stop().await;
+        }
+    }
+
+    /// The other shards pick up a change of definitions now rather than at their next
+    /// look (each shard's stage also applies the definitions topic before every pass).
+    fn sync_others(&self) {
+        for s in &self.shards[1..] {
+            s.sync_definitions();
+        }
+    }
+
+    pub fn register(&self, text: &str, sql: bool) -> Result<String, Failure> {
+        let id = self.primary().register(text, sql)?;
+        self.sync_others();
+        Ok(id)
+    }
+
+    pub fn remove(&self, id: &str) -> Result<bool, Failure> {
+        let removed = self.primary().remove(id)?;
+        self.sync_others();
+        Ok(removed)
+    }
+
+    pub fn set_paused(&self, id: &str, paused: bool) -> Result<bool, Failure> {
+        let done = self.primary().set_paused(id, paused)?;
+        self.sync_others();
+        Ok(done)
+    }
+
+    pub fn list(&self) -> Value {
+        self.primary().list()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Value> {
+        self.primary().get(id)
+    }
+
+    /// The shards this node runs, merged: per definition the sums of their counters
+    /// (and lag), their source positions, their timings; `shards` says which node runs
+    /// each shard. In a cluster every node answers for its own shards only.
+    pub fn stats(&self) -> Value {
+        let mut defs: Vec<(String, serde_json::Map<String, Value>)> = Vec::new();
+        let (mut sources, mut remote, mut shards) = (Vec::new(), Vec::new(), Vec::new());
+        let mut timings = StageTimings::new();
+        let mut webhooks = json!({});
+        for s in &self.shards {
+            let mut one = s.stats();
+            let running = one["stage_running"].as_bool().unwrap_or(false);
+            shards.push(json!({
+                "shard": s.shard.index,
+                "node": one["stage_node"],
+                "running": running,
+            }));
+            timings.add(&s.timings.lock());
+            webhooks = one["webhooks"].take();
+            for row in one["definitions"].as_array().into_iter().flatten() {
+                let Some(row) = row.as_object() else { continue };
+                let id = row
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let slot = match defs.iter_mut().position(|(d, _)| *d == id) {
+                    Some(i) => &mut defs[i].1,
+                    None => {
+                        let mut zero = row.clone();
+                        for (k, v) in zero.iter_mut() {
+                            if k != "id" {
+                                *v = json!(0);
+                            }
+                        }
+                        defs.push((id, zero));
+                        let last = defs.len() - 1;
+                        &mut defs[last].1
+                    }
+                };
+                if !running {
+                    // A shard another node runs: counters empty, lag meaningless here.
+                    continue;
+                }
+                for (k, v) in row {
+                    if let (Some(add), Some(sum)) =
+                        (v.as_i64(), slot.get(k).and_then(Value::as_i64))
+                    {
+                        slot.insert(k.clone(), json!(sum + add));
+                    }
+                }
+            }
+            if running {
+                for mut src in one["sources"].as_array().cloned().unwrap_or_default() {
+                    src["shard"] = json!(s.shard.index);
+                    sources.push(src);
+                }
+                remote.extend(
+                    one["remote_sources"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        let running_here = shards.iter().any(|s| s["running"] == json!(true));
+        json!({
+            // Shard 0's node (a single stage's node before shards; kept for scripts).
+            "stage_node": self.primary().stage_node(),
+            "stage_running": running_here,
+            "shards": shards,
+            "remote_sources": remote,
+            "definitions": defs.into_iter().map(|(_, v)| Value::Object(v)).collect::<Vec<_>>(),
+            "sources": sources,
+            "live_subscribers": self.live.receiver_count(),
+            "timings": timings.to_json(),
+            "webhooks": webhooks,
+        })
+    }
+}
+
 /// Lowers the calling thread's CPU priority (nice 10). The snapshot thread encodes
 /// tens of megabytes of JSON (hundreds of milliseconds of CPU) while the stage goes on;
 /// on a busy machine it should take idle CPU, not the stage's (whose passes are what
@@ -2420,10 +2686,10 @@ fn append_checkpoint_to(
     // Only the stage (the partition's leader) appends; a deposed one fails here.
     let appended = p
         .append(&mut set, now)
-        .map_err(|(_, m)| format!("appending to {CHECKPOINT_TOPIC}-0: {m}"))?;
+        .map_err(|(_, m)| format!("appending to {CHECKPOINT_TOPIC}-{}: {m}", p.index))?;
     if durable {
         wait_appended(p, &appended)
-            .map_err(|e| format!("appending to {CHECKPOINT_TOPIC}-0: {e}"))?;
+            .map_err(|e| format!("appending to {CHECKPOINT_TOPIC}-{}: {e}", p.index))?;
     }
     Ok(appended.base_offset)
 }
@@ -2769,7 +3035,7 @@ fn decode_chunk(chunk: &Bytes, from: i64, hw: i64) -> (Vec<records::Record>, i64
 
 // ---------------------------------------------------------------- HTTP
 
-pub fn router(cep: Arc<Cep>) -> Router {
+pub fn router(cep: Arc<CepNode>) -> Router {
     Router::new()
         .route("/api/openapi.json", get(openapi_json))
         .route("/api/cep/stats", get(stats))
@@ -2788,7 +3054,7 @@ pub fn router(cep: Arc<Cep>) -> Router {
         .with_state(cep)
 }
 
-async fn create(State(cep): State<Arc<Cep>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn create(State(cep): State<Arc<CepNode>>, headers: HeaderMap, body: Bytes) -> Response {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -2805,7 +3071,7 @@ async fn create(State(cep): State<Arc<Cep>>, headers: HeaderMap, body: Bytes) ->
     }
 }
 
-async fn list(State(cep): State<Arc<Cep>>) -> Response {
+async fn list(State(cep): State<Arc<CepNode>>) -> Response {
     axum::Json(cep.list()).into_response()
 }
 
@@ -2813,14 +3079,14 @@ fn not_found(id: &str) -> Response {
     Failure::msg(StatusCode::NOT_FOUND, format!("no definition {id:?}")).into_response()
 }
 
-async fn get_one(State(cep): State<Arc<Cep>>, Path(id): Path<String>) -> Response {
+async fn get_one(State(cep): State<Arc<CepNode>>, Path(id): Path<String>) -> Response {
     match cep.get(&id) {
         Some(v) => axum::Json(v).into_response(),
         None => not_found(&id),
     }
 }
 
-async fn delete_one(State(cep): State<Arc<Cep>>, Path(id): Path<String>) -> Response {
+async fn delete_one(State(cep): State<Arc<CepNode>>, Path(id): Path<String>) -> Response {
     let id2 = id.clone();
     match tokio::task::spawn_blocking(move || cep.remove(&id2)).await {
         Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),
@@ -2830,15 +3096,15 @@ async fn delete_one(State(cep): State<Arc<Cep>>, Path(id): Path<String>) -> Resp
     }
 }
 
-async fn pause(State(cep): State<Arc<Cep>>, Path(id): Path<String>) -> Response {
+async fn pause(State(cep): State<Arc<CepNode>>, Path(id): Path<String>) -> Response {
     set_paused(cep, id, true).await
 }
 
-async fn resume(State(cep): State<Arc<Cep>>, Path(id): Path<String>) -> Response {
+async fn resume(State(cep): State<Arc<CepNode>>, Path(id): Path<String>) -> Response {
     set_paused(cep, id, false).await
 }
 
-async fn set_paused(cep: Arc<Cep>, id: String, paused: bool) -> Response {
+async fn set_paused(cep: Arc<CepNode>, id: String, paused: bool) -> Response {
     let id2 = id.clone();
     match tokio::task::spawn_blocking(move || cep.set_paused(&id2, paused)).await {
         Ok(Ok(true)) => axum::Json(json!({ "id": id, "paused": paused })).into_response(),
@@ -2848,7 +3114,7 @@ async fn set_paused(cep: Arc<Cep>, id: String, paused: bool) -> Response {
     }
 }
 
-async fn stats(State(cep): State<Arc<Cep>>) -> Response {
+async fn stats(State(cep): State<Arc<CepNode>>) -> Response {
     axum::Json(cep.stats()).into_response()
 }
 
@@ -2868,7 +3134,7 @@ impl futures_core::Stream for LiveStream {
     }
 }
 
-async fn matches(State(cep): State<Arc<Cep>>, Query(q): Query<MatchesQuery>) -> Response {
+async fn matches(State(cep): State<Arc<CepNode>>, Query(q): Query<MatchesQuery>) -> Response {
     if let Some(id) = &q.pattern {
         if cep.get(id).is_none() {
             return not_found(id);
@@ -3094,10 +3360,93 @@ mod tests {
         format!(r#"{{"user":"{user}","type":"login","success":{ok},"ts":{ts}}}"#)
     }
 
+    fn produce_to(b: &Broker, topic: &str, partition: i32, values: &[String]) {
+        let p = b.partition(topic, partition).unwrap();
+        let mut builder = BatchBuilder::new(Compression::None);
+        for v in values {
+            builder.push(1, None, Some(v.as_bytes()), &[]);
+        }
+        let mut set = builder.build().unwrap();
+        p.append(&mut set, now_ms()).unwrap();
+    }
+
+    /// Arrival order, so that which shard reads a partition first cannot matter.
+    const BRUTE_ARRIVAL: &str = r#"{"id": "brute-force", "source": {"topic": "auth"}, "partition_by": "user",
+      "steps": [{"name": "fail", "where": "type == 'login' && !success", "times": {"min": 3}},
+                {"name": "ok", "where": "type == 'login' && success", "contiguity": "relaxed"}],
+      "within": "60s", "skip": "past_last_event",
+      "emit": {"topic": "alerts", "key": "user", "value": {"user": "ok.user", "fails": "count(fail)"}}}"#;
+
+    #[test]
+    fn shards_split_the_source_partitions_and_each_recovers_its_own() {
+        let tb = broker();
+        tb.broker
+            .create_topic("auth", 4, -1, BTreeMap::new(), false)
+            .unwrap();
+        let node = CepNode::open_with(tb.broker.clone(), 2).unwrap();
+        assert_eq!(node.shards.len(), 2);
+        assert_eq!(tb.broker.topic(CHECKPOINT_TOPIC).unwrap().partitions, 2);
+        node.register(BRUTE_ARRIVAL, false).unwrap();
+        let users: Vec<String> = (0..8).map(|k| format!("u{k}")).collect();
+        for (k, u) in users.iter().enumerate() {
+            let evs = [false, false, false, true].map(|ok| login(u, ok, 1000 + k as i64));
+            produce_to(&tb.broker, "auth", k as i32 % 4, &evs);
+        }
+        // Shard 0 (partitions 0 and 2) crashes after recording its pass.
+        node.shards[0]
+            .crash_after_checkpoint
+            .store(true, Ordering::Release);
+        for s in &node.shards {
+            while s.pass() {}
+        }
+        let stats = node.stats();
+        assert_eq!(stats["shards"].as_array().unwrap().len(), 2);
+        assert!(stats["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["running"] == true));
+        let mut read: Vec<(u64, u64)> = stats["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["shard"].as_u64().unwrap(),
+                    s["partition"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        read.sort();
+        assert_eq!(read, vec![(0, 0), (0, 2), (1, 1), (1, 3)]);
+        assert_eq!(stats["definitions"][0]["events_in"], 32);
+        let alerted = |b: &Broker| {
+            let mut v: Vec<String> = read_all(b, "alerts")
+                .iter()
+                .map(|a| a["user"].as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(alerted(&tb.broker), vec!["u1", "u3", "u5", "u7"]);
+        drop(node);
+        let tb = reopen(tb);
+        let node = CepNode::open_with(tb.broker.clone(), 5).unwrap();
+        assert_eq!(node.shards.len(), 2, "the topic's partition count rules");
+        // Shard 0's recovery redid its recorded writes; nothing is repeated.
+        assert_eq!(alerted(&tb.broker), users);
+        for s in &node.shards {
+            while s.pass() {}
+        }
+        assert_eq!(alerted(&tb.broker), users);
+        assert_eq!(node.stats()["definitions"][0]["events_in"], 32);
+        assert_eq!(node.stats()["definitions"][0]["lag"], 0);
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn http_handlers() {
         let tb = broker();
-        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let cep = CepNode::open_with(tb.broker.clone(), 1).unwrap();
         let json_headers = HeaderMap::new();
         let mut sql_headers = HeaderMap::new();
         sql_headers.insert(header::CONTENT_TYPE, "application/sql".parse().unwrap());

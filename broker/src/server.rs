@@ -129,7 +129,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .follow_reassignments()
             .context("following partition reassignments")?;
     }
-    let mut opened = tokio::task::block_in_place(|| crate::cep::Cep::open(broker.clone()));
+    let mut opened = tokio::task::block_in_place(|| crate::cep::CepNode::open(broker.clone()));
     // Cluster mode: every node creates CEP's internal topic at start and all but
     // one lose the race; the topic then exists, so try again.
     for _ in 0..5 {
@@ -137,7 +137,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        opened = tokio::task::block_in_place(|| crate::cep::Cep::open(broker.clone()));
+        opened = tokio::task::block_in_place(|| crate::cep::CepNode::open(broker.clone()));
     }
     let cep = match opened {
         Ok(cep) => {
