@@ -1,17 +1,23 @@
-"""CEP in a 3-node cluster: the stage runs on the Raft leader of `__cep_checkpoints-0`, reads committed
-records only, and writes every match exactly once across a SIGKILL of that node.
+"""CEP in a 3-node cluster: the work is split into shards, one per partition of `__cep_checkpoints`
+(three here), each run by the Raft leader of its partition; a pattern's records of source partition p
+are processed by shard p mod 3, whose preferred leader is that of the source partition. Committed records
+only, and every match exactly once across a SIGKILL.
 
-- A definition registered over HTTP on a node that does not run the stage is listed on every node and
-  matched by the stage; every expected alert (computed from the events sent) is in `alerts` once.
-- SIGKILL of the stage's node after the first alerts appeared (or as soon as the event releasing them
-  is acknowledged), events produced during the failover:
-  the new leader of `__cep_checkpoints-0` recovers and every expected alert is in `alerts` exactly once;
-  again after the killed node is back (leadership may move back to it).
+- A definition registered over HTTP on one node is listed on every node; every node runs one shard and
+  processes the source partition it leads; every expected alert (computed from the events sent) is in
+  `alerts` once.
+- SIGKILL of the node running shard 0 after the first alerts appeared (or as soon as the event releasing
+  them is acknowledged), events produced during the failover: the new leaders of its checkpoint
+  partition and source partitions take over, and every expected alert is in `alerts` exactly once;
+  again after the killed node is back (its shard may move back to it).
+- Source partitions without a replica on the node of the shard that reads them are read from their
+  leaders.
 
 Events are keyed by user (one partition per user) and spread over 3 partitions of `auth`. Each phase's
 events lie within 1.5 s of event time (the pattern's out-of-orderness bound is 5 s), so the order in
-which the stage reads partitions cannot make any of them late; a phase is released by a "flush" event
-10 s later, produced once the stage has read the phase.
+which a shard reads partitions cannot make any of them late; event time advances per shard, so a phase
+is released by a "flush" event 10 s later in every partition, produced once the shards have read the
+phase.
 """
 
 from __future__ import annotations
@@ -47,25 +53,53 @@ def stats(cluster: Cluster, node: int) -> dict | None:
     return body if status == 200 else None
 
 
-def stage_node(cluster: Cluster) -> int | None:
-    """The node running the stage (it says so itself), if exactly one does."""
-    running = [i for i, b in cluster.nodes.items() if b.running and (stats(cluster, i) or {}).get("stage_running")]
-    return running[0] if len(running) == 1 else None
+def shard_nodes(cluster: Cluster) -> dict[int, int] | None:
+    """Which node runs each shard (each node says so itself), if every shard runs on exactly one."""
+    placed: dict[int, list[int]] = collections.defaultdict(list)
+    count = None
+    for i, b in cluster.nodes.items():
+        if not b.running:
+            continue
+        s = stats(cluster, i)
+        if s is None:
+            return None
+        count = len(s["shards"])
+        for sh in s["shards"]:
+            if sh["running"]:
+                placed[sh["shard"]].append(i)
+    if not count or len(placed) != count or any(len(v) != 1 for v in placed.values()):
+        return None
+    return {sh: nodes[0] for sh, nodes in placed.items()}
 
 
-def caught_up(cluster: Cluster, node: int, topic: str = "auth") -> bool:
-    s = stats(cluster, node)
-    if not s or not s.get("stage_running"):
+def readers(cluster: Cluster, topic: str = "auth") -> dict[int, tuple[int, dict]] | None:
+    """Source partition -> (node reading it, its row in that node's stats), if each is read once."""
+    out: dict[int, tuple[int, dict]] = {}
+    for i, b in cluster.nodes.items():
+        if not b.running:
+            continue
+        s = stats(cluster, i)
+        if s is None:
+            return None
+        for r in s["sources"]:
+            if r["topic"] == topic:
+                if r["partition"] in out:
+                    return None
+                out[r["partition"]] = (i, r)
+    return out
+
+
+def caught_up(cluster: Cluster, topic: str = "auth") -> bool:
+    if shard_nodes(cluster) is None:
         return False
-    rows = [r for r in s["sources"] if r["topic"] == topic]
-    return len(rows) == PARTITIONS and all(r["position"] == r["high_watermark"] for r in rows)
+    rows = readers(cluster, topic)
+    return (rows is not None and len(rows) == PARTITIONS
+            and all(r["position"] == r["high_watermark"] for _, r in rows.values()))
 
 
-def wait_stage_caught_up(cluster: Cluster, timeout: float = 60) -> int:
-    def ok():
-        node = stage_node(cluster)
-        return node if node is not None and caught_up(cluster, node) else None
-    return wait_until(ok, timeout, "the CEP stage (on the leader of __cep_checkpoints-0) to read all of `auth`")
+def wait_stage_caught_up(cluster: Cluster, timeout: float = 60) -> None:
+    wait_until(lambda: caught_up(cluster), timeout,
+               "every CEP shard running on one node and all of `auth` read")
 
 
 class Events:
@@ -128,9 +162,14 @@ class Feeder:
         assert self.p.flush(120) == 0, "produce did not complete"
         assert not self.errors, self.errors[:5]
 
-
-def flush_event(t: int) -> dict:
-    return {"user": "zed", "type": "logout", "ts": t}
+    def flush(self, t: int) -> None:
+        """An event at event time t in every partition: event time advances per shard."""
+        for p in range(PARTITIONS):
+            e = {"user": "zed", "type": "logout", "ts": t}
+            self.p.produce("auth", partition=p, value=json.dumps(e).encode(),
+                           on_delivery=lambda err, _m: self.errors.append(err) if err else None)
+        assert self.p.flush(120) == 0, "produce did not complete"
+        assert not self.errors, self.errors[:5]
 
 
 def check_exactly_once(cluster: Cluster, expected: dict, timeout: float = 90, exclude: int | None = None):
@@ -164,17 +203,12 @@ def patterns_everywhere(cluster: Cluster) -> bool:
     return True
 
 
-def register_off_stage(cluster: Cluster) -> int:
-    """Registers the pattern on a node that does not run the stage; returns the stage's node."""
-    stage = wait_until(lambda: stage_node(cluster), 60, "one node to run the CEP stage")
-    other = next(i for i in cluster.nodes if i != stage)
-    status, body = http("POST", cluster.nodes[other].http_url + PATTERNS, BRUTE_FORCE)
+def register_on(cluster: Cluster, node: int = 2) -> None:
+    """Registers the pattern on one node; every node lists it and runs one shard."""
+    wait_until(lambda: shard_nodes(cluster), 60, "every CEP shard to run on one node")
+    status, body = http("POST", cluster.nodes[node].http_url + PATTERNS, BRUTE_FORCE)
     assert status == 201, body
     wait_until(lambda: patterns_everywhere(cluster), 30, "every node to list the pattern")
-    # Every node names the stage's node.
-    for i in cluster.nodes:
-        assert stats(cluster, i)["stage_node"] == stage
-    return stage
 
 
 def feed_and_check(cluster):
@@ -187,43 +221,61 @@ def feed_and_check(cluster):
     events += ev.successes("b", 100)
     feeder.send(events)
     wait_stage_caught_up(cluster)
-    feeder.send([flush_event(20_000)])
+    feeder.flush(20_000)
     check_exactly_once(cluster, ev.expected)
 
 
-def test_pattern_registered_on_any_node_alerts_exactly_once(cluster):
+def leaders(cluster: Cluster, topic: str) -> dict[int, int]:
+    md = cluster.admin().list_topics(topic, timeout=10).topics[topic]
+    return {p: info.leader for p, info in md.partitions.items()}
+
+
+def test_pattern_registered_on_any_node_alerts_exactly_once_with_the_work_spread(cluster):
     create_topics(cluster, "auth", "alerts")
-    register_off_stage(cluster)
+    register_on(cluster, 2)
     feed_and_check(cluster)
     assert patterns_everywhere(cluster)
+    # Scale-out: each node runs one shard, and each partition of `auth` is processed by its leader
+    # (leadership returns to the preferred replica, the same node for `auth`-p and the shard's
+    # checkpoint partition).
+    def spread():
+        placed = shard_nodes(cluster)
+        rows = readers(cluster)
+        if placed is None or rows is None or sorted(placed.values()) != [1, 2, 3]:
+            return None
+        return rows if {p: n for p, (n, _) in rows.items()} == leaders(cluster, "auth") else None
+    wait_until(spread, 60, "each partition of `auth` processed on its leader, one shard per node")
+    for i in cluster.nodes:
+        row = next(d for d in stats(cluster, i)["definitions"] if d["id"] == "brute-force")
+        assert row["events_in"] > 0, (i, row)
 
 
 @pytest.mark.parametrize("kill_at", ["first_alerts", "flush_acked"])
-def test_sigkill_of_the_stage_node_every_match_exactly_once(cluster, kill_at):
+def test_sigkill_of_the_node_running_shard_0_every_match_exactly_once(cluster, kill_at):
     create_topics(cluster, "auth", "alerts")
-    register_off_stage(cluster)
+    register_on(cluster, 2)
     ev = Events()
     feeder = Feeder(cluster.bootstrap())
     # Phase 1: complete sequences of a*, three failures of b* (partial matches held by the stage).
     feeder.send(ev.complete("a", 600) + ev.fails("b", 200))
     wait_stage_caught_up(cluster)
-    victim = stage_node(cluster)
-    # The flush releases phase 1: the stage node is killed once the first alerts are written, or as
-    # soon as the flush is acknowledged (while the stage reads it, records its pass, writes the alerts).
-    feeder.send([flush_event(10_000)])
+    victim = shard_nodes(cluster)[0]
+    # The flush releases phase 1: the node of shard 0 is killed once the first alerts are written, or as
+    # soon as the flush is acknowledged (while the shards read it, record their passes, write the alerts).
+    feeder.flush(10_000)
     if kill_at == "first_alerts":
         wait_until(lambda: read_topic(cluster.bootstrap(), "alerts"), 60, "the first alerts")
     cluster.nodes[victim].kill()
     # Phase 2, produced during the failover: successes of b*, complete sequences of c*.
     ev.at(10_001)
     feeder.send(ev.successes("b", 200) + ev.complete("c", 300))
-    new_stage = wait_until(lambda: stage_node(cluster), 60, "a new node to run the CEP stage")
-    assert new_stage != victim
+    placed = wait_until(lambda: shard_nodes(cluster), 60, "the shards of the killed node to move")
+    assert victim not in placed.values(), placed
     wait_stage_caught_up(cluster)
-    feeder.send([flush_event(20_000)])
+    feeder.flush(20_000)
     check_exactly_once(cluster, ev.expected, exclude=victim)
 
-    # The killed node comes back (leadership of __cep_checkpoints-0 may return to it).
+    # The killed node comes back (its shard may return to it).
     cluster.nodes[victim].start()
     cluster.wait_leaders("auth", PARTITIONS)
     cluster.wait_leaders("alerts", PARTITIONS)
@@ -233,23 +285,36 @@ def test_sigkill_of_the_stage_node_every_match_exactly_once(cluster, kill_at):
     ev.at(20_001)
     feeder.send(ev.complete("d", 300))
     wait_stage_caught_up(cluster)
-    feeder.send([flush_event(30_000)])
+    feeder.flush(30_000)
     check_exactly_once(cluster, ev.expected)
     assert patterns_everywhere(cluster)
 
 
-def test_source_partitions_without_a_replica_on_the_stage_node_are_read_from_their_leaders(cluster):
-    # `auth` with one replica per partition: the stage's node holds at most one of its three partitions.
+def test_source_partitions_without_a_replica_on_the_shards_node_are_read_from_their_leaders(cluster):
+    # `auth` with one replica per partition (on the preferred node of the shard processing it), then
+    # partition 0 moved to node 2: shard 0 (on node 1) reads it from there.
+    from test_cluster import reassign, replicas_of
     admin = cluster.admin()
     futures = admin.create_topics([NewTopic("auth", PARTITIONS, 1, config={"min.insync.replicas": "1"}),
                                    NewTopic("alerts", PARTITIONS, 3)], operation_timeout=30)
     for t in ("auth", "alerts"):
         futures[t].result(30)
         cluster.wait_leaders(t, PARTITIONS)
-    stage = register_off_stage(cluster)
-    md = admin.list_topics("auth", timeout=10).topics["auth"]
-    remote = sorted(p for p, info in md.partitions.items() if stage not in info.replicas)
-    assert remote, "every partition of `auth` has a replica on the stage's node"
+    assert replicas_of(cluster, "auth", 0) == [1]
+    assert list(reassign(cluster, "auth", 0, [2]).values()) == [None]
+    wait_until(lambda: replicas_of(cluster, "auth", 0) == [2], 60, "auth-0 to move to node 2")
+    cluster.wait_leaders("auth", PARTITIONS)
+    wait_until(lambda: shard_nodes(cluster) == {0: 1, 1: 2, 2: 3}, 60,
+               "each shard on its preferred node")
+    register_on(cluster, 1)
     feed_and_check(cluster)
-    listed = sorted(r["partition"] for r in stats(cluster, stage)["remote_sources"] if r["topic"] == "auth")
-    assert listed == remote, (listed, remote)
+    md = admin.list_topics("auth", timeout=10).topics["auth"]
+    rows = readers(cluster)
+    remote_somewhere = False
+    for i in cluster.nodes:
+        reads = sorted(p for p, (n, _) in rows.items() if n == i)
+        expected = sorted(p for p in reads if i not in md.partitions[p].replicas)
+        listed = sorted(r["partition"] for r in stats(cluster, i)["remote_sources"] if r["topic"] == "auth")
+        assert listed == expected, (i, listed, expected)
+        remote_somewhere |= bool(expected)
+    assert remote_somewhere, "every partition of `auth` is read on a node holding a replica of it"
