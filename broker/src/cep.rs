@@ -23,7 +23,7 @@
 //!   id, value = `{"definition": ..., "paused": bool, "from": [[topic, partition,
 //!   offset], ...]}`, a tombstone on delete) and
 //!   are registered again at start, paused ones paused.
-//! * The stage (on one node of a cluster: see below) reads records below each source
+//! * The stage (one per shard, see "In a cluster") reads records below each source
 //!   partition's committed high watermark, feeds
 //!   [`Engine::process`], calls [`Engine::on_processing_time`] at least every
 //!   [`TICK`], and appends the outputs to their topics (created on first use with
@@ -41,7 +41,8 @@
 //!
 //! The stage is a deterministic state machine over the records it reads, and its
 //! outputs are made idempotent with a write-ahead log in the internal topic
-//! `__cep_checkpoints` (one partition):
+//! `__cep_checkpoints` (each shard, see below, in its own partition; what follows is
+//! per shard):
 //!
 //! 1. A pass reads a range of records from each source partition, feeds the engine,
 //!    calls [`Engine::on_processing_time`] with the pass's clock reading, and collects
@@ -113,58 +114,67 @@
 //! CPU (the block device's doorbell is a VM exit) and most of a match's tail latency
 //! (benches/README.md, "cep-s5, end to end").
 //!
-//! ## In a cluster: one stage, on the leader of `__cep_checkpoints-0`
+//! ## In a cluster: shards, each on the leader of its checkpoint partition
 //!
 //! Every partition is a Raft group (a single node is a one-voter cluster), and so are
-//! the two internal topics. The stage runs on one node only: the Raft leader of
-//! `__cep_checkpoints-0`. Its loop (`Cep::run`) follows that leadership:
+//! the two internal topics. The work is split into shards ([`CepNode`]), one per
+//! partition of `__cep_checkpoints` (created with one per cluster node; one on a single
+//! node). Patterns get the source partitions `p ≡ shard (mod shards)`; a windowed query
+//! or alert rule all of its source in the shard its id hashes to
+//! ([`weir_cep::Engine::set_shard`]). Shard `i` runs on the Raft leader of
+//! `__cep_checkpoints-i`, which has the same preferred leader as partition `i` (and
+//! `i + shards`, ...) of every topic, so patterns run where their source partitions are
+//! led while leadership is where it is preferred. Each shard's loop (`Cep::run`) follows
+//! its partition's leadership:
 //!
 //! * On gaining it, once everything in the new leader's log is committed (its high
 //!   watermark reached its log end, as the consumer-group coordinator waits before
-//!   loading), the node recovers exactly as a restart does: newest committed snapshot,
-//!   committed log entries replayed (after its replicas of the source partitions
-//!   caught up with the ranges they name), definitions applied, recorded planned writes
-//!   redone idempotently. Only then does it run passes.
+//!   loading), the node recovers the shard exactly as a restart does: newest committed
+//!   snapshot, committed log entries replayed (after its replicas of the source
+//!   partitions caught up with the ranges they name), definitions applied, recorded
+//!   planned writes redone idempotently. Only then does it run passes.
 //! * On losing it (or another term), it stops: the current pass ends (its appends fail
 //!   with not-leader; outputs are not written once leadership is gone), the engine
 //!   state is dropped, and only the definitions are kept (for listing).
 //! * The checkpoint record of a pass is committed by a majority before any output is
 //!   written, and each output write is committed before the next one (acks=all), so a
 //!   new leader has every pass whose outputs may exist. A pass whose checkpoint or
-//!   outputs cannot be written is not retried piecemeal: the stage drops its state
-//!   and recovers from the checkpoint topic, whose redo completes the writes.
+//!   outputs cannot be written is not retried piecemeal: the shard drops its state
+//!   and recovers from its checkpoint partition, whose redo completes the writes.
 //! * It reads source partitions below their committed high watermark, from this node's
 //!   replica (a follower's replica holds every committed record below its own high
-//!   watermark). A source partition with no replica on the stage's node is read from
+//!   watermark). A source partition with no replica on the shard's node is read from
 //!   its leader through the broker's Kafka client (a fetch answers committed records
 //!   only; listed in the stats as `remote_sources`): the stage asks for its high
 //!   watermark every pass and looks at it at least every [`TICK`] (local replicas wake
-//!   the stage when they grow). With a replication factor equal to the number of nodes
-//!   (the default of `conf/cluster`) every partition is local.
+//!   the stage when they grow).
 //! * Outputs go to the partition's leader: appended here when this node leads it, else
 //!   forwarded with acks=all through the broker's Kafka client (as HTTP ingest does).
 //!   A planned write's end offset is the log end where this node leads the partition,
 //!   else the leader's high watermark. Redo compares with committed records only: on
 //!   this node's replica once it caught up with the leader's high watermark (a leader
-//!   first waits until its whole log is committed), or fetched from the leader.
+//!   first waits until its whole log is committed), or fetched from the leader. Shards
+//!   may write to the same output partition; redo looks for its planned records in
+//!   order among the partition's records, so other shards' records in between do not
+//!   disturb it (an identical record of another shard could be taken for one of them).
 //! * Definitions: `POST`/`DELETE`/pause/resume work on every node: the record goes to
 //!   the leader of `__cep_definitions-0` (forwarded with acks=all when another node
-//!   leads it) and is committed before the answer. Every node applies the committed
-//!   records of the definitions topic as they change (the stage before each pass), so
-//!   `GET /api/cep/patterns` lists them everywhere. Two registrations of one id on two
-//!   nodes at once can both succeed (the later record wins).
-//! * `GET /api/cep/stats` on any node says which node runs the stage (`stage_node`)
-//!   and whether this one does (`stage_running`); the counters, positions and lag are
-//!   those of this node's engine, so they are only meaningful on the stage's node.
-//!   `GET /api/cep/matches` streams only on the stage's node (it publishes what it
-//!   writes); elsewhere it stays silent.
+//!   leads it) and is committed before the answer. Every shard on every node applies
+//!   the committed records of the definitions topic as they change (a running one
+//!   before each pass), so `GET /api/cep/patterns` lists them everywhere. Two
+//!   registrations of one id on two nodes at once can both succeed (the later record
+//!   wins).
+//! * `GET /api/cep/stats` on any node says which node runs each shard (`shards`) and
+//!   merges the counters, positions and lag of the shards this node runs;
+//!   `GET /api/cep/matches` streams the outputs of this node's shards.
 //!
-//! Limits: processing does not scale out (one stage per cluster, whatever the number of
-//! nodes); a failover costs an election plus a recovery (restore and replay since the
-//! last snapshot). Exactly-once rests on the deposed stage being gone: a stage cut off
-//! by a network partition (not killed) whose output write was already on its way when
-//! leadership moved can race with the new stage's redo and duplicate that write (there
-//! is no producer fencing). Webhook deliveries stay at least once.
+//! Limits: the number of shards is fixed when `__cep_checkpoints` is created; a query
+//! runs in one shard; event time advances per shard; a failover costs an election plus
+//! a recovery (restore and replay since the last snapshot). Exactly-once rests on the
+//! deposed stage being gone: a stage cut off by a network partition (not killed) whose
+//! output write was already on its way when leadership moved can race with the new
+//! stage's redo and duplicate that write (there is no producer fencing). Webhook
+//! deliveries stay at least once.
 
 pub mod httpc;
 
@@ -280,7 +290,7 @@ pub struct Cep {
     /// Where webhook deliveries run (set by `start_stage`).
     runtime: Mutex<Option<tokio::runtime::Handle>>,
     webhooks: Arc<WebhookCounters>,
-    /// The Raft term of `__cep_checkpoints-0` in which this node runs the stage (it
+    /// The Raft term of its partition of `__cep_checkpoints` in which this node runs the stage (it
     /// leads that partition and recovered the state from it); 0: not running it.
     stage_term: Arc<AtomicU64>,
     /// A pass could not be recorded or its outputs not written: the state is dropped
@@ -372,7 +382,8 @@ fn record_us(h: &mut hdrhistogram::Histogram<u64>, d: Duration) {
     h.saturating_record((d.as_micros() as u64).max(1));
 }
 
-/// Where this node stands with `__cep_checkpoints-0`, whose Raft leader runs the stage.
+/// Where this node stands with its shard's partition of `__cep_checkpoints`, whose Raft
+/// leader runs the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StageLeadership {
     /// Another node leads it (or none does, or it has no replica here).
@@ -745,7 +756,7 @@ impl Cep {
                 StageLeadership::Ready(t) | StageLeadership::CatchingUp(t) if t == term)
     }
 
-    /// The node running the stage: the leader of `__cep_checkpoints-0` (-1: none known).
+    /// The node running the stage: the leader of its partition of `__cep_checkpoints` (-1: none known).
     pub fn stage_node(&self) -> i32 {
         self.broker
             .partition_leader(CHECKPOINT_TOPIC, self.ckpt())
@@ -1554,8 +1565,8 @@ impl Cep {
             .map(|((t, p), hw)| json!({"topic": t, "partition": p, "high_watermark": hw}))
             .collect();
         json!({
-            // The stage runs on one node of a cluster: the leader of __cep_checkpoints-0.
-            // Elsewhere the counters and positions are empty (the definitions are listed).
+            // This shard runs on the leader of its partition of __cep_checkpoints; elsewhere
+            // the counters and positions are empty (the definitions are listed).
             "stage_node": self.stage_node(),
             "stage_running": self.stage_term.load(Ordering::Acquire) != 0,
             "remote_sources": unhosted,
@@ -2382,7 +2393,7 @@ impl Cep {
     }
 
     /// The stage's loop, on its own thread. It runs passes only while this node leads
-    /// `__cep_checkpoints-0` in the term it recovered in; on gaining that leadership
+    /// its partition of `__cep_checkpoints` in the term it recovered in; on gaining that leadership
     /// (once everything in its log is committed) it recovers, on losing it (or after a
     /// pass that could not be recorded or written) it drops the state.
     fn run(self: Arc<Self>, rt: &tokio::runtime::Handle) {
@@ -3255,12 +3266,12 @@ pub fn openapi() -> Value {
     );
     paths.insert(
         "/api/cep/stats".into(),
-        json!({"get": op("Per definition: events in, matches out, partial matches held, lag; per source partition: the stage's position; in a cluster, the node running the stage (stage_node) and whether this one does (stage_running): the counters are this node's", &[("200", "stats")])}),
+        json!({"get": op("Per definition: events in, matches out, partial matches held, lag; per source partition: its shard's position; which node runs each shard (shards) and whether this one runs any (stage_running): the counters, positions and timings are those of this node's shards", &[("200", "stats")])}),
     );
     paths.insert(
         "/api/cep/matches".into(),
         json!({"get": {
-            "summary": "Live Server-Sent Events stream of the outputs written from now on (in a cluster, by the stage on this node: only the stage's node streams)",
+            "summary": "Live Server-Sent Events stream of the outputs written from now on (in a cluster, those of the shards this node runs)",
             "parameters": [{"name": "pattern", "in": "query", "required": false, "schema": {"type": "string"}, "description": "only this definition's outputs"}],
             "responses": {
                 "200": {"description": "text/event-stream; events match, window_result, alert, late, dead_letter, lagged", "content": {"text/event-stream": {"schema": {"type": "string"}}}},

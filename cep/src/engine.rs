@@ -399,13 +399,9 @@ impl Engine {
             Ok(ev) => Arc::new(ev),
             Err(()) => {
                 let mut sent: Vec<&str> = Vec::new();
-                for d in self
-                    .defs
-                    .iter_mut()
-                    .filter(|d| {
-                        !d.paused && d.topic() == Some(rec.topic) && d.sees.partition(rec.partition)
-                    })
-                {
+                for d in self.defs.iter_mut().filter(|d| {
+                    !d.paused && d.topic() == Some(rec.topic) && d.sees.partition(rec.partition)
+                }) {
                     d.stats.not_json += 1;
                     if let Some(dl) = d.dead_letter() {
                         if !sent.contains(&dl) {

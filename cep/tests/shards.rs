@@ -38,7 +38,8 @@ fn events() -> Vec<(i32, Vec<u8>)> {
 fn run(shard: Shard) -> (Vec<Output>, Engine) {
     let mut e = Engine::new(Limits::default());
     e.set_shard(shard);
-    e.register_text(PATTERN).unwrap_or_else(|err| panic!("{err}"));
+    e.register_text(PATTERN)
+        .unwrap_or_else(|err| panic!("{err}"));
     e.register_text(COUNT).unwrap_or_else(|err| panic!("{err}"));
     let mut out = Vec::new();
     for (i, (p, v)) in events().iter().enumerate() {
@@ -77,10 +78,17 @@ fn shards_together_produce_what_one_engine_does() {
         for index in 0..count {
             let (o, e) = run(Shard { index, count });
             let stats = e.stats();
-            let count_in = stats.iter().find(|s| s.id == "per-user").map(|s| s.stats.events_in);
+            let count_in = stats
+                .iter()
+                .find(|s| s.id == "per-user")
+                .map(|s| s.stats.events_in);
             if index == Shard::of_definition("per-user", count) {
                 query_homes += 1;
-                assert_eq!(count_in, Some(20_000), "the query's home shard sees every record");
+                assert_eq!(
+                    count_in,
+                    Some(20_000),
+                    "the query's home shard sees every record"
+                );
             } else {
                 assert_eq!(count_in, Some(0), "shard {index}/{count} ran the query");
                 assert!(o.iter().all(|o| o.definition_id != "per-user"));
@@ -94,8 +102,16 @@ fn shards_together_produce_what_one_engine_does() {
             outs.extend(o);
         }
         assert_eq!(query_homes, 1);
-        assert_eq!(sorted(&outs, "brute-force"), sorted(&whole, "brute-force"), "{count} shards");
-        assert_eq!(sorted(&outs, "per-user"), sorted(&whole, "per-user"), "{count} shards");
+        assert_eq!(
+            sorted(&outs, "brute-force"),
+            sorted(&whole, "brute-force"),
+            "{count} shards"
+        );
+        assert_eq!(
+            sorted(&outs, "per-user"),
+            sorted(&whole, "per-user"),
+            "{count} shards"
+        );
     }
 }
 
