@@ -2533,6 +2533,10 @@ impl CepNode {
         Ok(Arc::new(CepNode { shards, live }))
     }
 
+    fn broker(&self) -> &Arc<Broker> {
+        &self.primary().broker
+    }
+
     fn primary(&self) -> &Arc<Cep> {
         // `open_with` makes at least one (`ensure_topics` refuses zero partitions).
         &self.shards[0]
@@ -3125,13 +3129,253 @@ async fn set_paused(cep: Arc<CepNode>, id: String, paused: bool) -> Response {
     }
 }
 
-async fn stats(State(cep): State<Arc<CepNode>>) -> Response {
-    axum::Json(cep.stats()).into_response()
+/// How long a node waits for another node's part of a cluster-wide answer.
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Before following another node's live stream again after it ended.
+const PEER_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Deserialize)]
+struct ScopeQuery {
+    scope: Option<String>,
+}
+
+/// `scope=node`: this node's shards only (what nodes ask each other); `scope=cluster`
+/// (the default): every node's.
+fn node_scope(scope: Option<&str>) -> Result<bool, Response> {
+    match scope {
+        None | Some("cluster") => Ok(false),
+        Some("node") => Ok(true),
+        Some(other) => Err(Failure::msg(
+            StatusCode::BAD_REQUEST,
+            format!("scope must be \"node\" or \"cluster\", not {other:?}"),
+        )
+        .into_response()),
+    }
+}
+
+async fn stats(State(cep): State<Arc<CepNode>>, Query(q): Query<ScopeQuery>) -> Response {
+    let local_only = match node_scope(q.scope.as_deref()) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let local = cep.stats();
+    let peers = if local_only {
+        Vec::new()
+    } else {
+        cep.broker().peer_http()
+    };
+    if peers.is_empty() {
+        return axum::Json(local).into_response();
+    }
+    let mut asks = tokio::task::JoinSet::new();
+    for (node, addr) in peers {
+        asks.spawn(async move {
+            let answer = httpc::request(
+                &addr,
+                "GET",
+                "/api/cep/stats?scope=node",
+                None,
+                PEER_TIMEOUT,
+            )
+            .await;
+            let stats = match answer {
+                Ok(r) if r.status == 200 => serde_json::from_slice::<Value>(&r.body).ok(),
+                Ok(r) => {
+                    tracing::debug!(node, status = r.status, "CEP stats of another node");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(node, error = %format!("{e:#}"), "CEP stats of another node");
+                    None
+                }
+            };
+            (node, stats)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(done) = asks.join_next().await {
+        if let Ok(a) = done {
+            answers.push(a);
+        }
+    }
+    answers.sort_by_key(|(node, _)| *node);
+    axum::Json(merge_cluster_stats(cep.broker().node_id(), local, answers)).into_response()
+}
+
+/// Every node's stats (`scope=node`: the shards it runs) as one: per definition the
+/// sums of the counters and lag, every node's source positions (with `node`), each
+/// shard with the node that runs it, per node its timings (`nodes`; unreachable
+/// nodes are listed so). `timings` and `live_subscribers` stay this node's.
+fn merge_cluster_stats(me: i32, local: Value, peers: Vec<(i32, Option<Value>)>) -> Value {
+    fn tagged(rows: &Value, node: i32) -> Vec<Value> {
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let mut r = r.clone();
+                r["node"] = json!(node);
+                r
+            })
+            .collect()
+    }
+    let mut out = local.clone();
+    let mut nodes = vec![json!({
+        "node": me,
+        "reachable": true,
+        "stage_running": local["stage_running"],
+        "timings": local["timings"],
+    })];
+    let mut sources = tagged(&local["sources"], me);
+    let mut remote = tagged(&local["remote_sources"], me);
+    let mut shards: Vec<Value> = local["shards"].as_array().cloned().unwrap_or_default();
+    for sh in &mut shards {
+        if sh["running"] == json!(true) {
+            sh["node"] = json!(me);
+        }
+    }
+    let mut defs: Vec<Value> = local["definitions"].as_array().cloned().unwrap_or_default();
+    let (mut sent, mut failed) = (
+        local["webhooks"]["sent"].as_i64().unwrap_or(0),
+        local["webhooks"]["failed"].as_i64().unwrap_or(0),
+    );
+    for (node, answer) in peers {
+        let Some(v) = answer else {
+            nodes.push(json!({"node": node, "reachable": false}));
+            continue;
+        };
+        nodes.push(json!({
+            "node": node,
+            "reachable": true,
+            "stage_running": v["stage_running"],
+            "timings": v["timings"],
+        }));
+        sources.extend(tagged(&v["sources"], node));
+        remote.extend(tagged(&v["remote_sources"], node));
+        for theirs in v["shards"].as_array().into_iter().flatten() {
+            if theirs["running"] != json!(true) {
+                continue;
+            }
+            if let Some(sh) = shards.iter_mut().find(|s| s["shard"] == theirs["shard"]) {
+                sh["node"] = json!(node);
+            }
+        }
+        for row in v["definitions"].as_array().into_iter().flatten() {
+            let Some(row) = row.as_object() else { continue };
+            let Some(mine) = defs.iter_mut().find(|d| d["id"] == row["id"]) else {
+                // Not applied here yet: listed as that node has it.
+                defs.push(Value::Object(row.clone()));
+                continue;
+            };
+            for (k, add) in row {
+                if let (Some(a), Some(m)) = (add.as_i64(), mine[k.as_str()].as_i64()) {
+                    mine[k.as_str()] = json!(m + a);
+                }
+            }
+        }
+        sent += v["webhooks"]["sent"].as_i64().unwrap_or(0);
+        failed += v["webhooks"]["failed"].as_i64().unwrap_or(0);
+    }
+    sources.sort_by_key(|r| (r["topic"].to_string(), r["partition"].as_i64()));
+    out["definitions"] = json!(defs);
+    out["sources"] = json!(sources);
+    out["remote_sources"] = json!(remote);
+    out["shards"] = json!(shards);
+    out["nodes"] = json!(nodes);
+    out["webhooks"] = json!({"sent": sent, "failed": failed});
+    out
 }
 
 #[derive(Debug, Deserialize)]
 struct MatchesQuery {
     pattern: Option<String>,
+    scope: Option<String>,
+}
+
+/// An event of another node's live stream, as this node's stream carries it.
+fn peer_event(v: &Value) -> SseEvent {
+    match v["kind"].as_str() {
+        Some(kind) => SseEvent::default()
+            .event(kind)
+            .id(format!(
+                "{}/{}/{}",
+                v["topic"].as_str().unwrap_or(""),
+                v["partition"],
+                v["offset"]
+            ))
+            .data(v.to_string()),
+        // Its `lagged` event ({"missed": n}).
+        None => SseEvent::default().event("lagged").data(v.to_string()),
+    }
+}
+
+/// Follows another node's live stream (`scope=node`) into `tx` until `tx` closes
+/// (noticed at the latest at that node's next keep-alive), again after it ends (the
+/// node restarted). `ready` fires once its stream answered (or the first try failed).
+async fn follow_peer(
+    node: i32,
+    addr: String,
+    pattern: Option<String>,
+    tx: mpsc::Sender<SseEvent>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let path = match &pattern {
+        Some(p) => format!(
+            "/api/cep/matches?scope=node&pattern={}",
+            httpc::encode_segment(p)
+        ),
+        None => "/api/cep/matches?scope=node".to_string(),
+    };
+    let mut ready = Some(ready);
+    while !tx.is_closed() {
+        let mut parser = httpc::SseParser::default();
+        let mut missed = 0u64;
+        let ended = httpc::exchange(&addr, "GET", &path, None, |status, bytes| {
+            if status != 200 || tx.is_closed() {
+                return std::ops::ControlFlow::Break(());
+            }
+            if let Some(r) = ready.take() {
+                let _ = r.send(());
+            }
+            for data in parser.push(bytes) {
+                let Ok(v) = serde_json::from_str::<Value>(&data) else {
+                    continue;
+                };
+                if missed > 0
+                    && tx
+                        .try_send(
+                            SseEvent::default()
+                                .event("lagged")
+                                .data(json!({ "missed": missed }).to_string()),
+                        )
+                        .is_ok()
+                {
+                    missed = 0;
+                }
+                // A full channel: the reader is slow; counted as a local subscriber's lag is.
+                if tx.try_send(peer_event(&v)).is_err() {
+                    missed += 1;
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+        .await;
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        match ended {
+            Ok(status) if status != 200 => {
+                tracing::debug!(node, status, "following another node's CEP stream")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(node, error = %format!("{e:#}"), "following another node's CEP stream")
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(PEER_RETRY).await;
+    }
 }
 
 /// Server-Sent Events from an mpsc receiver.
@@ -3146,6 +3390,10 @@ impl futures_core::Stream for LiveStream {
 }
 
 async fn matches(State(cep): State<Arc<CepNode>>, Query(q): Query<MatchesQuery>) -> Response {
+    let local_only = match node_scope(q.scope.as_deref()) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     if let Some(id) = &q.pattern {
         if cep.get(id).is_none() {
             return not_found(id);
@@ -3153,12 +3401,25 @@ async fn matches(State(cep): State<Arc<CepNode>>, Query(q): Query<MatchesQuery>)
     }
     let mut rx = cep.live.subscribe();
     let (tx, out) = mpsc::channel::<SseEvent>(256);
+    // Every other node's stream too (their shards' outputs), followed before the
+    // greeting so that it means every node's outputs from then on.
+    let mut ready = Vec::new();
+    if !local_only {
+        for (node, addr) in cep.broker().peer_http() {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            ready.push(wait);
+            tokio::spawn(follow_peer(node, addr, q.pattern.clone(), tx.clone(), done));
+        }
+    }
     let filter = q.pattern.clone();
     let greeting = match &filter {
         Some(id) => format!("subscribed to {id}"),
         None => "subscribed to every definition".to_string(),
     };
     tokio::spawn(async move {
+        for wait in ready {
+            let _ = tokio::time::timeout(PEER_TIMEOUT, wait).await;
+        }
         if tx
             .send(SseEvent::default().comment(greeting))
             .await
@@ -3266,15 +3527,23 @@ pub fn openapi() -> Value {
     );
     paths.insert(
         "/api/cep/stats".into(),
-        json!({"get": op("Per definition: events in, matches out, partial matches held, lag; per source partition: its shard's position; which node runs each shard (shards) and whether this one runs any (stage_running): the counters, positions and timings are those of this node's shards", &[("200", "stats")])}),
+        json!({"get": {
+            "summary": "Per definition: events in, matches out, partial matches held, lag, summed over the cluster's shards; per source partition: its shard's position and node; which node runs each shard (shards); per node its stage timings (nodes)",
+            "parameters": [{"name": "scope", "in": "query", "required": false, "schema": {"type": "string", "enum": ["cluster", "node"]}, "description": "node: only the shards this node runs (default: cluster)"}],
+            "responses": {"200": {"description": "stats"}, "400": {"description": "invalid scope"}}
+        }}),
     );
     paths.insert(
         "/api/cep/matches".into(),
         json!({"get": {
-            "summary": "Live Server-Sent Events stream of the outputs written from now on (in a cluster, those of the shards this node runs)",
-            "parameters": [{"name": "pattern", "in": "query", "required": false, "schema": {"type": "string"}, "description": "only this definition's outputs"}],
+            "summary": "Live Server-Sent Events stream of the outputs written from now on, by every node's shards",
+            "parameters": [
+                {"name": "pattern", "in": "query", "required": false, "schema": {"type": "string"}, "description": "only this definition's outputs"},
+                {"name": "scope", "in": "query", "required": false, "schema": {"type": "string", "enum": ["cluster", "node"]}, "description": "node: only the outputs of the shards this node runs (default: cluster)"}
+            ],
             "responses": {
                 "200": {"description": "text/event-stream; events match, window_result, alert, late, dead_letter, lagged", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "400": {"description": "invalid scope"},
                 "404": {"description": "unknown definition"}
             }
         }}),
@@ -3454,6 +3723,68 @@ mod tests {
         assert_eq!(node.stats()["definitions"][0]["lag"], 0);
     }
 
+    #[test]
+    fn cluster_stats_sum_every_nodes_shards() {
+        let node = |running: &[u64], events: i64, lag: i64, partition: i64| {
+            json!({
+                "stage_running": !running.is_empty(),
+                "shards": (0..3u64).map(|i| json!({"shard": i, "node": 1, "running": running.contains(&i)})).collect::<Vec<_>>(),
+                "definitions": [{"id": "p", "events_in": events, "lag": lag, "partial_matches": 1}],
+                "sources": [{"topic": "auth", "partition": partition, "position": events}],
+                "remote_sources": [],
+                "timings": {"process": {"count": events}},
+                "webhooks": {"sent": 1, "failed": 0},
+                "live_subscribers": 0,
+            })
+        };
+        let merged = merge_cluster_stats(
+            1,
+            node(&[0], 10, 1, 0),
+            vec![
+                (2, Some(node(&[1], 20, 2, 1))),
+                (3, None),
+                (4, Some(node(&[2], 30, 3, 2))),
+            ],
+        );
+        assert_eq!(
+            merged["definitions"],
+            json!([{"id": "p", "events_in": 60, "lag": 6, "partial_matches": 3}])
+        );
+        let placed: Vec<(u64, i64)> = merged["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["shard"].as_u64().unwrap(), s["node"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(placed, vec![(0, 1), (1, 2), (2, 4)]);
+        let read: Vec<(i64, i64)> = merged["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["partition"].as_i64().unwrap(),
+                    s["node"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(read, vec![(0, 1), (1, 2), (2, 4)]);
+        let reachable: Vec<(i64, bool)> = merged["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["node"].as_i64().unwrap(),
+                    n["reachable"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(reachable, vec![(1, true), (2, true), (3, false), (4, true)]);
+        assert_eq!(merged["webhooks"], json!({"sent": 3, "failed": 0}));
+        assert_eq!(merged["timings"], json!({"process": {"count": 10}}));
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn http_handlers() {
         let tb = broker();
@@ -3496,7 +3827,27 @@ mod tests {
             resume(State(cep.clone()), id()).await.status(),
             StatusCode::OK
         );
-        assert_eq!(stats(State(cep.clone())).await.status(), StatusCode::OK);
+        let scope = |s: Option<&str>| {
+            Query(ScopeQuery {
+                scope: s.map(str::to_string),
+            })
+        };
+        assert_eq!(
+            stats(State(cep.clone()), scope(None)).await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            stats(State(cep.clone()), scope(Some("node")))
+                .await
+                .status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            stats(State(cep.clone()), scope(Some("everywhere")))
+                .await
+                .status(),
+            StatusCode::BAD_REQUEST
+        );
         assert_eq!(
             delete_one(State(cep.clone()), id()).await.status(),
             StatusCode::NO_CONTENT

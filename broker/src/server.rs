@@ -39,6 +39,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 kafka_host: config.advertised_host.clone(),
                 kafka_port: config.advertised_port,
                 founders: founders.clone(),
+                http: if config.http_listen.ip().is_unspecified() {
+                    format!("{}:{}", config.advertised_host, config.http_listen.port())
+                } else {
+                    config.http_listen.to_string()
+                },
             };
             let peers = config.peers.iter().map(|(k, v)| (*k, v.clone())).collect();
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -312,6 +312,25 @@ impl Broker {
         }
     }
 
+    /// The HTTP listeners (host:port) of the other cluster members that introduced
+    /// themselves over the Raft transport (empty on a single node).
+    pub fn peer_http(&self) -> Vec<(i32, String)> {
+        let Some(node) = &self.raft else {
+            return Vec::new();
+        };
+        let members = self.cluster_nodes();
+        let me = self.node_id();
+        node.transport
+            .peers()
+            .into_iter()
+            .filter(|p| {
+                let id = p.node_id as i32;
+                id != me && members.contains(&id) && !p.http.is_empty()
+            })
+            .map(|p| (p.node_id as i32, p.http))
+            .collect()
+    }
+
     /// The controller: the metadata group's leader (-1 while electing).
     pub fn controller_id(&self) -> i32 {
         match &self.meta_group {

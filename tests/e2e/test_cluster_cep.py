@@ -30,7 +30,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import NewTopic
 
-from test_cep import BRUTE_FORCE, PATTERNS, http, login, read_topic
+from test_cep import BRUTE_FORCE, PATTERNS, SseReader, http, login, read_topic
 from test_cluster import Cluster, cluster  # noqa: F401 (the fixture)
 from util import wait_until
 
@@ -45,9 +45,10 @@ def create_topics(cluster: Cluster, *topics: str):
         cluster.wait_leaders(t, PARTITIONS)
 
 
-def stats(cluster: Cluster, node: int) -> dict | None:
+def stats(cluster: Cluster, node: int, scope: str = "node") -> dict | None:
+    """A node's CEP stats: its own shards (scope=node), or the whole cluster's (scope=cluster)."""
     try:
-        status, body = http("GET", cluster.nodes[node].http_url + "/api/cep/stats")
+        status, body = http("GET", cluster.nodes[node].http_url + f"/api/cep/stats?scope={scope}")
     except OSError:
         return None
     return body if status == 200 else None
@@ -211,7 +212,7 @@ def register_on(cluster: Cluster, node: int = 2) -> None:
     wait_until(lambda: patterns_everywhere(cluster), 30, "every node to list the pattern")
 
 
-def feed_and_check(cluster):
+def feed_and_check(cluster) -> Events:
     """300 users that complete the pattern and 100 whose success comes 3 s of event time
     later, then an event far ahead that releases everything: each expected alert exactly once."""
     ev = Events()
@@ -223,6 +224,7 @@ def feed_and_check(cluster):
     wait_stage_caught_up(cluster)
     feeder.flush(20_000)
     check_exactly_once(cluster, ev.expected)
+    return ev
 
 
 def leaders(cluster: Cluster, topic: str) -> dict[int, int]:
@@ -233,8 +235,19 @@ def leaders(cluster: Cluster, topic: str) -> dict[int, int]:
 def test_pattern_registered_on_any_node_alerts_exactly_once_with_the_work_spread(cluster):
     create_topics(cluster, "auth", "alerts")
     register_on(cluster, 2)
-    feed_and_check(cluster)
+    # The live stream of one node carries every node's matches.
+    reader = SseReader(cluster.nodes[1], "brute-force")
+    assert reader.status == 200, reader.status
+    reader.start()
+    assert reader.subscribed.wait(10), "no ': subscribed' comment on the stream"
+    ev = feed_and_check(cluster)
     assert patterns_everywhere(cluster)
+    wait_until(lambda: len(reader.events) >= len(ev.expected), 30, "every match on node 1's live stream")
+    time.sleep(0.5)
+    streamed = sorted(e["data"]["value"]["user"] for e in reader.events)
+    assert streamed == sorted(ev.expected), (len(streamed), len(ev.expected))
+    assert {e["event"] for e in reader.events} == {"match"}
+    reader.close()
     # Scale-out: each node runs one shard, and each partition of `auth` is processed by its leader
     # (leadership returns to the preferred replica, the same node for `auth`-p and the shard's
     # checkpoint partition).
@@ -245,9 +258,21 @@ def test_pattern_registered_on_any_node_alerts_exactly_once_with_the_work_spread
             return None
         return rows if {p: n for p, (n, _) in rows.items()} == leaders(cluster, "auth") else None
     wait_until(spread, 60, "each partition of `auth` processed on its leader, one shard per node")
+    rows = spread()
+    per_node = {}
     for i in cluster.nodes:
         row = next(d for d in stats(cluster, i)["definitions"] if d["id"] == "brute-force")
         assert row["events_in"] > 0, (i, row)
+        per_node[i] = row["events_in"]
+    # Any node's default (cluster-wide) stats: every node's shards.
+    for i in cluster.nodes:
+        whole = stats(cluster, i, "cluster")
+        row = next(d for d in whole["definitions"] if d["id"] == "brute-force")
+        assert row["events_in"] == sum(per_node.values()), (i, row, per_node)
+        assert {(r["partition"], r["node"]) for r in whole["sources"] if r["topic"] == "auth"} == \
+            {(p, n) for p, (n, _) in rows.items()}
+        assert sorted(s["node"] for s in whole["shards"]) == [1, 2, 3]
+        assert [n["reachable"] for n in whole["nodes"]] == [True, True, True]
 
 
 @pytest.mark.parametrize("kill_at", ["first_alerts", "flush_acked"])

@@ -45,6 +45,10 @@ pub struct PeerInfo {
     /// entry), which a joining node needs to replay the group's log.
     #[serde(default)]
     pub founders: Vec<u64>,
+    /// The node's HTTP listener (host:port), for the CEP API's cluster-wide views
+    /// (absent from nodes of an older version).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub http: String,
 }
 
 pub struct Inbound {
