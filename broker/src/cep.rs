@@ -164,9 +164,13 @@
 //!   before each pass), so `GET /api/cep/patterns` lists them everywhere. Two
 //!   registrations of one id on two nodes at once can both succeed (the later record
 //!   wins).
-//! * `GET /api/cep/stats` on any node says which node runs each shard (`shards`) and
-//!   merges the counters, positions and lag of the shards this node runs;
-//!   `GET /api/cep/matches` streams the outputs of this node's shards.
+//! * `GET /api/cep/stats` and `GET /api/cep/matches` answer for the whole cluster on
+//!   any node: the node asks every other member (`?scope=node`, at the HTTP address
+//!   each gave in its Raft hello) and merges: counters and lag summed per definition,
+//!   positions listed with their node, each shard with the node that runs it, each
+//!   node's timings under `nodes` (an unreachable node is listed so); the live stream
+//!   follows every other node's stream (again after it ended) before its greeting.
+//!   `?scope=node`: the shards of the node asked only.
 //!
 //! Limits: the number of shards is fixed when `__cep_checkpoints` is created; a query
 //! runs in one shard; event time advances per shard; a failover costs an election plus
