@@ -241,10 +241,13 @@ fn cep_reports_matches_and_their_latency() {
             "2",
             "--keys",
             "20",
+            "--partitions",
+            "3",
         ],
     );
     assert_eq!(v["mode"], "cep");
     assert_eq!(v["sink_topic"], "logins-matches");
+    assert_eq!(v["partitions"], 3);
     let events = num(&v, &["produce", "records"]);
     assert!(events > 1000.0, "{v}");
     assert_eq!(num(&v, &["produce", "errors"]), 0.0, "{v}");

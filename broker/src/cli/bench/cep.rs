@@ -5,8 +5,8 @@
 //! user, within 60 s; event time from `ts`, no out-of-orderness bound, so a match is
 //! released as soon as its last event is read) through the broker's HTTP API, then
 //! produces JSON login events open loop at `--rate` (1 ms ticks, one batch per tick,
-//! 75% failures over `--keys` users) with Weir's own client, while a consumer reads
-//! the output topic. Each match carries the `sent_us` of its last event: latency is
+//! 75% failures over `--keys` users, each user in one partition of the source topic)
+//! with Weir's own client, while a consumer per partition reads the output topic. Each match carries the `sent_us` of its last event: latency is
 //! the time the match was read minus that (one clock: both ends run here). Like
 //! `benches/cep_latency.py`, but with no Python and against any running broker.
 
@@ -76,9 +76,19 @@ pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()>
     for t in [&source, &sink] {
         // Already there is fine (a re-run); anything else shows up when producing.
         let _ = client
-            .create_topic(t, 1, a.replication_factor, &[], false)
+            .create_topic(t, a.partitions, a.replication_factor, &[], false)
             .await;
     }
+    // Users are spread over the source's partitions (a user always in one), as keyed
+    // producers do; in a cluster each partition's matching runs on its own shard.
+    let partitions = match client.partition_count(&source).await {
+        Ok(n) if n > 0 => i32::try_from(n).unwrap_or(i32::MAX),
+        _ => a.partitions.max(1),
+    };
+    let sink_partitions = match client.partition_count(&sink).await {
+        Ok(n) if n > 0 => i32::try_from(n).unwrap_or(i32::MAX),
+        _ => a.partitions.max(1),
+    };
     let body = pattern(&pattern_id, &source, &sink).to_string();
     let r = httpc::request(
         &args.http,
@@ -97,30 +107,42 @@ pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()>
             r.text()
         );
     }
-    // Matches of earlier runs on the same topics are skipped: start at the end.
-    let (start, _) = client
-        .list_offset(&sink, 0, OffsetSpec::Latest)
-        .await
-        .with_context(|| format!("finding the end of {sink}"))?;
-    let hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-        .map_err(|e| anyhow!("latency histogram: {e}"))?;
-
     let produced_done = Arc::new(AtomicBool::new(false));
-    let consumer = tokio::spawn(consume_matches(
-        client.clone(),
-        sink.clone(),
-        start,
-        hist,
-        produced_done.clone(),
-        a.timeout(),
-    ));
+    let mut consumers = Vec::new();
+    for partition in 0..sink_partitions {
+        // Matches of earlier runs on the same topics are skipped: start at the end.
+        let (start, _) = client
+            .list_offset(&sink, partition, OffsetSpec::Latest)
+            .await
+            .with_context(|| format!("finding the end of {sink}-{partition}"))?;
+        let hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+            .map_err(|e| anyhow!("latency histogram: {e}"))?;
+        consumers.push(tokio::spawn(consume_matches(
+            client.clone(),
+            sink.clone(),
+            partition,
+            start,
+            hist,
+            produced_done.clone(),
+            a.timeout(),
+        )));
+    }
     let probe = super::baseline::WakeupProbe::start();
-    let produced = produce_events(&client, &source, rate, a, args.keys).await;
+    let produced = produce_events(&client, &source, partitions, rate, a, args.keys).await;
     let wakeup = probe.finish();
     produced_done.store(true, Ordering::Release);
-    let (matches, hist, read_error) = consumer
-        .await
-        .map_err(|e| anyhow!("the match consumer failed: {e}"))?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| anyhow!("latency histogram: {e}"))?;
+    let (mut matches, mut read_error) = (0u64, None);
+    for c in consumers {
+        let (n, h, e) = c
+            .await
+            .map_err(|e| anyhow!("the match consumer failed: {e}"))?;
+        matches += n;
+        hist.add(&h)
+            .map_err(|e| anyhow!("merging latency histograms: {e}"))?;
+        read_error = read_error.or(e);
+    }
     let produced = produced?;
     // Where the broker's stage spent a match's time (its histograms since the broker
     // started; absent from brokers without them).
@@ -148,6 +170,7 @@ pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()>
             "target_rate": rate,
             "source_topic": source,
             "sink_topic": sink,
+            "partitions": partitions,
             "produce": produced.json(None),
             "matches": matches,
             "latency_ms": latency.map(|l| l.json()),
@@ -220,6 +243,7 @@ fn describe_stage(t: &Value) -> String {
 async fn produce_events(
     client: &Client,
     topic: &str,
+    partitions: i32,
     rate: f64,
     a: &BenchArgs,
     keys: u32,
@@ -245,11 +269,15 @@ async fn produce_events(
             continue;
         }
         owed -= n as f64;
-        let mut b = BatchBuilder::new(Compression::None);
+        let mut batches: Vec<BatchBuilder> = (0..partitions)
+            .map(|_| BatchBuilder::new(Compression::None))
+            .collect();
         let ts_ms = now_us() / 1000;
         for _ in 0..n {
             let r = rng.next();
-            let user = format!("u{}", r % u64::from(keys));
+            let index = r % u64::from(keys);
+            let user = format!("u{index}");
+            let b = &mut batches[(index % partitions as u64) as usize];
             // One event in four is a success, as in benches/cep_latency.py.
             let success = (r >> 32).is_multiple_of(4);
             let v = format!(
@@ -258,22 +286,27 @@ async fn produce_events(
             );
             b.push(ts_ms, Some(user.as_bytes()), Some(v.as_bytes()), &[]);
         }
-        let batch = Bytes::from(b.build().map_err(|e| anyhow!("building a batch: {e}"))?);
         out.records += n;
-        out.batches += 1;
-        out.bytes += batch.len() as u64;
-        let pending = client
-            .send_produce(topic, 0, batch, a.acks, a.timeout())
-            .await
-            .with_context(|| format!("producing to {topic}"))?;
-        let errors = errors.clone();
-        acks.spawn(async move {
-            if let Err(e) = pending.wait().await {
-                if errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(error = %e, "produce failed");
-                }
+        for (partition, b) in batches.into_iter().enumerate() {
+            if b.is_empty() {
+                continue;
             }
-        });
+            let batch = Bytes::from(b.build().map_err(|e| anyhow!("building a batch: {e}"))?);
+            out.batches += 1;
+            out.bytes += batch.len() as u64;
+            let pending = client
+                .send_produce(topic, partition as i32, batch, a.acks, a.timeout())
+                .await
+                .with_context(|| format!("producing to {topic}-{partition}"))?;
+            let errors = errors.clone();
+            acks.spawn(async move {
+                if let Err(e) = pending.wait().await {
+                    if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!(error = %e, "produce failed");
+                    }
+                }
+            });
+        }
         while acks.try_join_next().is_some() {}
     }
     while acks.join_next().await.is_some() {}
@@ -290,6 +323,7 @@ async fn produce_events(
 async fn consume_matches(
     client: Client,
     sink: String,
+    partition: i32,
     mut offset: i64,
     mut hist: Histogram<u64>,
     produced_done: Arc<AtomicBool>,
@@ -299,7 +333,7 @@ async fn consume_matches(
     let mut idle_since: Option<Instant> = None;
     loop {
         let fetched = client
-            .fetch(&sink, 0, offset, 4 << 20, Duration::from_millis(50))
+            .fetch(&sink, partition, offset, 4 << 20, Duration::from_millis(50))
             .await;
         let part = match fetched {
             Ok(p) => p,
