@@ -44,7 +44,9 @@
 //! `__cep_checkpoints` (each shard, see below, in its own partition; what follows is
 //! per shard):
 //!
-//! 1. A pass reads a range of records from each source partition, feeds the engine,
+//! 1. A pass reads a range of records from each source partition, feeds the engine
+//!    (merged by record timestamp across partitions, each partition in offset order:
+//!    `process_merged`),
 //!    calls [`Engine::on_processing_time`] with the pass's clock reading, and collects
 //!    the outputs. It assigns each output its partition and notes, per output
 //!    partition, the partition's end offset before the write. (A pass that read and
@@ -465,6 +467,10 @@ struct LogEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     idle_now_ms: Option<i64>,
     reads: Vec<ReadRange>,
+    /// The pass fed its reads to the engine merged by timestamp ([`process_merged`]);
+    /// entries of older versions fed them range by range, and are replayed so.
+    #[serde(default)]
+    merged: bool,
     now_ms: i64,
     positions: Vec<(String, i32, i64)>,
     writes: Vec<PlannedWrite>,
@@ -1171,6 +1177,7 @@ impl Cep {
     /// retried: replaying less would rebuild another state).
     fn replay(&self, engine: &mut Engine, entry: &LogEntry) -> Result<(), String> {
         let mut dropped = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
         if let Some(t) = entry.idle_now_ms {
             let _ = engine.on_processing_time(t);
         }
@@ -1192,17 +1199,27 @@ impl Cep {
                 }
             }
             let mut pos = *from;
+            let mut run = Vec::new();
             while pos < *to {
                 let (recs, next) = self
                     .read_source(&src, pos, *to)
                     .map_err(|e| format!("CEP replay of {topic}-{partition}: {e}"))?;
-                process_records(engine, &src, &recs, &mut dropped);
-                dropped.clear();
+                if entry.merged {
+                    run.extend(recs);
+                } else {
+                    // Written before merged passes: partition by partition.
+                    process_records(engine, topic, *partition, &recs, &mut dropped);
+                    dropped.clear();
+                }
                 if next <= pos {
                     break;
                 }
                 pos = next;
             }
+            runs.push((topic.clone(), *partition, run));
+        }
+        if entry.merged {
+            process_merged(engine, &runs, &mut dropped);
         }
         let _ = engine.on_processing_time(entry.now_ms);
         Ok(())
@@ -1748,6 +1765,7 @@ impl Cep {
         self.sync_definitions();
         let mut outputs = Vec::new();
         let mut reads: Vec<ReadRange> = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
         for (src, pos) in self.source_partitions() {
             let read = self.source_high_watermark(&src).and_then(|hw| {
                 if let Source::Remote { topic, index } = &src {
@@ -1769,16 +1787,20 @@ impl Cep {
                 let age = Duration::from_millis(now_ms().saturating_sub(newest).max(0) as u64);
                 record_us(&mut self.timings.lock().record_age, age);
             }
+            reads.push((src.topic().to_string(), src.index(), pos, next));
+            runs.push((src.topic().to_string(), src.index(), recs));
+        }
+        if !runs.is_empty() {
             let started = Instant::now();
             let mut engine = self.engine.lock();
-            process_records(&mut engine, &src, &recs, &mut outputs);
+            process_merged(&mut engine, &runs, &mut outputs);
             record_us(&mut self.timings.lock().process, started.elapsed());
             // Under the engine lock: a snapshot never sees the engine past records
             // whose position is not recorded.
-            reads.push((src.topic().to_string(), src.index(), pos, next));
-            self.positions
-                .lock()
-                .insert((src.topic().to_string(), src.index()), next);
+            let mut positions = self.positions.lock();
+            for (topic, partition, _, next) in &reads {
+                positions.insert((topic.clone(), *partition), *next);
+            }
         }
         let now = now_ms();
         outputs.extend(self.engine.lock().on_processing_time(now));
@@ -2135,6 +2157,7 @@ impl Cep {
             seq,
             idle_now_ms,
             reads,
+            merged: true,
             now_ms: now,
             positions: self.positions_vec(),
             writes: writes.to_vec(),
@@ -2953,9 +2976,41 @@ fn apply_stored<'a>(
 }
 
 /// Feeds decoded records of `part` to the engine.
+/// Records one pass read from one source partition.
+type Run = (String, i32, Vec<records::Record>);
+
+/// Feeds a pass's records to the engine in timestamp order across its source
+/// partitions, each partition's records in offset order: a merge of the partitions'
+/// runs that always takes the run whose next record is oldest (ties: the run read
+/// first), as Kafka Streams picks the next record of a task. Partition by partition,
+/// the records of one partition read far ahead of another's would push event time past
+/// the other's and make its records late. Deterministic, so a replay feeds the same
+/// order.
+fn process_merged(engine: &mut Engine, runs: &[Run], outputs: &mut Vec<Output>) {
+    use std::cmp::Reverse;
+    let mut heads: std::collections::BinaryHeap<Reverse<(i64, usize)>> = runs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, _, recs))| recs.first().map(|r| Reverse((r.timestamp, i))))
+        .collect();
+    let mut next = vec![0usize; runs.len()];
+    while let Some(Reverse((_, i))) = heads.pop() {
+        let (topic, partition, recs) = &runs[i];
+        let n = next[i];
+        if let Some(r) = recs.get(n) {
+            process_records(engine, topic, *partition, std::slice::from_ref(r), outputs);
+        }
+        next[i] = n + 1;
+        if let Some(r) = recs.get(n + 1) {
+            heads.push(Reverse((r.timestamp, i)));
+        }
+    }
+}
+
 fn process_records(
     engine: &mut Engine,
-    src: &Source,
+    topic: &str,
+    partition: i32,
     recs: &[records::Record],
     outputs: &mut Vec<Output>,
 ) {
@@ -2970,8 +3025,8 @@ fn process_records(
             })
             .collect();
         let rec = weir_cep::SourceRecord {
-            topic: src.topic(),
-            partition: src.index(),
+            topic,
+            partition,
             offset: r.offset,
             timestamp_ms: r.timestamp,
             key: r.key.as_deref(),
@@ -3725,6 +3780,77 @@ mod tests {
         assert_eq!(alerted(&tb.broker), users);
         assert_eq!(node.stats()["definitions"][0]["events_in"], 32);
         assert_eq!(node.stats()["definitions"][0]["lag"], 0);
+    }
+
+    fn produce_at(b: &Broker, topic: &str, partition: i32, events: &[(i64, String)]) {
+        let p = b.partition(topic, partition).unwrap();
+        let mut builder = BatchBuilder::new(Compression::None);
+        for (ts, v) in events {
+            builder.push(*ts, None, Some(v.as_bytes()), &[]);
+        }
+        let mut set = builder.build().unwrap();
+        p.append(&mut set, now_ms()).unwrap();
+    }
+
+    #[test]
+    fn a_pass_merges_its_partitions_by_timestamp_and_its_replay_does_too() {
+        let tb = broker();
+        tb.broker
+            .create_topic("auth", 2, -1, BTreeMap::new(), false)
+            .unwrap();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        // No out-of-orderness allowed: partition 0 read to its end first would move
+        // event time past all of partition 1's records.
+        cep.register(&BRUTE.replace("\"5s\"", "\"0s\""), false)
+            .unwrap();
+        produce_at(&tb.broker, "auth", 0, &[(500, login("x", true, 500))]);
+        while cep.pass() {}
+        let ev = |user: &str, ok: bool, ts: i64| (ts, login(user, ok, ts));
+        produce_at(
+            &tb.broker,
+            "auth",
+            0,
+            &[
+                ev("alice", false, 1000),
+                ev("alice", false, 2000),
+                ev("alice", false, 3000),
+                ev("alice", true, 4000),
+                (
+                    9000,
+                    r#"{"user":"zed","type":"logout","ts":9000}"#.to_string(),
+                ),
+            ],
+        );
+        produce_at(
+            &tb.broker,
+            "auth",
+            1,
+            &[
+                ev("bob", false, 1500),
+                ev("bob", false, 2500),
+                ev("bob", false, 3500),
+                ev("bob", true, 4500),
+            ],
+        );
+        // The pass is recorded as a log entry; a crash before its outputs are written.
+        cep.crash_after_checkpoint.store(true, Ordering::Release);
+        while cep.pass() {}
+        assert_eq!(cep.wal.lock().entries, 1, "recorded as a log entry");
+        let late = |c: &Cep| c.stats()["definitions"][0]["late"].clone();
+        assert_eq!(late(&cep), 0);
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let mut users: Vec<String> = read_all(&tb.broker, "alerts")
+            .iter()
+            .map(|a| a["user"].as_str().unwrap().to_string())
+            .collect();
+        users.sort();
+        assert_eq!(users, vec!["alice", "bob"]);
+        // The replay merged the entry's reads as the pass did: nothing was late.
+        assert_eq!(late(&cep), 0);
+        while cep.pass() {}
+        assert_eq!(read_all(&tb.broker, "alerts").len(), 2);
     }
 
     #[test]
