@@ -139,8 +139,9 @@
 //!   with not-leader; outputs are not written once leadership is gone), the engine
 //!   state is dropped, and only the definitions are kept (for listing).
 //! * The checkpoint record of a pass is committed by a majority before any output is
-//!   written, and each output write is committed before the next one (acks=all), so a
-//!   new leader has every pass whose outputs may exist. A pass whose checkpoint or
+//!   written, and a pass's writes (one per output partition, all under way at once)
+//!   are committed (acks=all) before the next pass, so a new leader has every pass
+//!   whose outputs may exist. A pass whose checkpoint or
 //!   outputs cannot be written is not retried piecemeal: the shard drops its state
 //!   and recovers from its checkpoint partition, whose redo completes the writes.
 //! * It reads source partitions below their committed high watermark, from this node's
@@ -552,6 +553,17 @@ struct PlannedWrite {
     partition: i32,
     end_offset: i64,
     records: Vec<PlannedRecord>,
+}
+
+/// An output write under way.
+enum InFlight {
+    /// Appended to this node's leader replica (with its record count); its commit is
+    /// awaited.
+    Local(Arc<Partition>, crate::partition::Appended, i64),
+    /// Forwarded to the partition's leader (acks=all); answers the first offset.
+    Remote(tokio::task::JoinHandle<Result<i64, String>>),
+    /// Nothing to write, or written already (no runtime to run it alongside others).
+    Done(Result<i64, String>),
 }
 
 /// A checkpoint's header (the engine state follows it in the record).
@@ -1882,22 +1894,39 @@ impl Cep {
             return;
         }
         let started = Instant::now();
+        // Leadership moved: the new stage redoes this pass's writes.
+        if !self.still_stage() {
+            tracing::warn!(shard = self.shard.index, "CEP stage lost leadership of {CHECKPOINT_TOPIC}-{} before writing its outputs: the new stage writes them", self.ckpt());
+            self.needs_recovery.store(true, Ordering::Release);
+            return;
+        }
+        // Every output partition's write at once (one per partition, each recorded
+        // above), then their commits.
+        let mut failed = false;
+        let mut under_way = Vec::with_capacity(writes.len());
         for w in &writes {
-            // Leadership moved: the new stage redoes this pass's writes.
-            if !self.still_stage() {
-                tracing::warn!(shard = self.shard.index, "CEP stage lost leadership of {CHECKPOINT_TOPIC}-{} before writing its outputs: the new stage writes them", self.ckpt());
-                self.needs_recovery.store(true, Ordering::Release);
-                return;
+            match self.start_planned(w, &w.records) {
+                Ok(p) => under_way.push((w, p)),
+                Err(e) => {
+                    tracing::error!(topic = %w.topic, partition = w.partition, error = %e, "CEP outputs not written: recovering, which redoes them");
+                    failed = true;
+                    break;
+                }
             }
-            match self.append_planned(w, &w.records) {
+        }
+        for (w, pending) in under_way {
+            match self.finish_planned(pending) {
                 Ok(base) => self.publish(w, base),
                 Err(e) => {
                     // Recovery redoes the recorded writes (appending only what is missing).
                     tracing::error!(topic = %w.topic, partition = w.partition, error = %e, "CEP outputs not written: recovering, which redoes them");
-                    self.needs_recovery.store(true, Ordering::Release);
-                    return;
+                    failed = true;
                 }
             }
+        }
+        if failed {
+            self.needs_recovery.store(true, Ordering::Release);
+            return;
         }
         if !writes.is_empty() {
             record_us(&mut self.timings.lock().write, started.elapsed());
@@ -2170,10 +2199,22 @@ impl Cep {
         Ok(())
     }
 
-    /// Appends `records` to the planned partition, durably; returns the first offset.
+    /// Appends `records` to the planned partition, committed; returns the first offset.
     /// Committed by a majority (written, on a single node); forwarded to the partition's
     /// leader when another node leads it.
     fn append_planned(&self, w: &PlannedWrite, records: &[PlannedRecord]) -> Result<i64, String> {
+        let pending = self.start_planned(w, records)?;
+        self.finish_planned(pending)
+    }
+
+    /// Starts appending `records` to the planned partition ([`Cep::finish_planned`]
+    /// waits for the commit): a pass's writes to several partitions are under way at
+    /// once, each partition's in order.
+    fn start_planned(
+        &self,
+        w: &PlannedWrite,
+        records: &[PlannedRecord],
+    ) -> Result<InFlight, String> {
         let mut set = Vec::new();
         let mut b = BatchBuilder::new(Compression::None);
         for r in records {
@@ -2186,12 +2227,55 @@ impl Cep {
         if !b.is_empty() {
             set.extend_from_slice(&b.build().map_err(|e| e.to_string())?);
         }
-        if set.is_empty() {
-            return Ok(w.end_offset);
-        }
         let count = records.len() as i64;
-        let last = self.append_to(&w.topic, w.partition, set)?;
-        Ok(last + 1 - count)
+        if set.is_empty() {
+            return Ok(InFlight::Done(Ok(w.end_offset)));
+        }
+        let (topic, partition) = (w.topic.as_str(), w.partition);
+        let local = self
+            .broker
+            .partition(topic, partition)
+            .filter(|p| p.is_leader());
+        if let Some(part) = local {
+            let appended = part
+                .append_with_acks(&mut set, now_ms(), true)
+                .map_err(|(_, m)| format!("appending to {topic}-{partition}: {m}"))?;
+            return Ok(InFlight::Local(part, appended, count));
+        }
+        let client = self.broker.forwarder().map_err(|e| {
+            format!("connecting to the cluster to reach the leader of {topic}-{partition}: {e}")
+        })?;
+        let (t, name) = (topic.to_string(), format!("{topic}-{partition}"));
+        let forward = async move {
+            client
+                .produce(&t, partition, Bytes::from(set), -1, COMMIT_TIMEOUT)
+                .await
+                .map(|p| p.base_offset)
+                .map_err(|e| format!("forwarding to the leader of {name}: {e}"))
+        };
+        Ok(match tokio::runtime::Handle::try_current() {
+            Ok(rt) => InFlight::Remote(rt.spawn(forward)),
+            Err(_) => InFlight::Done(
+                crate::ingest::block_on(forward)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r),
+            ),
+        })
+    }
+
+    /// Waits for a write [`Cep::start_planned`] started; returns its first offset.
+    fn finish_planned(&self, pending: InFlight) -> Result<i64, String> {
+        match pending {
+            InFlight::Local(part, appended, count) => {
+                wait_appended(&part, &appended)
+                    .map_err(|e| format!("appending to {}-{}: {e}", part.topic, part.index))?;
+                Ok(appended.last_offset + 1 - count)
+            }
+            InFlight::Remote(task) => crate::ingest::block_on(task)
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("forwarded write: {e}"))?,
+            InFlight::Done(result) => result,
+        }
     }
 
     /// Completes a checkpoint's planned write: appends the planned records not found, in
