@@ -317,6 +317,8 @@ pub struct FieldTable {
     /// (A key longer than 8 bytes has word 0: only its length is compared here, and no
     /// key of up to 8 bytes has its length.)
     top_words: Vec<(usize, u64)>,
+    /// The same keys for [`crate::flatjson::scan_compact`].
+    index: crate::flatjson::KeyIndex,
     specials: Vec<(u32, Special)>,
 }
 
@@ -355,6 +357,9 @@ impl FieldTable {
                 }
             }
             self.top.entry(first).or_default().push((id, rest));
+            self.index = crate::flatjson::KeyIndex::build(
+                self.top_list.iter().map(|(k, e)| (k.as_str(), e)),
+            );
         }
         id
     }
@@ -410,13 +415,21 @@ impl FieldTable {
         } else {
             std::iter::repeat_with(|| Val::Null).take(n).collect()
         };
-        // The common case without serde (see `flatjson`); anything it does not decide
-        // goes through serde_json as before.
-        if crate::flatjson::scan(&rec.value, |k| self.top_entries(k), &mut vals, strs).is_none() {
+        // The common case without serde (see `flatjson`): the key index's scanner first,
+        // then the general one; anything neither decides goes through serde_json as before.
+        let compact = self.index.usable
+            && crate::flatjson::scan_compact(&rec.value, &self.index, &mut vals, strs).is_some();
+        if !compact {
             for v in vals.iter_mut() {
                 *v = Val::Null;
             }
-            self.parse_serde(&rec.value, &mut vals, strs)?;
+            if crate::flatjson::scan(&rec.value, |k| self.top_entries(k), &mut vals, strs).is_none()
+            {
+                for v in vals.iter_mut() {
+                    *v = Val::Null;
+                }
+                self.parse_serde(&rec.value, &mut vals, strs)?;
+            }
         }
         for (id, s) in &self.specials {
             let v = match s {
@@ -463,6 +476,11 @@ impl FieldTable {
         .deserialize(&mut de)
         .map_err(|_| ())?;
         de.end().map_err(|_| ())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn key_index_for_test(&self) -> &crate::flatjson::KeyIndex {
+        &self.index
     }
 
     #[cfg(test)]
