@@ -292,8 +292,8 @@ impl Engine {
         };
         self.last_topic = Some(topic.clone());
         let raw = RawRecord::from_source(rec, topic);
-        let ev = match self.fields.parse_cached(raw, &mut self.strs) {
-            Ok(ev) => Arc::new(ev),
+        let ev = match self.fields.parse_shared(raw, &mut self.strs) {
+            Ok(ev) => ev,
             Err(()) => {
                 let mut sent: Vec<&str> = Vec::new();
                 for d in self
