@@ -17,7 +17,7 @@
 //! containers are not depth-limited); nothing but whitespace may follow the object.
 
 use crate::event::{Entries, StrCache};
-use crate::value::Val;
+use crate::value::{VStr, Val};
 
 /// Nesting of ignored containers tracked in a bit stack; deeper input goes to serde.
 const MAX_DEPTH: u32 = 64;
@@ -638,6 +638,36 @@ pub(crate) fn scan_compact(
                     let v = match c.peek()? {
                         b'"' => {
                             let s0 = c.i + 1;
+                            if let Some(x) = load8(b, s0) {
+                                let m = special_mask(x);
+                                if m != 0 {
+                                    let n = (m.trailing_zeros() / 8) as usize;
+                                    // Up to 7 ASCII bytes (ids, types): the string from
+                                    // the word just loaded.
+                                    let w = x & ((1u64 << (n * 8)) - 1);
+                                    if b.get(s0 + n) == Some(&b'"') {
+                                        if let Some(v) = VStr::from_ascii_word(w, n) {
+                                            c.i = s0 + n + 1;
+                                            if let Some(slot) = vals.get_mut(f as usize) {
+                                                *slot = Val::Str(v);
+                                            }
+                                            c.ws();
+                                            match c.peek()? {
+                                                b',' => {
+                                                    c.i += 1;
+                                                    c.ws();
+                                                    continue;
+                                                }
+                                                b'}' => {
+                                                    c.i += 1;
+                                                    break;
+                                                }
+                                                _ => return None,
+                                            }
+                                        }
+                                    }
+                                }
+                            }
                             let e = str_end(b, s0)?;
                             if b.get(e) != Some(&b'"') {
                                 return None;

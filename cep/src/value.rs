@@ -95,6 +95,25 @@ impl From<&str> for VStr {
     }
 }
 
+impl VStr {
+    /// The string of the `len` (at most 8) ASCII bytes of the little-endian word `w`
+    /// (zero past `len`); `None` if it is not that (a byte from 0x80 up, a byte set past
+    /// `len`). As `From<&str>` of those bytes, without reading them again.
+    #[inline]
+    pub(crate) fn from_ascii_word(w: u64, len: usize) -> Option<VStr> {
+        let past = if len >= 8 { 0 } else { !0u64 << (len * 8) };
+        if w & 0x8080_8080_8080_8080 != 0 || w & past != 0 {
+            return None;
+        }
+        let mut buf = [0u8; VSTR_INLINE];
+        buf.get_mut(..8)?.copy_from_slice(&w.to_le_bytes());
+        Some(VStr(Repr::Inline {
+            len: len as u8,
+            buf,
+        }))
+    }
+}
+
 impl From<Arc<str>> for VStr {
     fn from(s: Arc<str>) -> VStr {
         VStr(Repr::Shared(s))
@@ -384,6 +403,15 @@ mod write_tests {
             assert_eq!(format!("{v:?}"), format!("{a:?}"));
             let shared = VStr::from(Arc::<str>::from(a));
             assert_eq!(v, shared);
+            if let Some(w) = crate::event::word8(a.as_bytes()) {
+                match VStr::from_ascii_word(w, a.len()) {
+                    Some(x) => {
+                        assert!(a.is_ascii(), "{a:?}");
+                        assert!(x.is_inline() && x == v && x.as_str() == a, "{a:?}");
+                    }
+                    None => assert!(!a.is_ascii(), "{a:?}"),
+                }
+            }
             for b in all {
                 if let Some(w) = crate::event::word8(b.as_bytes()) {
                     assert_eq!(v.eq_word(b.len(), w), a == b, "{a:?} {b:?}");
