@@ -246,7 +246,7 @@ impl StrCache {
 /// The bytes of `k` as a little-endian word, zero-padded, if `k` has at most 8 bytes
 /// (with the length, this identifies `k`). No loop and no `memcpy`: two possibly
 /// overlapping loads of 4 (or 2) bytes; a byte in both has the same value in both.
-#[inline]
+#[inline(always)]
 pub(crate) fn word8(k: &[u8]) -> Option<u64> {
     let n = k.len();
     let le4 = |b: &[u8]| -> u64 {
@@ -269,7 +269,7 @@ pub(crate) fn word8(k: &[u8]) -> Option<u64> {
 }
 
 /// `a == b`, without a `memcmp` call for short strings (field values and literals).
-#[inline]
+#[inline(always)]
 pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;

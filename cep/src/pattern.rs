@@ -113,6 +113,18 @@ fn flatten_cond(e: &Expr, out: &mut Vec<FastTest>) -> bool {
     }
 }
 
+/// [`fast_test`] with a current event (the matcher's case), inlined there.
+#[inline(always)]
+fn fast_test_on(tests: &[FastTest], ev: &Event) -> bool {
+    tests.iter().all(|t| match t {
+        FastTest::EqWord(f, len, w, neg) => {
+            matches!(ev.get(*f), Val::Str(x) if x.eq_word(*len, *w)) != *neg
+        }
+        FastTest::EqStr(f, v, neg) => matches!(ev.get(*f), Val::Str(x) if x == v) != *neg,
+        FastTest::Truthy(f, neg) => ev.get(*f).truthy() != *neg,
+    })
+}
+
 /// What `Expr::test` gives for the flattened condition `tests` on current event `ev`.
 #[inline]
 fn fast_test(tests: &[FastTest], ev: Option<&Event>) -> bool {
@@ -571,6 +583,10 @@ struct Step1<'a> {
 impl Matcher<'_> {
     #[inline]
     fn cond(&self, j: usize, path: Option<&Node>, x: &Event) -> bool {
+        // A flattened condition reads only the event: tested here, without a context.
+        if let Some(Step { fast: Some(f), .. }) = self.pat.steps.get(j) {
+            return fast_test_on(f, x);
+        }
         self.pat.test(
             j,
             &PathCtx {
