@@ -310,13 +310,16 @@ impl Engine {
         if !self.advance_offset(rec.topic, rec.partition, rec.offset) {
             return out;
         }
-        if !self
+        // The last definition reading this topic gets the event itself, the others a
+        // reference each (a pattern keeps the event: no count update for a copy that
+        // would be dropped at the end of this call).
+        let Some(last) = self
             .defs
             .iter()
-            .any(|d| !d.paused && is_topic(d.topic(), rec.topic))
-        {
+            .rposition(|d| !d.paused && is_topic(d.topic(), rec.topic))
+        else {
             return out;
-        }
+        };
         // The topic of the previous record first: records come in runs of one topic.
         let topic = match &self.last_topic {
             // Not stored again: one reference count update fewer per record.
@@ -373,14 +376,19 @@ impl Engine {
             }
         };
         let limits = self.limits;
-        for i in 0..self.defs.len() {
+        let mut ev = Some(ev);
+        for i in 0..=last {
             let d = &mut self.defs[i];
             if d.paused || !is_topic(d.topic(), rec.topic) {
                 continue;
             }
+            let ev = match if i == last { ev.take() } else { ev.clone() } {
+                Some(ev) => ev,
+                None => break,
+            };
             let start = out.len();
             match &mut d.rt {
-                Rt::Pattern(p) => p.on_event(&ev, &limits, &mut d.stats, &mut out),
+                Rt::Pattern(p) => p.on_event(ev, &limits, &mut d.stats, &mut out),
                 Rt::Query(q) => q.on_event(&ev, &limits, &mut d.stats, &mut out),
                 Rt::Alert(a) => a.on_event(&ev, rec.timestamp_ms, &mut d.stats, &mut out),
             }

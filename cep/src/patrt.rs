@@ -252,12 +252,12 @@ impl PatternRt {
 
     pub fn on_event(
         &mut self,
-        ev: &Arc<Event>,
+        ev: Arc<Event>,
         limits: &Limits,
         st: &mut Stats,
         out: &mut Vec<Output>,
     ) {
-        let Some(t0) = self.time.time_of(ev) else {
+        let Some(t0) = self.time.time_of(&ev) else {
             st.invalid_time += 1;
             return;
         };
@@ -266,20 +266,20 @@ impl PatternRt {
                 let t = self.clock.max_seen.max(t0);
                 self.clock.max_seen = t;
                 self.clock.watermark = t;
-                self.handle(ev, t, limits, st, out);
+                self.handle(&ev, t, limits, st, out);
             }
             Some(es) => {
                 let w = self.clock.watermark;
                 if t0 < w.saturating_sub(es.lateness) {
                     st.late += 1;
                     if let Some(topic) = &es.late_topic {
-                        out.push(late_output(&self.id, topic, ev));
+                        out.push(late_output(&self.id, topic, &ev));
                     }
                     return;
                 }
                 if t0 < w {
                     // within allowed lateness: matched now, out of order
-                    self.handle(ev, t0, limits, st, out);
+                    self.handle(&ev, t0, limits, st, out);
                     return;
                 }
                 if self.buffer.len() >= limits.max_buffered_events.max(1) {
@@ -293,7 +293,7 @@ impl PatternRt {
                 self.buffer.push(Buffered {
                     time: t0,
                     arrival: self.arrival,
-                    ev: ev.clone(),
+                    ev,
                 });
                 self.clock.observe(t0, &self.time);
                 self.release(limits, st, out);
