@@ -454,7 +454,7 @@ fn offsets_per_partition_skip_replays() {
     )
     .unwrap_or_else(|err| panic!("{err}"));
     let v = login("u", true, 1);
-    let mut feed = |e: &mut Engine, topic: &str, partition: i32, offset: i64| {
+    let feed = |e: &mut Engine, topic: &str, partition: i32, offset: i64| {
         e.process(&SourceRecord {
             topic,
             partition,
