@@ -200,7 +200,13 @@ pub struct Engine {
     fields: FieldTable,
     defs: Vec<DefRt>,
     shard: Shard,
-    offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// The last processed offset per (topic, partition): its index in `offset_vals`.
+    offsets: BTreeMap<String, BTreeMap<i32, usize>>,
+    offset_vals: Vec<i64>,
+    /// The (topic, partition) of the previous record and its index in `offset_vals`:
+    /// records come in runs of one partition, so most need no map lookup (two searches
+    /// of B-trees, one with string comparisons, per record before).
+    last_offset: Option<(String, i32, usize)>,
     topics: HashMap<String, Arc<str>>,
     last_topic: Option<Arc<str>>,
     /// Recent string field values, shared between events (see [`StrCache`]).
@@ -223,6 +229,8 @@ impl Engine {
             defs: Vec::new(),
             shard: Shard::default(),
             offsets: BTreeMap::new(),
+            offset_vals: Vec::new(),
+            last_offset: None,
             topics: HashMap::new(),
             last_topic: None,
             strs: StrCache::default(),
@@ -353,50 +361,86 @@ impl Engine {
     pub fn offsets(&self) -> Vec<(String, i32, i64)> {
         self.offsets
             .iter()
-            .flat_map(|(t, m)| m.iter().map(move |(p, o)| (t.clone(), *p, *o)))
+            .flat_map(|(t, m)| {
+                m.iter()
+                    .map(move |(p, &i)| (t.clone(), *p, self.offset_vals[i]))
+            })
             .collect()
+    }
+
+    /// Records `offset` as the last of (topic, partition) unless it is not past the one
+    /// recorded (a replay duplicate: `false`).
+    #[inline]
+    fn advance_offset(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+        if let Some((t, p, i)) = &self.last_offset {
+            if *p == partition && crate::event::bytes_eq(t.as_bytes(), topic.as_bytes()) {
+                let o = &mut self.offset_vals[*i];
+                if offset <= *o {
+                    return false;
+                }
+                *o = offset;
+                return true;
+            }
+        }
+        let m = match self.offsets.get_mut(topic) {
+            Some(m) => m,
+            None => self.offsets.entry(topic.to_string()).or_default(),
+        };
+        let i = match m.get(&partition) {
+            Some(&i) => {
+                let o = &mut self.offset_vals[i];
+                if offset <= *o {
+                    return false;
+                }
+                *o = offset;
+                i
+            }
+            None => {
+                let i = self.offset_vals.len();
+                self.offset_vals.push(offset);
+                m.insert(partition, i);
+                i
+            }
+        };
+        self.last_offset = Some((topic.to_string(), partition, i));
+        true
     }
 
     /// Processes one record. A record at or below the last processed offset of its
     /// partition is a replay duplicate and is ignored.
     pub fn process(&mut self, rec: &SourceRecord<'_>) -> Vec<Output> {
         let mut out = Vec::new();
-        if let Some(m) = self.offsets.get_mut(rec.topic) {
-            match m.get_mut(&rec.partition) {
-                Some(o) if rec.offset <= *o => return out,
-                Some(o) => *o = rec.offset,
-                None => {
-                    m.insert(rec.partition, rec.offset);
-                }
-            }
-        } else {
-            let mut m = BTreeMap::new();
-            m.insert(rec.partition, rec.offset);
-            self.offsets.insert(rec.topic.to_string(), m);
-        }
-        if !self
-            .defs
-            .iter()
-            .any(|d| !d.paused && is_topic(d.topic(), rec.topic) && d.sees.partition(rec.partition))
-        {
+        if !self.advance_offset(rec.topic, rec.partition, rec.offset) {
             return out;
         }
+        // The last definition reading this topic gets the event itself, the others a
+        // reference each (a pattern keeps the event: no count update for a copy that
+        // would be dropped at the end of this call).
+        let Some(last) = self.defs.iter().rposition(|d| {
+            !d.paused && is_topic(d.topic(), rec.topic) && d.sees.partition(rec.partition)
+        }) else {
+            return out;
+        };
         // The topic of the previous record first: records come in runs of one topic.
         let topic = match &self.last_topic {
+            // Not stored again: one reference count update fewer per record.
             Some(t) if is_topic(Some(t), rec.topic) => t.clone(),
-            _ => match self.topics.get(rec.topic) {
-                Some(t) => t.clone(),
-                None => {
-                    let t: Arc<str> = Arc::from(rec.topic);
-                    self.topics.insert(rec.topic.to_string(), t.clone());
-                    t
-                }
-            },
+            _ => {
+                let t = match self.topics.get(rec.topic) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t: Arc<str> = Arc::from(rec.topic);
+                        self.topics.insert(rec.topic.to_string(), t.clone());
+                        t
+                    }
+                };
+                self.last_topic = Some(t.clone());
+                t
+            }
         };
-        self.last_topic = Some(topic.clone());
         let raw = RawRecord::from_source(rec, topic);
-        let ev = match self.fields.parse_cached(raw, &mut self.strs) {
-            Ok(ev) => Arc::new(ev),
+        let ev = match self.fields.parse_shared(raw, &mut self.strs) {
+            Ok(ev) => ev,
             Err(()) => {
                 let mut sent: Vec<&str> = Vec::new();
                 for d in self.defs.iter_mut().filter(|d| {
@@ -431,14 +475,19 @@ impl Engine {
             }
         };
         let limits = self.limits;
-        for i in 0..self.defs.len() {
+        let mut ev = Some(ev);
+        for i in 0..=last {
             let d = &mut self.defs[i];
             if d.paused || !is_topic(d.topic(), rec.topic) || !d.sees.partition(rec.partition) {
                 continue;
             }
+            let ev = match if i == last { ev.take() } else { ev.clone() } {
+                Some(ev) => ev,
+                None => break,
+            };
             let start = out.len();
             match &mut d.rt {
-                Rt::Pattern(p) => p.on_event(&ev, &limits, &mut d.stats, &mut out),
+                Rt::Pattern(p) => p.on_event(ev, &limits, &mut d.stats, &mut out),
                 Rt::Query(q) => q.on_event(&ev, &limits, &mut d.stats, &mut out),
                 Rt::Alert(a) => a.on_event(&ev, rec.timestamp_ms, &mut d.stats, &mut out),
             }
@@ -637,7 +686,15 @@ impl Engine {
             }
         }
         for (t, p, o) in snap.offsets {
-            e.offsets.entry(t).or_default().insert(p, o);
+            let m = e.offsets.entry(t).or_default();
+            match m.get(&p) {
+                // A repeated (topic, partition): the later entry wins, as before.
+                Some(&i) => e.offset_vals[i] = o,
+                None => {
+                    m.insert(p, e.offset_vals.len());
+                    e.offset_vals.push(o);
+                }
+            }
         }
         *self = e;
         Ok(())

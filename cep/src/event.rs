@@ -246,7 +246,7 @@ impl StrCache {
 /// The bytes of `k` as a little-endian word, zero-padded, if `k` has at most 8 bytes
 /// (with the length, this identifies `k`). No loop and no `memcpy`: two possibly
 /// overlapping loads of 4 (or 2) bytes; a byte in both has the same value in both.
-#[inline]
+#[inline(always)]
 pub(crate) fn word8(k: &[u8]) -> Option<u64> {
     let n = k.len();
     let le4 = |b: &[u8]| -> u64 {
@@ -269,7 +269,7 @@ pub(crate) fn word8(k: &[u8]) -> Option<u64> {
 }
 
 /// `a == b`, without a `memcmp` call for short strings (field values and literals).
-#[inline]
+#[inline(always)]
 pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -317,6 +317,8 @@ pub struct FieldTable {
     /// (A key longer than 8 bytes has word 0: only its length is compared here, and no
     /// key of up to 8 bytes has its length.)
     top_words: Vec<(usize, u64)>,
+    /// The same keys for [`crate::flatjson::scan_compact`].
+    index: crate::flatjson::KeyIndex,
     specials: Vec<(u32, Special)>,
 }
 
@@ -355,6 +357,9 @@ impl FieldTable {
                 }
             }
             self.top.entry(first).or_default().push((id, rest));
+            self.index = crate::flatjson::KeyIndex::build(
+                self.top_list.iter().map(|(k, e)| (k.as_str(), e)),
+            );
         }
         id
     }
@@ -402,21 +407,65 @@ impl FieldTable {
     /// [`FieldTable::parse`], sharing string values with recent events through `strs`.
     #[allow(clippy::result_unit_err)]
     pub fn parse_cached(&self, rec: RawRecord, strs: &mut StrCache) -> Result<Event, ()> {
+        let mut vals = self.null_vals();
+        self.fill(&rec, &mut vals, strs)?;
+        Ok(Event { rec, vals })
+    }
+
+    /// [`FieldTable::parse_cached`] into a shared event: built in its allocation and
+    /// filled there (the event, 240 bytes, was moved four times on its way there).
+    #[allow(clippy::result_unit_err)]
+    pub fn parse_shared(&self, rec: RawRecord, strs: &mut StrCache) -> Result<Arc<Event>, ()> {
+        let mut ev = Arc::<Event>::new_uninit();
+        let slot = Arc::get_mut(&mut ev).ok_or(())?.as_mut_ptr();
+        // SAFETY: `slot` points to the uninitialised `Event` of `ev`, which is not shared
+        // (`get_mut` succeeded) and stays alive here. Both fields are written in place
+        // before any is read, so the `Event` is fully initialised when `assume_init`
+        // runs; `fill` only gets references to the initialised fields.
+        let ev = unsafe {
+            std::ptr::addr_of_mut!((*slot).rec).write(rec);
+            std::ptr::addr_of_mut!((*slot).vals).write(self.null_vals());
+            ev.assume_init()
+        };
+        let mut ev = ev;
+        let Some(Event { rec, vals }) = Arc::get_mut(&mut ev) else {
+            // Not reached: the reference was just created.
+            return Err(());
+        };
+        self.fill(rec, vals, strs)?;
+        Ok(ev)
+    }
+
+    /// `Null` in every field's slot.
+    #[inline(always)]
+    fn null_vals(&self) -> SmallVec<[Val; INLINE_FIELDS]> {
         let n = self.paths.len();
-        let mut vals: SmallVec<[Val; INLINE_FIELDS]> = if n <= INLINE_FIELDS {
+        if n <= INLINE_FIELDS {
             // All slots `Null` at once (the slots past `n` are `Null` too, and hold
             // nothing to drop).
             SmallVec::from_buf_and_len([const { Val::Null }; INLINE_FIELDS], n)
         } else {
             std::iter::repeat_with(|| Val::Null).take(n).collect()
-        };
-        // The common case without serde (see `flatjson`); anything it does not decide
-        // goes through serde_json as before.
-        if crate::flatjson::scan(&rec.value, |k| self.top_entries(k), &mut vals, strs).is_none() {
+        }
+    }
+
+    /// The field values of `rec` into `vals` (all `Null` before).
+    #[inline(always)]
+    fn fill(&self, rec: &RawRecord, vals: &mut [Val], strs: &mut StrCache) -> Result<(), ()> {
+        // The common case without serde (see `flatjson`): the key index's scanner first,
+        // then the general one; anything neither decides goes through serde_json as before.
+        let compact = self.index.usable
+            && crate::flatjson::scan_compact(&rec.value, &self.index, vals, strs).is_some();
+        if !compact {
             for v in vals.iter_mut() {
                 *v = Val::Null;
             }
-            self.parse_serde(&rec.value, &mut vals, strs)?;
+            if crate::flatjson::scan(&rec.value, |k| self.top_entries(k), vals, strs).is_none() {
+                for v in vals.iter_mut() {
+                    *v = Val::Null;
+                }
+                self.parse_serde(&rec.value, vals, strs)?;
+            }
         }
         for (id, s) in &self.specials {
             let v = match s {
@@ -441,7 +490,7 @@ impl FieldTable {
                 *slot = v;
             }
         }
-        Ok(Event { rec, vals })
+        Ok(())
     }
 }
 
@@ -463,6 +512,11 @@ impl FieldTable {
         .deserialize(&mut de)
         .map_err(|_| ())?;
         de.end().map_err(|_| ())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn key_index_for_test(&self) -> &crate::flatjson::KeyIndex {
+        &self.index
     }
 
     #[cfg(test)]

@@ -17,7 +17,7 @@
 //! containers are not depth-limited); nothing but whitespace may follow the object.
 
 use crate::event::{Entries, StrCache};
-use crate::value::Val;
+use crate::value::{VStr, Val};
 
 /// Nesting of ignored containers tracked in a bit stack; deeper input goes to serde.
 const MAX_DEPTH: u32 = 64;
@@ -409,6 +409,325 @@ pub(crate) fn scan<'t>(
     }
 }
 
+/// Top-level keys of up to 8 bytes, each naming one field with no nested path (what
+/// definitions usually refer to), hashed by their word (see [`crate::event::word8`]) for
+/// [`scan_compact`]: one multiply and usually one comparison per record key, where
+/// [`scan`]'s lookup compares against every used key in turn.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyIndex {
+    /// (key word, field id + 1), 0: empty. Open addressing, linear probing; at most half
+    /// full, so a probe always ends at an empty slot.
+    slots: [(u64, u32); KEY_SLOTS],
+    /// Whether every used top-level key is in `slots` (else [`scan_compact`] is not used).
+    pub(crate) usable: bool,
+}
+
+const KEY_SLOTS: usize = 16;
+
+impl Default for KeyIndex {
+    fn default() -> Self {
+        KeyIndex {
+            slots: [(0, 0); KEY_SLOTS],
+            usable: true,
+        }
+    }
+}
+
+impl KeyIndex {
+    /// The index of the top-level keys `keys` (not usable if any does not fit).
+    pub(crate) fn build<'a>(keys: impl Iterator<Item = (&'a str, &'a Entries)>) -> KeyIndex {
+        let mut ix = KeyIndex::default();
+        let mut n = 0;
+        for (k, e) in keys {
+            n += 1;
+            let kb = k.as_bytes();
+            // A key with a NUL byte would share its word with a shorter one (no record
+            // key has one: control characters end the fast paths' strings).
+            let w = match (word8(kb), e.as_slice()) {
+                (Some(w), [(id, rest)])
+                    if rest.is_empty() && !kb.contains(&0) && n <= KEY_SLOTS / 2 =>
+                {
+                    id.checked_add(1).map(|id1| (w, id1))
+                }
+                _ => None,
+            };
+            let Some((w, id1)) = w else {
+                ix.usable = false;
+                return ix;
+            };
+            let mut i = Self::slot(w);
+            while ix.slots[i % KEY_SLOTS].1 != 0 {
+                i += 1;
+            }
+            ix.slots[i % KEY_SLOTS] = (w, id1);
+        }
+        ix
+    }
+
+    #[inline(always)]
+    fn slot(w: u64) -> usize {
+        (w.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize
+    }
+
+    /// The field of the key whose word is `w` (a key of up to 8 bytes without NUL).
+    #[inline(always)]
+    fn get(&self, w: u64) -> Option<u32> {
+        let mut i = Self::slot(w);
+        loop {
+            let (sw, id1) = self.slots[i % KEY_SLOTS];
+            if id1 == 0 {
+                return None;
+            }
+            if sw == w {
+                return Some(id1 - 1);
+            }
+            i += 1;
+        }
+    }
+}
+
+/// The bytes of `k` as a little-endian word, zero-padded, if at most 8 (as
+/// `crate::event::word8`).
+#[inline(always)]
+fn word8(k: &[u8]) -> Option<u64> {
+    crate::event::word8(k)
+}
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `x` that is `"`, `\\` or a control character, and maybe
+/// of bytes after the first such byte (the lowest flagged byte is a true match; see
+/// [`find_special`]).
+#[inline(always)]
+fn special_mask(x: u64) -> u64 {
+    let q = x ^ (LO * u64::from(b'"'));
+    let bs = x ^ (LO * u64::from(b'\\'));
+    ((q.wrapping_sub(LO) & !q) | (bs.wrapping_sub(LO) & !bs) | (x.wrapping_sub(LO * 0x20) & !x))
+        & HI
+}
+
+/// The eight bytes at `i` as a little-endian word (`None` past the end).
+#[inline(always)]
+fn load8(b: &[u8], i: usize) -> Option<u64> {
+    let w: [u8; 8] = b.get(i..i.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(w))
+}
+
+/// The index of the first `"`, `\\` or control byte at or after `i`.
+#[inline(always)]
+fn str_end(b: &[u8], i: usize) -> Option<usize> {
+    if let Some(x) = load8(b, i) {
+        let m = special_mask(x);
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        return find_special(b.get(i + 8..)?).map(|n| i + 8 + n);
+    }
+    find_special(b.get(i..)?).map(|n| i + n)
+}
+
+impl Cur<'_> {
+    /// `true`, `false` or `null` at the cursor.
+    #[inline(always)]
+    fn literal(&mut self) -> Option<Val> {
+        let b = self.b;
+        let w: [u8; 4] = b.get(self.i..self.i.checked_add(4)?)?.try_into().ok()?;
+        let v = match &w {
+            b"true" => Val::Bool(true),
+            b"null" => Val::Null,
+            b"fals" if b.get(self.i + 4) == Some(&b'e') => {
+                self.i += 1;
+                Val::Bool(false)
+            }
+            _ => return None,
+        };
+        self.i += 4;
+        Some(v)
+    }
+
+    /// A plain integer at the cursor (a number with a fraction or an exponent, or of
+    /// more than 18 digits: `None`), as [`int_val`] gives it.
+    #[inline(always)]
+    fn int(&mut self) -> Option<f64> {
+        let b = self.b;
+        let neg = self.peek() == Some(b'-');
+        if neg {
+            self.i += 1;
+        }
+        let s = self.i;
+        let mut v: u64 = 0;
+        while let Some(&c) = b.get(self.i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+            self.i += 1;
+        }
+        let n = self.i - s;
+        if n == 0 || n > 18 || (n > 1 && b.get(s) == Some(&b'0')) {
+            return None;
+        }
+        if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        Some(if neg { -(v as f64) } else { v as f64 })
+    }
+}
+
+/// [`scan`] for records whose keys are looked up in `ix` (a usable [`KeyIndex`]): the
+/// same result when it decides (`Some`); `None` leaves the record to [`scan`] (the caller
+/// resets `vals` first). It gives up on more than `scan` does (non-ASCII keys, a key in
+/// the last 8 bytes of the record), and reads keys as words instead of strings.
+pub(crate) fn scan_compact(
+    b: &[u8],
+    ix: &KeyIndex,
+    vals: &mut [Val],
+    strs: &mut StrCache,
+) -> Option<()> {
+    let mut c = Cur { b, i: 0 };
+    c.ws();
+    if c.peek()? != b'{' {
+        return None;
+    }
+    c.i += 1;
+    c.ws();
+    if c.peek()? == b'}' {
+        c.i += 1;
+    } else {
+        loop {
+            if c.peek()? != b'"' {
+                return None;
+            }
+            let ks = c.i + 1;
+            let x = load8(b, ks)?;
+            let m = special_mask(x);
+            let field = if m != 0 {
+                let n = (m.trailing_zeros() / 8) as usize;
+                if b.get(ks + n) != Some(&b'"') {
+                    return None;
+                }
+                // n < 8: the key's bytes, zero-padded.
+                let w = x & ((1u64 << (n * 8)) - 1);
+                if w & HI != 0 {
+                    return None;
+                }
+                c.i = ks + n + 1;
+                ix.get(w)
+            } else {
+                let e = str_end(b, ks + 8)?;
+                if b.get(e) != Some(&b'"') || !b.get(ks..e)?.is_ascii() {
+                    return None;
+                }
+                c.i = e + 1;
+                if e == ks + 8 {
+                    ix.get(x)
+                } else {
+                    None
+                }
+            };
+            c.ws();
+            if c.peek()? != b':' {
+                return None;
+            }
+            c.i += 1;
+            c.ws();
+            match field {
+                Some(f) => {
+                    let v = match c.peek()? {
+                        b'"' => {
+                            let s0 = c.i + 1;
+                            if let Some(x) = load8(b, s0) {
+                                let m = special_mask(x);
+                                if m != 0 {
+                                    let n = (m.trailing_zeros() / 8) as usize;
+                                    // Up to 7 ASCII bytes (ids, types): the string from
+                                    // the word just loaded.
+                                    let w = x & ((1u64 << (n * 8)) - 1);
+                                    if b.get(s0 + n) == Some(&b'"') {
+                                        if let Some(v) = VStr::from_ascii_word(w, n) {
+                                            c.i = s0 + n + 1;
+                                            if let Some(slot) = vals.get_mut(f as usize) {
+                                                *slot = Val::Str(v);
+                                            }
+                                            c.ws();
+                                            match c.peek()? {
+                                                b',' => {
+                                                    c.i += 1;
+                                                    c.ws();
+                                                    continue;
+                                                }
+                                                b'}' => {
+                                                    c.i += 1;
+                                                    break;
+                                                }
+                                                _ => return None,
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            let e = str_end(b, s0)?;
+                            if b.get(e) != Some(&b'"') {
+                                return None;
+                            }
+                            let s = utf8(b.get(s0..e)?)?;
+                            c.i = e + 1;
+                            if s.len() <= crate::value::VSTR_INLINE {
+                                Val::str(s)
+                            } else {
+                                strs.get(f, s)
+                            }
+                        }
+                        b'-' | b'0'..=b'9' => Val::Num(c.int()?),
+                        _ => c.literal()?,
+                    };
+                    if let Some(slot) = vals.get_mut(f as usize) {
+                        *slot = v;
+                    }
+                }
+                None => match c.peek()? {
+                    b'"' => {
+                        let e = str_end(b, c.i + 1)?;
+                        c.i = e;
+                        if b.get(e) == Some(&b'"') {
+                            c.i += 1;
+                        } else {
+                            c.skip_str()?;
+                        }
+                    }
+                    b'-' | b'0'..=b'9' => {
+                        c.number()?;
+                    }
+                    b't' | b'f' | b'n' => {
+                        c.literal()?;
+                    }
+                    _ => c.skip_value()?,
+                },
+            }
+            c.ws();
+            match c.peek()? {
+                b',' => {
+                    c.i += 1;
+                    c.ws();
+                }
+                b'}' => {
+                    c.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    c.ws();
+    if c.i == b.len() {
+        Some(())
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +742,90 @@ mod tests {
         t
     }
 
+    /// The fields of `table` without the nested one: every key fits the [`KeyIndex`].
+    fn flat_table() -> FieldTable {
+        let mut t = FieldTable::default();
+        for p in ["user", "type", "success", "ts", "n", "a", "x", "longkey1"] {
+            t.intern(p);
+        }
+        assert!(t.key_index_for_test().usable);
+        t
+    }
+
+    /// [`scan_compact`] against serde_json, as [`check`] does for [`scan`].
+    fn check_compact(b: &[u8]) {
+        let t = flat_table();
+        let n = t.len();
+        let mut fast = vec![Val::Null; n];
+        let decided = scan_compact(
+            b,
+            t.key_index_for_test(),
+            &mut fast,
+            &mut StrCache::default(),
+        );
+        let mut slow = vec![Val::Null; n];
+        let ok = t
+            .parse_serde(b, &mut slow, &mut StrCache::default())
+            .is_ok();
+        if decided.is_some() {
+            assert!(
+                ok,
+                "scan_compact accepted what serde_json rejects: {:?}",
+                String::from_utf8_lossy(b)
+            );
+            assert_eq!(show(&fast), show(&slow), "{:?}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn key_index_finds_its_keys_only() {
+        let t = flat_table();
+        let ix = t.key_index_for_test();
+        for (i, k) in ["user", "type", "success", "ts", "n", "a", "x", "longkey1"]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(ix.get(word8(k.as_bytes()).unwrap()), Some(i as u32), "{k}");
+        }
+        for k in ["", "u", "use", "users", "ip", "longkey", "longkey2", "b"] {
+            assert_eq!(ix.get(word8(k.as_bytes()).unwrap()), None, "{k}");
+        }
+        // Not usable: a nested path, more than 8 keys, a key longer than 8 bytes.
+        assert!(!table().key_index_for_test().usable);
+        let mut t = FieldTable::default();
+        for i in 0..9 {
+            t.intern(&format!("k{i}"));
+        }
+        assert!(!t.key_index_for_test().usable);
+        let mut t = FieldTable::default();
+        t.intern("a_long_key");
+        assert!(!t.key_index_for_test().usable);
+        assert!(FieldTable::default().key_index_for_test().usable);
+    }
+
+    #[test]
+    fn compact_scan_decides_the_benchmark_records() {
+        let t = flat_table();
+        for s in [
+            r#"{"user":"u42","type":"login","success":false,"ts":1234,"ip":"10.0.0.1"}"#,
+            r#"{"user":"u42","type":"logout","success":true,"ts":0,"ip":"10.0.0.1","longkey1":null}"#,
+            r#"{ "user" : "a_user_name_of_more_than_22_bytes", "ts": -0, "longer_key": [1, {"a": "\n"}], "x": "é" }"#,
+        ] {
+            let mut v = vec![Val::Null; t.len()];
+            assert!(
+                scan_compact(
+                    s.as_bytes(),
+                    t.key_index_for_test(),
+                    &mut v,
+                    &mut StrCache::default()
+                )
+                .is_some(),
+                "{s}"
+            );
+            check_compact(s.as_bytes());
+        }
+    }
+
     /// `{:?}` tells -0.0 from 0.0, which `Val`'s `==` does not.
     fn show(v: &[Val]) -> String {
         format!("{v:?}")
@@ -431,6 +834,7 @@ mod tests {
     /// The fast path against serde_json: if it decides, serde_json must accept the same
     /// input and extract the same values. Returns whether it decided.
     fn check(t: &FieldTable, b: &[u8]) -> bool {
+        check_compact(b);
         let n = t.len();
         let mut fast = vec![Val::Null; n];
         let decided = scan(

@@ -117,6 +117,9 @@ impl ReorderBuffer {
             }
         }
         if let Some(b) = self.in_order.front() {
+            // The record bytes are only freed (when nothing keeps the event), which
+            // writes to them.
+            prefetch(b.ev.rec.value.as_ptr());
             for v in b.ev.vals.iter() {
                 // Short strings are inline in the event (loaded with it).
                 if let crate::value::Val::Str(s) = v {
@@ -156,6 +159,8 @@ pub(crate) struct PatternRt {
     seq: u64,
     keys: KeyMap<Arc<KeyEntry>>,
     scratch: String,
+    /// The key of the next buffered event ([`PatternRt::prefetch_next_key`]).
+    scratch_next: String,
     /// The partition whose key prefix (`partition` SEP, this many bytes) `scratch`
     /// starts with.
     scratch_prefix: Option<(i32, usize)>,
@@ -227,6 +232,7 @@ impl PatternRt {
             seq: 0,
             keys: KeyMap::default(),
             scratch: String::new(),
+            scratch_next: String::new(),
             scratch_prefix: None,
             spare_runs: Runs::new(),
             last_sweep: i64::MIN,
@@ -252,12 +258,12 @@ impl PatternRt {
 
     pub fn on_event(
         &mut self,
-        ev: &Arc<Event>,
+        ev: Arc<Event>,
         limits: &Limits,
         st: &mut Stats,
         out: &mut Vec<Output>,
     ) {
-        let Some(t0) = self.time.time_of(ev) else {
+        let Some(t0) = self.time.time_of(&ev) else {
             st.invalid_time += 1;
             return;
         };
@@ -266,20 +272,20 @@ impl PatternRt {
                 let t = self.clock.max_seen.max(t0);
                 self.clock.max_seen = t;
                 self.clock.watermark = t;
-                self.handle(ev, t, limits, st, out);
+                self.handle(&ev, t, limits, st, out);
             }
             Some(es) => {
                 let w = self.clock.watermark;
                 if t0 < w.saturating_sub(es.lateness) {
                     st.late += 1;
                     if let Some(topic) = &es.late_topic {
-                        out.push(late_output(&self.id, topic, ev));
+                        out.push(late_output(&self.id, topic, &ev));
                     }
                     return;
                 }
                 if t0 < w {
                     // within allowed lateness: matched now, out of order
-                    self.handle(ev, t0, limits, st, out);
+                    self.handle(&ev, t0, limits, st, out);
                     return;
                 }
                 if self.buffer.len() >= limits.max_buffered_events.max(1) {
@@ -293,7 +299,7 @@ impl PatternRt {
                 self.buffer.push(Buffered {
                     time: t0,
                     arrival: self.arrival,
-                    ev: ev.clone(),
+                    ev,
                 });
                 self.clock.observe(t0, &self.time);
                 self.release(limits, st, out);
@@ -305,8 +311,37 @@ impl PatternRt {
     fn release(&mut self, limits: &Limits, st: &mut Stats, out: &mut Vec<Output>) {
         while let Some(b) = self.buffer.pop_due(self.clock.watermark) {
             self.buffer.prefetch_next();
+            self.prefetch_next_key();
             self.handle(&b.ev, b.time, limits, st, out);
         }
+    }
+
+    /// Looks up the key of the event that comes next out of the buffer and starts
+    /// loading its entry: the lookup's misses overlap with handling this event, where
+    /// they would stall the next one (its event was prefetched a call earlier).
+    #[inline]
+    fn prefetch_next_key(&mut self) {
+        let (Some(b), Some(Expr::Field(f))) = (self.buffer.in_order.front(), &self.partition_by)
+        else {
+            return;
+        };
+        let ev = &b.ev;
+        let mut k = std::mem::take(&mut self.scratch_next);
+        k.clear();
+        match self.scratch_prefix {
+            Some((p, len)) if p == ev.rec.partition && len <= self.scratch.len() => {
+                k.push_str(self.scratch.get(..len).unwrap_or(""));
+            }
+            _ => {
+                crate::value::write_i64(i64::from(ev.rec.partition), &mut k);
+                k.push(SEP);
+            }
+        }
+        ev.get(*f).key_text(&mut k);
+        if let Some(e) = self.keys.get(k.as_str()) {
+            prefetch(Arc::as_ptr(e) as *const u8);
+        }
+        self.scratch_next = k;
     }
 
     fn handle(

@@ -70,8 +70,19 @@ pub struct Step {
 pub enum FastTest {
     /// `field == 'text'` (`!=` when the flag is set), as `Expr::FieldEqStr`.
     EqStr(u32, VStr, bool),
+    /// The same for a text of at most 8 bytes: its length and word (see
+    /// [`VStr::eq_word`]), compared without reading the literal.
+    EqWord(u32, usize, u64, bool),
     /// The field is truthy (falsy when the flag is set), as `Expr::Field` / `!field`.
     Truthy(u32, bool),
+}
+
+/// `field == 'text'` as a test: by word when the text has at most 8 bytes.
+fn eq_test(f: u32, v: &VStr, neg: bool) -> FastTest {
+    match crate::event::word8(v.as_bytes()) {
+        Some(w) => FastTest::EqWord(f, v.len(), w, neg),
+        None => FastTest::EqStr(f, v.clone(), neg),
+    }
 }
 
 /// Appends the tests of `e` if it is a conjunction of field tests (else `false`).
@@ -79,7 +90,7 @@ fn flatten_cond(e: &Expr, out: &mut Vec<FastTest>) -> bool {
     match e {
         Expr::And(a, b) => flatten_cond(a, out) && flatten_cond(b, out),
         Expr::FieldEqStr(f, v, neg) => {
-            out.push(FastTest::EqStr(*f, v.clone(), *neg));
+            out.push(eq_test(*f, v, *neg));
             true
         }
         Expr::Field(f) => {
@@ -89,7 +100,7 @@ fn flatten_cond(e: &Expr, out: &mut Vec<FastTest>) -> bool {
         Expr::Not(x) => match &**x {
             // !(eq != neg) == (eq != !neg)
             Expr::FieldEqStr(f, v, neg) => {
-                out.push(FastTest::EqStr(*f, v.clone(), !*neg));
+                out.push(eq_test(*f, v, !*neg));
                 true
             }
             Expr::Field(f) => {
@@ -102,12 +113,28 @@ fn flatten_cond(e: &Expr, out: &mut Vec<FastTest>) -> bool {
     }
 }
 
+/// [`fast_test`] with a current event (the matcher's case), inlined there.
+#[inline(always)]
+fn fast_test_on(tests: &[FastTest], ev: &Event) -> bool {
+    tests.iter().all(|t| match t {
+        FastTest::EqWord(f, len, w, neg) => {
+            matches!(ev.get(*f), Val::Str(x) if x.eq_word(*len, *w)) != *neg
+        }
+        FastTest::EqStr(f, v, neg) => matches!(ev.get(*f), Val::Str(x) if x == v) != *neg,
+        FastTest::Truthy(f, neg) => ev.get(*f).truthy() != *neg,
+    })
+}
+
 /// What `Expr::test` gives for the flattened condition `tests` on current event `ev`.
 #[inline]
 fn fast_test(tests: &[FastTest], ev: Option<&Event>) -> bool {
     tests.iter().all(|t| match t {
         FastTest::EqStr(f, v, neg) => {
             let eq = matches!(ev.map(|e| e.get(*f)), Some(Val::Str(x)) if x == v);
+            eq != *neg
+        }
+        FastTest::EqWord(f, len, w, neg) => {
+            let eq = matches!(ev.map(|e| e.get(*f)), Some(Val::Str(x)) if x.eq_word(*len, *w));
             eq != *neg
         }
         FastTest::Truthy(f, neg) => ev.is_some_and(|e| e.get(*f).truthy()) != *neg,
@@ -556,6 +583,10 @@ struct Step1<'a> {
 impl Matcher<'_> {
     #[inline]
     fn cond(&self, j: usize, path: Option<&Node>, x: &Event) -> bool {
+        // A flattened condition reads only the event: tested here, without a context.
+        if let Some(Step { fast: Some(f), .. }) = self.pat.steps.get(j) {
+            return fast_test_on(f, x);
+        }
         self.pat.test(
             j,
             &PathCtx {

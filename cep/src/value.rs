@@ -50,6 +50,22 @@ impl VStr {
         }
     }
 
+    /// Whether this is the string of `len` bytes (at most 8) whose zero-padded word is
+    /// `w` (see `crate::event::word8`): a literal's word is computed once, and an inline
+    /// string's first 8 bytes are its word (its buffer is zero past `len`: `From<&str>`
+    /// is the only constructor and starts from a zeroed buffer).
+    #[inline]
+    pub(crate) fn eq_word(&self, len: usize, w: u64) -> bool {
+        match &self.0 {
+            Repr::Inline { len: l, buf } => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&buf[..8]);
+                *l as usize == len && u64::from_le_bytes(b) == w
+            }
+            Repr::Shared(s) => s.len() == len && crate::event::word8(s.as_bytes()) == Some(w),
+        }
+    }
+
     /// Whether the string is held inline (not behind a pointer).
     #[inline]
     pub fn is_inline(&self) -> bool {
@@ -76,6 +92,25 @@ impl From<&str> for VStr {
         } else {
             VStr(Repr::Shared(Arc::from(s)))
         }
+    }
+}
+
+impl VStr {
+    /// The string of the `len` (at most 8) ASCII bytes of the little-endian word `w`
+    /// (zero past `len`); `None` if it is not that (a byte from 0x80 up, a byte set past
+    /// `len`). As `From<&str>` of those bytes, without reading them again.
+    #[inline]
+    pub(crate) fn from_ascii_word(w: u64, len: usize) -> Option<VStr> {
+        let past = if len >= 8 { 0 } else { !0u64 << (len * 8) };
+        if w & 0x8080_8080_8080_8080 != 0 || w & past != 0 {
+            return None;
+        }
+        let mut buf = [0u8; VSTR_INLINE];
+        buf.get_mut(..8)?.copy_from_slice(&w.to_le_bytes());
+        Some(VStr(Repr::Inline {
+            len: len as u8,
+            buf,
+        }))
     }
 }
 
@@ -368,6 +403,21 @@ mod write_tests {
             assert_eq!(format!("{v:?}"), format!("{a:?}"));
             let shared = VStr::from(Arc::<str>::from(a));
             assert_eq!(v, shared);
+            if let Some(w) = crate::event::word8(a.as_bytes()) {
+                match VStr::from_ascii_word(w, a.len()) {
+                    Some(x) => {
+                        assert!(a.is_ascii(), "{a:?}");
+                        assert!(x.is_inline() && x == v && x.as_str() == a, "{a:?}");
+                    }
+                    None => assert!(!a.is_ascii(), "{a:?}"),
+                }
+            }
+            for b in all {
+                if let Some(w) = crate::event::word8(b.as_bytes()) {
+                    assert_eq!(v.eq_word(b.len(), w), a == b, "{a:?} {b:?}");
+                    assert_eq!(shared.eq_word(b.len(), w), a == b, "{a:?} {b:?}");
+                }
+            }
             let j = serde_json::to_string(&Val::Str(v.clone())).unwrap_or_default();
             assert_eq!(
                 j,

@@ -441,3 +441,58 @@ proptest! {
         }
     }
 }
+
+/// The last offset per (topic, partition), with records of several partitions
+/// interleaved and replayed: duplicates are skipped per partition, and the offsets
+/// survive a checkpoint.
+#[test]
+fn offsets_per_partition_skip_replays() {
+    let mut e = Engine::new(Limits::default());
+    e.register_text(
+        r#"{"id": "c", "source": {"topic": "a"}, "window": {"type": "tumbling", "size": "10s"},
+            "aggregates": {"n": "count()"}, "emit": {"topic": "o"}}"#,
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    let v = login("u", true, 1);
+    let feed = |e: &mut Engine, topic: &str, partition: i32, offset: i64| {
+        e.process(&SourceRecord {
+            topic,
+            partition,
+            offset,
+            timestamp_ms: offset,
+            key: None,
+            value: v.as_bytes(),
+            headers: &[],
+        });
+    };
+    for (t, p, o) in [
+        ("a", 0, 5),
+        ("a", 0, 6),
+        ("a", 1, 2),
+        ("a", 0, 6),
+        ("b", 0, 9),
+        ("a", 1, 1),
+        ("a", 0, 4),
+        ("a", 0, 7),
+        ("b", 0, 3),
+        ("a", 1, 3),
+        ("ab", 0, 1),
+    ] {
+        feed(&mut e, t, p, o);
+    }
+    let want = vec![
+        ("a".to_string(), 0, 7),
+        ("a".to_string(), 1, 3),
+        ("ab".to_string(), 0, 1),
+        ("b".to_string(), 0, 9),
+    ];
+    assert_eq!(e.offsets(), want);
+    assert_eq!(e.stats()[0].stats.events_in, 5);
+    let mut r = Engine::new(Limits::default());
+    r.restore(&e.checkpoint())
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(r.offsets(), want);
+    feed(&mut r, "a", 1, 3);
+    feed(&mut r, "a", 1, 4);
+    assert_eq!(r.offsets()[1], ("a".to_string(), 1, 4));
+}
