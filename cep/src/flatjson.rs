@@ -80,6 +80,32 @@ impl<'a> Cur<'a> {
         self.b.get(self.i).copied()
     }
 
+    /// After an object member: `Some(true)` past a `,` (another member follows),
+    /// `Some(false)` past the closing `}`, `None` on anything else.
+    #[inline(always)]
+    fn after_member(&mut self) -> Option<bool> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                self.ws();
+                Some(true)
+            }
+            b'}' => {
+                self.i += 1;
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
+    /// Only whitespace left.
+    #[inline]
+    fn at_end(&mut self) -> Option<()> {
+        self.ws();
+        (self.i == self.b.len()).then_some(())
+    }
+
     /// After the opening quote: the raw bytes of a string without escapes and control
     /// characters (`None` when it has either, or is not closed).
     #[inline]
@@ -387,26 +413,12 @@ pub(crate) fn scan<'t>(
                     }
                 }
             }
-            c.ws();
-            match c.peek()? {
-                b',' => {
-                    c.i += 1;
-                    c.ws();
-                }
-                b'}' => {
-                    c.i += 1;
-                    break;
-                }
-                _ => return None,
+            if !c.after_member()? {
+                break;
             }
         }
     }
-    c.ws();
-    if c.i == b.len() {
-        Some(())
-    } else {
-        None
-    }
+    c.at_end()
 }
 
 /// Top-level keys of up to 8 bytes, each naming one field with no nested path (what
@@ -651,19 +663,10 @@ pub(crate) fn scan_compact(
                                             if let Some(slot) = vals.get_mut(f as usize) {
                                                 *slot = Val::Str(v);
                                             }
-                                            c.ws();
-                                            match c.peek()? {
-                                                b',' => {
-                                                    c.i += 1;
-                                                    c.ws();
-                                                    continue;
-                                                }
-                                                b'}' => {
-                                                    c.i += 1;
-                                                    break;
-                                                }
-                                                _ => return None,
+                                            if c.after_member()? {
+                                                continue;
                                             }
+                                            break;
                                         }
                                     }
                                 }
@@ -706,26 +709,12 @@ pub(crate) fn scan_compact(
                     _ => c.skip_value()?,
                 },
             }
-            c.ws();
-            match c.peek()? {
-                b',' => {
-                    c.i += 1;
-                    c.ws();
-                }
-                b'}' => {
-                    c.i += 1;
-                    break;
-                }
-                _ => return None,
+            if !c.after_member()? {
+                break;
             }
         }
     }
-    c.ws();
-    if c.i == b.len() {
-        Some(())
-    } else {
-        None
-    }
+    c.at_end()
 }
 
 #[cfg(test)]
