@@ -2704,7 +2704,7 @@ impl CepNode {
     /// (and lag), their source positions, their timings; `shards` says which node runs
     /// each shard. In a cluster every node answers for its own shards only.
     pub fn stats(&self) -> Value {
-        let mut defs: Vec<(String, serde_json::Map<String, Value>)> = Vec::new();
+        let mut defs: Vec<Value> = Vec::new();
         let (mut sources, mut remote, mut shards) = (Vec::new(), Vec::new(), Vec::new());
         let mut timings = StageTimings::new();
         let mut webhooks = json!({});
@@ -2718,39 +2718,8 @@ impl CepNode {
             }));
             timings.add(&s.timings.lock());
             webhooks = one["webhooks"].take();
-            for row in one["definitions"].as_array().into_iter().flatten() {
-                let Some(row) = row.as_object() else { continue };
-                let id = row
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let slot = match defs.iter_mut().position(|(d, _)| *d == id) {
-                    Some(i) => &mut defs[i].1,
-                    None => {
-                        let mut zero = row.clone();
-                        for (k, v) in zero.iter_mut() {
-                            if k != "id" {
-                                *v = json!(0);
-                            }
-                        }
-                        defs.push((id, zero));
-                        let last = defs.len() - 1;
-                        &mut defs[last].1
-                    }
-                };
-                if !running {
-                    // A shard another node runs: counters empty, lag meaningless here.
-                    continue;
-                }
-                for (k, v) in row {
-                    if let (Some(add), Some(sum)) =
-                        (v.as_i64(), slot.get(k).and_then(Value::as_i64))
-                    {
-                        slot.insert(k.clone(), json!(sum + add));
-                    }
-                }
-            }
+            // A shard another node runs has empty counters and a lag meaningless here.
+            add_definition_rows(&mut defs, &one["definitions"], running);
             if running {
                 for mut src in one["sources"].as_array().cloned().unwrap_or_default() {
                     src["shard"] = json!(s.shard.index);
@@ -2771,7 +2740,7 @@ impl CepNode {
             "stage_running": running_here,
             "shards": shards,
             "remote_sources": remote,
-            "definitions": defs.into_iter().map(|(_, v)| Value::Object(v)).collect::<Vec<_>>(),
+            "definitions": defs,
             "sources": sources,
             "live_subscribers": self.live.receiver_count(),
             "timings": timings.to_json(),
@@ -3345,6 +3314,32 @@ async fn stats(State(cep): State<Arc<CepNode>>, Query(q): Query<ScopeQuery>) -> 
     axum::Json(merge_cluster_stats(cep.broker().node_id(), local, answers)).into_response()
 }
 
+/// Adds `definitions` rows of stats (a shard's, or a node's) into `sums` by id, every
+/// number summed; not `counted`: a definition not listed yet is, with zeros.
+fn add_definition_rows(sums: &mut Vec<Value>, rows: &Value, counted: bool) {
+    for row in rows.as_array().into_iter().flatten() {
+        let Some(row) = row.as_object() else { continue };
+        let Some(sum) = sums.iter_mut().find(|d| d.get("id") == row.get("id")) else {
+            let mut first = row.clone();
+            if !counted {
+                for (_, v) in first.iter_mut().filter(|(k, _)| k.as_str() != "id") {
+                    *v = json!(0);
+                }
+            }
+            sums.push(Value::Object(first));
+            continue;
+        };
+        if !counted {
+            continue;
+        }
+        for (k, add) in row {
+            if let (Some(a), Some(m)) = (add.as_i64(), sum[k.as_str()].as_i64()) {
+                sum[k.as_str()] = json!(m + a);
+            }
+        }
+    }
+}
+
 /// Every node's stats (`scope=node`: the shards it runs) as one: per definition the
 /// sums of the counters and lag, every node's source positions (with `node`), each
 /// shard with the node that runs it, per node its timings (`nodes`; unreachable
@@ -3402,19 +3397,7 @@ fn merge_cluster_stats(me: i32, local: Value, peers: Vec<(i32, Option<Value>)>) 
                 sh["node"] = json!(node);
             }
         }
-        for row in v["definitions"].as_array().into_iter().flatten() {
-            let Some(row) = row.as_object() else { continue };
-            let Some(mine) = defs.iter_mut().find(|d| d["id"] == row["id"]) else {
-                // Not applied here yet: listed as that node has it.
-                defs.push(Value::Object(row.clone()));
-                continue;
-            };
-            for (k, add) in row {
-                if let (Some(a), Some(m)) = (add.as_i64(), mine[k.as_str()].as_i64()) {
-                    mine[k.as_str()] = json!(m + a);
-                }
-            }
-        }
+        add_definition_rows(&mut defs, &v["definitions"], true);
         sent += v["webhooks"]["sent"].as_i64().unwrap_or(0);
         failed += v["webhooks"]["failed"].as_i64().unwrap_or(0);
     }
