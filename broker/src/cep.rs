@@ -3253,22 +3253,21 @@ struct ScopeQuery {
 
 /// `scope=node`: this node's shards only (what nodes ask each other); `scope=cluster`
 /// (the default): every node's.
-fn node_scope(scope: Option<&str>) -> Result<bool, Response> {
+fn node_scope(scope: Option<&str>) -> Result<bool, Failure> {
     match scope {
         None | Some("cluster") => Ok(false),
         Some("node") => Ok(true),
         Some(other) => Err(Failure::msg(
             StatusCode::BAD_REQUEST,
             format!("scope must be \"node\" or \"cluster\", not {other:?}"),
-        )
-        .into_response()),
+        )),
     }
 }
 
 async fn stats(State(cep): State<Arc<CepNode>>, Query(q): Query<ScopeQuery>) -> Response {
     let local_only = match node_scope(q.scope.as_deref()) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(f) => return f.into_response(),
     };
     let local = cep.stats();
     let peers = if local_only {
@@ -3518,7 +3517,7 @@ impl futures_core::Stream for LiveStream {
 async fn matches(State(cep): State<Arc<CepNode>>, Query(q): Query<MatchesQuery>) -> Response {
     let local_only = match node_scope(q.scope.as_deref()) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(f) => return f.into_response(),
     };
     if let Some(id) = &q.pattern {
         if cep.get(id).is_none() {
