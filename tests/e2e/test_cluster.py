@@ -359,25 +359,28 @@ def test_min_insync_replicas_refuses_acks_all_but_not_acks_1(cluster):
 
 
 def group_coordinator(cluster: Cluster, group: str, exclude: int | None = None) -> int:
-    """The node id FindCoordinator names for `group` (via DescribeGroups)."""
-    result = {}
+    """The node id FindCoordinator (v1, over a raw connection) names for `group`, asked of the
+    running nodes in turn. Not through librdkafka's admin client: destroying it, or its lookups
+    while a node is dead, aborted the whole test process (rd_kafka_enq_once_del_source_return:
+    eonce->refcnt > 0)."""
+    from kafkawire import KafkaConn, i8, string
 
     def found():
-        # The client is destroyed only after its request ended (request_timeout bounds it):
-        # destroying librdkafka with a coordinator lookup outstanding can abort the process
-        # (rd_kafka_enq_once_del_source_return: eonce->refcnt > 0).
-        admin = cluster.admin(exclude)
-        futures = admin.describe_consumer_groups([group], request_timeout=5)
-        try:
-            desc = futures[group].result()
-        except Exception:  # coordinator moving or loading: ask again
-            return False
-        if desc.coordinator is None or desc.coordinator.id == exclude:
-            return False
-        result["id"] = desc.coordinator.id
-        return True
-    wait_until(found, 60, f"a coordinator for group {group}")
-    return result["id"]
+        for i, b in cluster.nodes.items():
+            if i == exclude or not b.running:
+                continue
+            try:
+                with KafkaConn.to(cluster.address(i), timeout=5) as conn:
+                    r = conn.request(10, 1, string(group) + i8(0))
+                    r.i32()  # throttle_time_ms
+                    error, _message, node = r.i16(), r.string(), r.i32()
+            except OSError:
+                continue
+            # Coordinator moving or loading: ask again.
+            if error == 0 and node != exclude:
+                return node
+        return None
+    return wait_until(found, 60, f"a coordinator for group {group}")
 
 
 def consume_in_group(bootstrap: str, group: str, topic: str, count: int, timeout: float = 60):
