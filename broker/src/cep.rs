@@ -3739,13 +3739,8 @@ mod tests {
             None => b.auto_create(topic).unwrap(),
         };
         assert_eq!(meta.partitions, 1);
-        let p = b.partition(topic, 0).unwrap();
-        let mut builder = BatchBuilder::new(Compression::None);
-        for v in values {
-            builder.push(1, None, Some(v.as_bytes()), &[]);
-        }
-        let mut set = builder.build().unwrap();
-        p.append(&mut set, now_ms()).unwrap();
+        let at_1: Vec<(i64, String)> = values.iter().map(|v| (1, v.clone())).collect();
+        produce_at(b, topic, 0, &at_1);
     }
 
     fn read_all(b: &Broker, topic: &str) -> Vec<Value> {
@@ -3763,16 +3758,6 @@ mod tests {
 
     fn login(user: &str, ok: bool, ts: i64) -> String {
         format!(r#"{{"user":"{user}","type":"login","success":{ok},"ts":{ts}}}"#)
-    }
-
-    fn produce_to(b: &Broker, topic: &str, partition: i32, values: &[String]) {
-        let p = b.partition(topic, partition).unwrap();
-        let mut builder = BatchBuilder::new(Compression::None);
-        for v in values {
-            builder.push(1, None, Some(v.as_bytes()), &[]);
-        }
-        let mut set = builder.build().unwrap();
-        p.append(&mut set, now_ms()).unwrap();
     }
 
     /// Arrival order, so that which shard reads a partition first cannot matter.
@@ -3795,7 +3780,7 @@ mod tests {
         let users: Vec<String> = (0..8).map(|k| format!("u{k}")).collect();
         for (k, u) in users.iter().enumerate() {
             let evs = [false, false, false, true].map(|ok| login(u, ok, 1000 + k as i64));
-            produce_to(&tb.broker, "auth", k as i32 % 4, &evs);
+            produce_at(&tb.broker, "auth", k as i32 % 4, &evs.map(|v| (1, v)));
         }
         // Shard 0 (partitions 0 and 2) crashes after recording its pass.
         node.shards[0]

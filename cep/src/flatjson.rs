@@ -752,18 +752,31 @@ mod tests {
             &mut fast,
             &mut StrCache::default(),
         );
-        let mut slow = vec![Val::Null; n];
+        agrees_with_serde(&t, "scan_compact", b, &fast, decided.is_some());
+    }
+
+    /// A scanner's result `fast` (when it `decided`) is what serde_json makes of `b`.
+    /// Returns serde's verdict and values.
+    fn agrees_with_serde(
+        t: &FieldTable,
+        scanner: &str,
+        b: &[u8],
+        fast: &[Val],
+        decided: bool,
+    ) -> (bool, Vec<Val>) {
+        let mut slow = vec![Val::Null; t.len()];
         let ok = t
             .parse_serde(b, &mut slow, &mut StrCache::default())
             .is_ok();
-        if decided.is_some() {
+        if decided {
             assert!(
                 ok,
-                "scan_compact accepted what serde_json rejects: {:?}",
+                "{scanner} accepted what serde_json rejects: {:?}",
                 String::from_utf8_lossy(b)
             );
-            assert_eq!(show(&fast), show(&slow), "{:?}", String::from_utf8_lossy(b));
+            assert_eq!(show(fast), show(&slow), "{:?}", String::from_utf8_lossy(b));
         }
+        (ok, slow)
     }
 
     #[test]
@@ -832,18 +845,7 @@ mod tests {
             &mut fast,
             &mut StrCache::default(),
         );
-        let mut slow = vec![Val::Null; n];
-        let ok = t
-            .parse_serde(b, &mut slow, &mut StrCache::default())
-            .is_ok();
-        if decided.is_some() {
-            assert!(
-                ok,
-                "scan accepted what serde_json rejects: {:?}",
-                String::from_utf8_lossy(b)
-            );
-            assert_eq!(show(&fast), show(&slow), "{:?}", String::from_utf8_lossy(b));
-        }
+        let (ok, slow) = agrees_with_serde(t, "scan", b, &fast, decided.is_some());
         // And the whole parse (fast path, else serde) agrees with serde alone.
         let rec = crate::event::RawRecord {
             topic: std::sync::Arc::from("t"),

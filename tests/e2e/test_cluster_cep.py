@@ -54,20 +54,29 @@ def stats(cluster: Cluster, node: int, scope: str = "node") -> dict | None:
     return body if status == 200 else None
 
 
+def node_stats(cluster: Cluster) -> dict[int, dict] | None:
+    """Each running node's own stats (scope=node), if every one answered."""
+    out = {}
+    for i, b in cluster.nodes.items():
+        if b.running:
+            s = stats(cluster, i)
+            if s is None:
+                return None
+            out[i] = s
+    return out
+
+
 def shard_nodes(cluster: Cluster) -> dict[int, int] | None:
     """Which node runs each shard (each node says so itself), if every shard runs on exactly one."""
+    every = node_stats(cluster)
+    if not every:
+        return None
     placed: dict[int, list[int]] = collections.defaultdict(list)
-    count = None
-    for i, b in cluster.nodes.items():
-        if not b.running:
-            continue
-        s = stats(cluster, i)
-        if s is None:
-            return None
-        count = len(s["shards"])
+    for i, s in every.items():
         for sh in s["shards"]:
             if sh["running"]:
                 placed[sh["shard"]].append(i)
+    count = len(next(iter(every.values()))["shards"])
     if not count or len(placed) != count or any(len(v) != 1 for v in placed.values()):
         return None
     return {sh: nodes[0] for sh, nodes in placed.items()}
@@ -75,13 +84,11 @@ def shard_nodes(cluster: Cluster) -> dict[int, int] | None:
 
 def readers(cluster: Cluster, topic: str = "auth") -> dict[int, tuple[int, dict]] | None:
     """Source partition -> (node reading it, its row in that node's stats), if each is read once."""
+    every = node_stats(cluster)
+    if every is None:
+        return None
     out: dict[int, tuple[int, dict]] = {}
-    for i, b in cluster.nodes.items():
-        if not b.running:
-            continue
-        s = stats(cluster, i)
-        if s is None:
-            return None
+    for i, s in every.items():
         for r in s["sources"]:
             if r["topic"] == topic:
                 if r["partition"] in out:
