@@ -175,13 +175,26 @@
 //!   follows every other node's stream (again after it ended) before its greeting.
 //!   `?scope=node`: the shards of the node asked only.
 //!
+//! * A deposed stage (cut off by a network partition, or paused, rather than killed)
+//!   cannot record another pass: its checkpoint appends need a majority. But the
+//!   write of its last recorded pass may still be on its way to an output partition's
+//!   leader when the new stage redoes it. Each shard therefore writes as an
+//!   idempotent producer (KIP-98) of its own: producer id `CEP_PRODUCER_ID_BASE` +
+//!   shard, and per output partition an epoch and sequence numbers that the planned
+//!   write records (`PlannedWrite::producer`; the snapshot header holds where the
+//!   producer stands on each partition). The redo sends the very batches the pass
+//!   planned, with the same sequence numbers, so the leader appends whichever copy
+//!   arrives first and acknowledges the other without appending it; a copy older
+//!   than the leader's last five batches of the producer is refused. Where the
+//!   leader's producer state does not continue from the planned write (the records
+//!   that held it were deleted by retention and the broker restarted, or the
+//!   checkpoint topic was recreated), the redo writes under a newer epoch from
+//!   sequence 0, which also fences any older copy (`Cep::append_missing`).
+//!
 //! Limits: the number of shards is fixed when `__cep_checkpoints` is created; a query
 //! runs in one shard; event time advances per shard; a failover costs an election plus
-//! a recovery (restore and replay since the last snapshot). Exactly-once rests on the
-//! deposed stage being gone: a stage cut off by a network partition (not killed) whose
-//! output write was already on its way when leadership moved can race with the new
-//! stage's redo and duplicate that write (there is no producer fencing). Webhook
-//! deliveries stay at least once.
+//! a recovery (restore and replay since the last snapshot). Webhook deliveries stay at
+//! least once.
 
 pub mod httpc;
 
@@ -252,6 +265,10 @@ const READ_BYTES: usize = 1 << 20;
 const MAX_UNCOMPRESSED: usize = 1 << 30;
 /// Bytes of output records per batch written.
 const OUTPUT_BATCH_BYTES: usize = 512 << 10;
+/// Producer ids of the shards' idempotent output batches: shard `i` writes as
+/// `CEP_PRODUCER_ID_BASE + i`. Far above any id InitProducerId hands out (those count
+/// up from 0 in blocks), so no client's producer shares one.
+const CEP_PRODUCER_ID_BASE: i64 = 0x7EED_0000_0000_0000;
 /// Outputs buffered for live (SSE) subscribers before a slow one lags.
 const LIVE_BUFFER: usize = 4096;
 /// Webhook delivery: attempts and the timeout of each.
@@ -279,6 +296,9 @@ pub struct Cep {
     engine: Mutex<Engine>,
     /// Next offset the stage reads, per source (topic, partition).
     positions: Mutex<HashMap<(String, i32), i64>>,
+    /// The shard producer's next epoch and sequence number per output (topic,
+    /// partition); planned writes take theirs from here ([`Cep::plan`]).
+    producers: Mutex<HashMap<(String, i32), ProducerSeq>>,
     /// Serialises register/remove/pause (engine change plus definitions-topic append).
     admin: Mutex<()>,
     changed: Notify,
@@ -553,17 +573,83 @@ struct PlannedWrite {
     partition: i32,
     end_offset: i64,
     records: Vec<PlannedRecord>,
+    /// The epoch and sequence number of its first record, as the shard's idempotent
+    /// producer (`CEP_PRODUCER_ID_BASE` + shard); each batch's base sequence follows
+    /// from it. None in checkpoints of versions without it: written without a producer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    producer: Option<ProducerSeq>,
+}
+
+/// Where a shard's idempotent producer stands on one output partition (KIP-98): the
+/// epoch and the sequence number of a record. The same planned write is always sent
+/// as the same batches with the same sequence numbers, so that the partition's leader
+/// appends it once however often it arrives: from the pass that planned it, from a
+/// deposed stage whose write was still on its way, or from the redo of the stage that
+/// took over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct ProducerSeq {
+    epoch: i16,
+    seq: i32,
+}
+
+impl ProducerSeq {
+    /// The sequence number `records` records further on (sequences wrap as in Kafka).
+    fn plus(self, records: usize) -> ProducerSeq {
+        let seq = (i64::from(self.seq) + records as i64) % (i64::from(i32::MAX) + 1);
+        ProducerSeq {
+            epoch: self.epoch,
+            seq: seq as i32,
+        }
+    }
+}
+
+/// A write the partition's leader refused, or that could not reach it.
+#[derive(Debug)]
+struct WriteFailed {
+    message: String,
+    /// The leader refused the producer's epoch or sequence number: its producer state
+    /// does not continue from this write (lost with the records that held it, or a
+    /// newer epoch was used there), so nothing of the write was appended.
+    sequence: bool,
+}
+
+impl WriteFailed {
+    fn other(message: String) -> WriteFailed {
+        WriteFailed {
+            message,
+            sequence: false,
+        }
+    }
+
+    fn of_code(code: i16, message: String) -> WriteFailed {
+        use kafka_protocol::error::ResponseError as E;
+        let sequence = [
+            E::OutOfOrderSequenceNumber,
+            E::InvalidProducerEpoch,
+            E::UnknownProducerId,
+            E::ProducerFenced,
+        ]
+        .iter()
+        .any(|e| e.code() == code);
+        WriteFailed { message, sequence }
+    }
+}
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// An output write under way.
 enum InFlight {
-    /// Appended to this node's leader replica (with its record count); its commit is
-    /// awaited.
-    Local(Arc<Partition>, crate::partition::Appended, i64),
+    /// Appended to this node's leader replica, batch by batch; their commits are
+    /// awaited. The first offset of the write.
+    Local(Arc<Partition>, Vec<crate::partition::Appended>, i64),
     /// Forwarded to the partition's leader (acks=all); answers the first offset.
-    Remote(tokio::task::JoinHandle<Result<i64, String>>),
+    Remote(tokio::task::JoinHandle<Result<i64, WriteFailed>>),
     /// Nothing to write, or written already (no runtime to run it alongside others).
-    Done(Result<i64, String>),
+    Done(Result<i64, WriteFailed>),
 }
 
 /// A checkpoint's header (the engine state follows it in the record).
@@ -574,6 +660,10 @@ struct CheckpointHeader {
     seq: u64,
     positions: Vec<(String, i32, i64)>,
     writes: Vec<PlannedWrite>,
+    /// The shard producer's next epoch and sequence number per output partition
+    /// (topic, partition, epoch, sequence), after `writes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    producers: Vec<(String, i32, i16, i32)>,
 }
 
 /// A definition as stored in the definitions topic.
@@ -700,6 +790,7 @@ impl Cep {
             shard,
             engine: Mutex::new(engine),
             positions: Mutex::new(HashMap::new()),
+            producers: Mutex::new(HashMap::new()),
             admin: Mutex::new(()),
             changed: Notify::new(),
             stop: AtomicBool::new(false),
@@ -791,6 +882,7 @@ impl Cep {
         *engine = Engine::new(Limits::default());
         engine.set_shard(self.shard);
         self.positions.lock().clear();
+        self.producers.lock().clear();
         self.unhosted.lock().clear();
         *self.wal.lock() = WalState::new();
         self.admin_epoch.fetch_add(1, Ordering::AcqRel);
@@ -849,6 +941,21 @@ impl Cep {
                 }
             }
         }
+        // Where the shard's producer stands on each output partition: as of the
+        // snapshot, then past every write recorded since.
+        {
+            let mut producers = self.producers.lock();
+            for (t, p, epoch, seq) in &header.producers {
+                producers.insert(
+                    (t.clone(), *p),
+                    ProducerSeq {
+                        epoch: *epoch,
+                        seq: *seq,
+                    },
+                );
+            }
+        }
+        self.note_producer_seqs(&header.writes);
         // The definitions topic is the truth: drop restored definitions deleted or
         // replaced since the checkpoint, register new ones, apply pause state.
         let (_, added, restored_sources) = apply_stored(&mut engine, &stored);
@@ -1905,7 +2012,7 @@ impl Cep {
         let mut failed = false;
         let mut under_way = Vec::with_capacity(writes.len());
         for w in &writes {
-            match self.start_planned(w, &w.records) {
+            match self.start_planned(w, &w.records, w.producer) {
                 Ok(p) => under_way.push((w, p)),
                 Err(e) => {
                     tracing::error!(topic = %w.topic, partition = w.partition, error = %e, "CEP outputs not written: recovering, which redoes them");
@@ -1982,11 +2089,13 @@ impl Cep {
             }
             for (p, records) in by_partition {
                 let end_offset = self.end_offset(&topic, p)?;
+                let producer = Some(self.take_producer_seq(&topic, p, records.len()));
                 writes.push(PlannedWrite {
                     topic: topic.clone(),
                     partition: p,
                     end_offset,
                     records,
+                    producer,
                 });
             }
         }
@@ -2017,6 +2126,41 @@ impl Cep {
         Ok(offset)
     }
 
+    /// The producer id of this shard's output batches.
+    fn producer_id(&self) -> i64 {
+        CEP_PRODUCER_ID_BASE + self.shard.index as i64
+    }
+
+    /// The epoch and first sequence number of a write of `records` records to the
+    /// partition, and the producer's next ones past it.
+    fn take_producer_seq(&self, topic: &str, partition: i32, records: usize) -> ProducerSeq {
+        let mut producers = self.producers.lock();
+        let next = producers
+            .entry((topic.to_string(), partition))
+            .or_insert(ProducerSeq { epoch: 0, seq: 0 });
+        let this = *next;
+        *next = this.plus(records);
+        this
+    }
+
+    /// Sets where the producer stands on each partition after `writes` (in order).
+    fn note_producer_seqs(&self, writes: &[PlannedWrite]) {
+        let mut producers = self.producers.lock();
+        for w in writes {
+            if let Some(p) = w.producer {
+                producers.insert((w.topic.clone(), w.partition), p.plus(w.records.len()));
+            }
+        }
+    }
+
+    fn producers_vec(&self) -> Vec<(String, i32, i16, i32)> {
+        self.producers
+            .lock()
+            .iter()
+            .map(|((t, p), s)| (t.clone(), *p, s.epoch, s.seq))
+            .collect()
+    }
+
     fn positions_vec(&self) -> Vec<(String, i32, i64)> {
         self.positions
             .lock()
@@ -2038,12 +2182,13 @@ impl Cep {
     /// checkpoint log to start at it.
     fn write_snapshot(&self, writes: &[PlannedWrite]) -> Result<(), String> {
         let started = Instant::now();
-        let (state, positions, epoch) = {
+        let (state, positions, producers, epoch) = {
             // All under the engine lock (pass updates positions under it too).
             let engine = self.engine.lock();
             (
                 engine.checkpoint(),
                 self.positions_vec(),
+                self.producers_vec(),
                 self.admin_epoch.load(Ordering::Acquire),
             )
         };
@@ -2058,6 +2203,7 @@ impl Cep {
             seq,
             positions,
             writes: writes.to_vec(),
+            producers,
         };
         let value = encode_snapshot(&header, &state)?;
         let p = self
@@ -2105,7 +2251,7 @@ impl Cep {
             return;
         };
         let started = Instant::now();
-        let (captured, positions, seq) = {
+        let (captured, (positions, producers), seq) = {
             let engine = self.engine.lock();
             let seq = {
                 let mut wal = self.wal.lock();
@@ -2113,7 +2259,11 @@ impl Cep {
                 wal.last_snapshot = Instant::now();
                 wal.seq
             };
-            (engine.capture(), self.positions_vec(), seq)
+            (
+                engine.capture(),
+                (self.positions_vec(), self.producers_vec()),
+                seq,
+            )
         };
         // Entries after the captured state are appended from here on.
         let trim_to = p.log.log_end_offset();
@@ -2136,6 +2286,7 @@ impl Cep {
                     seq,
                     positions,
                     writes: Vec::new(),
+                    producers,
                 };
                 let result = encode_snapshot(&header, &state).and_then(|value| {
                     append_snapshot_to(&p, seq, &value, || {
@@ -2201,9 +2352,15 @@ impl Cep {
 
     /// Appends `records` to the planned partition, committed; returns the first offset.
     /// Committed by a majority (written, on a single node); forwarded to the partition's
-    /// leader when another node leads it.
-    fn append_planned(&self, w: &PlannedWrite, records: &[PlannedRecord]) -> Result<i64, String> {
-        let pending = self.start_planned(w, records)?;
+    /// leader when another node leads it. `producer`: the epoch and sequence number of
+    /// the first of `records` (None: written without a producer id).
+    fn append_planned(
+        &self,
+        w: &PlannedWrite,
+        records: &[PlannedRecord],
+        producer: Option<ProducerSeq>,
+    ) -> Result<i64, WriteFailed> {
+        let pending = self.start_planned(w, records, producer)?;
         self.finish_planned(pending)
     }
 
@@ -2214,21 +2371,19 @@ impl Cep {
         &self,
         w: &PlannedWrite,
         records: &[PlannedRecord],
-    ) -> Result<InFlight, String> {
-        let mut set = Vec::new();
-        let mut b = BatchBuilder::new(Compression::None);
-        for r in records {
-            if !b.is_empty() && b.uncompressed_size() + r.value.len() > OUTPUT_BATCH_BYTES {
-                let full = std::mem::replace(&mut b, BatchBuilder::new(Compression::None));
-                set.extend_from_slice(&full.build().map_err(|e| e.to_string())?);
-            }
-            b.push(r.timestamp_ms, r.key.as_deref(), Some(&r.value), &[]);
-        }
-        if !b.is_empty() {
-            set.extend_from_slice(&b.build().map_err(|e| e.to_string())?);
-        }
-        let count = records.len() as i64;
-        if set.is_empty() {
+        producer: Option<ProducerSeq>,
+    ) -> Result<InFlight, WriteFailed> {
+        let batches = output_batches(records, producer.map(|p| (self.producer_id(), p)))
+            .map_err(WriteFailed::other)?;
+        let requests: Vec<Vec<u8>> = if producer.is_some() {
+            // An idempotent produce carries one batch.
+            batches.into_iter().map(|(_, b)| b).collect()
+        } else if batches.is_empty() {
+            Vec::new()
+        } else {
+            vec![batches.into_iter().flat_map(|(_, b)| b).collect()]
+        };
+        if requests.is_empty() {
             return Ok(InFlight::Done(Ok(w.end_offset)));
         }
         let (topic, partition) = (w.topic.as_str(), w.partition);
@@ -2237,43 +2392,92 @@ impl Cep {
             .partition(topic, partition)
             .filter(|p| p.is_leader());
         if let Some(part) = local {
-            let appended = part
-                .append_with_acks(&mut set, now_ms(), true)
-                .map_err(|(_, m)| format!("appending to {topic}-{partition}: {m}"))?;
-            return Ok(InFlight::Local(part, appended, count));
+            let mut appended = Vec::with_capacity(requests.len());
+            for mut set in requests {
+                let a = part
+                    .append_with_acks(&mut set, now_ms(), true)
+                    .map_err(|(e, m)| {
+                        WriteFailed::of_code(
+                            e.code(),
+                            format!("appending to {topic}-{partition}: {m}"),
+                        )
+                    })?;
+                appended.push(a);
+            }
+            let first = appended.first().map_or(w.end_offset, |a| a.base_offset);
+            return Ok(InFlight::Local(part, appended, first));
         }
         let client = self.broker.forwarder().map_err(|e| {
-            format!("connecting to the cluster to reach the leader of {topic}-{partition}: {e}")
+            WriteFailed::other(format!(
+                "connecting to the cluster to reach the leader of {topic}-{partition}: {e}"
+            ))
         })?;
-        let (t, name) = (topic.to_string(), format!("{topic}-{partition}"));
+        let (t, name, end) = (
+            topic.to_string(),
+            format!("{topic}-{partition}"),
+            w.end_offset,
+        );
         let forward = async move {
-            client
-                .produce(&t, partition, Bytes::from(set), -1, COMMIT_TIMEOUT)
-                .await
-                .map(|p| p.base_offset)
-                .map_err(|e| format!("forwarding to the leader of {name}: {e}"))
+            // In order, each after the last was acknowledged: the leader takes an
+            // idempotent producer's batches in sequence order only.
+            let mut first = None;
+            for set in requests {
+                let r = client
+                    .produce(&t, partition, Bytes::from(set), -1, COMMIT_TIMEOUT)
+                    .await
+                    .map_err(|e| {
+                        WriteFailed::of_code(
+                            e.kafka_code().unwrap_or(0),
+                            format!("forwarding to the leader of {name}: {e}"),
+                        )
+                    })?;
+                first.get_or_insert(r.base_offset);
+            }
+            Ok(first.unwrap_or(end))
         };
         Ok(match tokio::runtime::Handle::try_current() {
             Ok(rt) => InFlight::Remote(rt.spawn(forward)),
             Err(_) => InFlight::Done(
                 crate::ingest::block_on(forward)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| WriteFailed::other(e.to_string()))
                     .and_then(|r| r),
             ),
         })
     }
 
     /// Waits for a write [`Cep::start_planned`] started; returns its first offset.
-    fn finish_planned(&self, pending: InFlight) -> Result<i64, String> {
+    fn finish_planned(&self, pending: InFlight) -> Result<i64, WriteFailed> {
         match pending {
-            InFlight::Local(part, appended, count) => {
-                wait_appended(&part, &appended)
-                    .map_err(|e| format!("appending to {}-{}: {e}", part.topic, part.index))?;
-                Ok(appended.last_offset + 1 - count)
+            InFlight::Local(part, appended, first) => {
+                for a in &appended {
+                    let done = if a.wrote {
+                        wait_appended(&part, a)
+                    } else if wait_for(|| part.high_watermark() > a.last_offset, COMMIT_TIMEOUT) {
+                        // A batch sent before (the leader answered with its offsets):
+                        // done once that one is committed.
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "offset {} was not committed in time",
+                            a.last_offset
+                        ))
+                    };
+                    done.map_err(|e| {
+                        WriteFailed::other(format!(
+                            "appending to {}-{}: {e}",
+                            part.topic, part.index
+                        ))
+                    })?;
+                }
+                Ok(first)
             }
             InFlight::Remote(task) => crate::ingest::block_on(task)
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("forwarded write: {e}"))?,
+                .map_err(|e| WriteFailed::other(e.to_string()))?
+                .map_err(|e| WriteFailed::other(e.to_string()))?
+                .map_err(|e| WriteFailed {
+                    message: format!("forwarded write: {}", e.message),
+                    ..e
+                }),
             InFlight::Done(result) => result,
         }
     }
@@ -2378,16 +2582,88 @@ impl Cep {
                 }
             }
         }
-        let missing = &w.records[found..];
-        if !missing.is_empty() {
-            let base = self.append_planned(w, missing)?;
+        let missing = w.records.len() - found;
+        if missing > 0 {
+            let (from, base) = self.append_missing(w, found)?;
             let rest = PlannedWrite {
-                records: missing.to_vec(),
+                records: w.records[from..].to_vec(),
                 ..w.clone()
             };
             self.publish(&rest, base);
         }
-        Ok((found, missing.len()))
+        Ok((found, missing))
+    }
+
+    /// Appends a planned write's records from the first one not found (`found`) on;
+    /// returns the index of the first record sent and the offset it got.
+    ///
+    /// As the shard's producer, they go as the batches the pass planned, with the same
+    /// sequence numbers, from the batch holding the first missing record: should a
+    /// deposed stage's copy of the write still be on its way, the leader appends
+    /// whichever arrives first and acknowledges the other without appending it. When
+    /// the leader's producer state does not continue from the planned sequence (the
+    /// records that held it were deleted, or an epoch was bumped before), the records
+    /// are sent under a newer epoch from sequence 0, which also fences any copy still
+    /// on its way; the shard's producer goes on from there.
+    fn append_missing(&self, w: &PlannedWrite, found: usize) -> Result<(usize, i64), String> {
+        let key = (w.topic.clone(), w.partition);
+        let Some(planned) = w.producer else {
+            let base = self
+                .append_planned(w, &w.records[found..], None)
+                .map_err(|e| e.message)?;
+            return Ok((found, base));
+        };
+        // An earlier redo in this recovery bumped the epoch here: go on from that.
+        let bumped = self
+            .producers
+            .lock()
+            .get(&key)
+            .copied()
+            .filter(|cur| cur.epoch > planned.epoch);
+        let (mut from, mut producer) = match bumped {
+            Some(cur) => (found, cur),
+            None => {
+                let starts = output_batches(&w.records, Some((self.producer_id(), planned)))?;
+                let from = starts
+                    .iter()
+                    .map(|(i, _)| *i)
+                    .take_while(|i| *i <= found)
+                    .last()
+                    .unwrap_or(0);
+                (from, planned.plus(from))
+            }
+        };
+        let mut step: i16 = 1;
+        loop {
+            match self.append_planned(w, &w.records[from..], Some(producer)) {
+                Ok(base) => {
+                    if bumped.is_some() || producer.epoch != planned.epoch {
+                        self.producers
+                            .lock()
+                            .insert(key, producer.plus(w.records.len() - from));
+                    }
+                    return Ok((from, base));
+                }
+                Err(e) if e.sequence => {
+                    let epoch = producer.epoch.checked_add(step).ok_or_else(|| {
+                        format!("no producer epoch left to write with: {}", e.message)
+                    })?;
+                    tracing::warn!(
+                        topic = %w.topic,
+                        partition = w.partition,
+                        error = %e.message,
+                        epoch,
+                        "CEP redo: the partition's producer state does not continue from the planned write; writing under a newer epoch"
+                    );
+                    producer = ProducerSeq { epoch, seq: 0 };
+                    // Fresh sequence numbers: only what is missing.
+                    from = found;
+                    // Where an epoch far above was used, a few doublings reach past it.
+                    step = step.saturating_mul(2);
+                }
+                Err(e) => return Err(e.message),
+            }
+        }
     }
 
     /// Tells live subscribers about written outputs and delivers webhooks.
@@ -3099,6 +3375,40 @@ fn encode_snapshot(header: &CheckpointHeader, state: &[u8]) -> Result<Vec<u8>, S
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&h);
     out.extend_from_slice(state);
+    Ok(out)
+}
+
+/// The batches `records` are written as (a new one when the values would pass
+/// [`OUTPUT_BATCH_BYTES`]), each with the index of its first record. With a producer
+/// (id, epoch and sequence number of the first record), each batch carries the
+/// sequence number of its first record: the same records always give the same batches.
+fn output_batches(
+    records: &[PlannedRecord],
+    producer: Option<(i64, ProducerSeq)>,
+) -> Result<Vec<(usize, Vec<u8>)>, String> {
+    let builder = |first: usize| {
+        let b = BatchBuilder::new(Compression::None);
+        match producer {
+            Some((id, p)) => {
+                let s = p.plus(first);
+                b.producer(id, s.epoch, s.seq)
+            }
+            None => b,
+        }
+    };
+    let mut out = Vec::new();
+    let (mut b, mut first) = (builder(0), 0usize);
+    for (i, r) in records.iter().enumerate() {
+        if !b.is_empty() && b.uncompressed_size() + r.value.len() > OUTPUT_BATCH_BYTES {
+            let full = std::mem::replace(&mut b, builder(i));
+            out.push((first, full.build().map_err(|e| e.to_string())?));
+            first = i;
+        }
+        b.push(r.timestamp_ms, r.key.as_deref(), Some(&r.value), &[]);
+    }
+    if !b.is_empty() {
+        out.push((first, b.build().map_err(|e| e.to_string())?));
+    }
     Ok(out)
 }
 
@@ -4297,8 +4607,7 @@ mod tests {
         let one_record = encode_snapshot(
             &CheckpointHeader {
                 seq: 3,
-                positions: Vec::new(),
-                writes: Vec::new(),
+                ..CheckpointHeader::default()
             },
             b"{}",
         )
@@ -4442,14 +4751,16 @@ mod tests {
             webhook: None,
         };
         produce(&tb.broker, "out", &[r#"{"before":true}"#.to_string()]);
+        // As recorded by versions that wrote without a producer id.
         let w = PlannedWrite {
             topic: "out".into(),
             partition: 0,
             end_offset: 1,
             records: vec![rec(1), rec(2), rec(3)],
+            producer: None,
         };
         // The first planned record made it, then another client's record.
-        cep.append_planned(&w, &w.records[..1]).unwrap();
+        cep.append_planned(&w, &w.records[..1], None).unwrap();
         produce(&tb.broker, "out", &[r#"{"other":true}"#.to_string()]);
         assert_eq!(cep.redo(&w).unwrap(), (1, 2));
         assert_eq!(cep.redo(&w).unwrap(), (3, 0));
@@ -4469,6 +4780,7 @@ mod tests {
                     seq: 9,
                     positions: vec![("auth".into(), 0, 7)],
                     writes: vec![w.clone()],
+                    producers: Vec::new(),
                 },
                 b"{}",
             )
@@ -4481,6 +4793,149 @@ mod tests {
         );
         assert!(decode_snapshot(b"WCP1\0\0\0\x09{}").is_err());
         assert!(decode_snapshot(b"nope").is_err());
+    }
+
+    /// The planned writes a shard's checkpoint partition records (snapshot and log).
+    fn recorded_writes(cep: &Cep) -> Vec<PlannedWrite> {
+        let rec = cep.load_checkpoints().unwrap().unwrap();
+        let mut writes = rec.header.writes;
+        for e in rec.entries {
+            writes.extend(e.writes);
+        }
+        writes
+    }
+
+    #[test]
+    fn a_write_still_on_its_way_from_a_deposed_stage_is_not_appended_twice() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        cep.register(BRUTE, false).unwrap();
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("alice", false, 1000),
+                login_at("alice", false, 2000),
+                login_at("alice", false, 3000),
+                login_at("alice", true, 4000),
+                login_at("zed", false, 100_000),
+            ],
+        );
+        // The pass is recorded; its write is "on its way" (not yet arrived).
+        cep.crash_after_checkpoint.store(true, Ordering::Release);
+        while cep.pass() {}
+        drop(cep);
+        // The stage that takes over redoes the write.
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let alice = json!({"user": "alice", "fails": 3, "first_fail": 1000});
+        assert_eq!(read_all(&tb.broker, "alerts"), vec![alice.clone()]);
+        let w = recorded_writes(&cep)
+            .into_iter()
+            .find(|w| w.topic == "alerts")
+            .expect("the pass's write to alerts is recorded");
+        assert_eq!(w.producer, Some(ProducerSeq { epoch: 0, seq: 0 }));
+        // Now the deposed stage's copy arrives: acknowledged, not appended again.
+        assert_eq!(cep.append_planned(&w, &w.records, w.producer).unwrap(), 0);
+        assert_eq!(read_all(&tb.broker, "alerts"), vec![alice.clone()]);
+        // Nothing more in the log (without the producer's sequence numbers the copy
+        // would have been appended a second time: at offset 1).
+        let p = cep.broker.partition("alerts", 0).unwrap();
+        assert_eq!(p.log.log_end_offset(), 1);
+        // The stage goes on with the next sequence numbers.
+        produce(
+            &tb.broker,
+            "auth",
+            &[
+                login_at("bob", false, 101_000),
+                login_at("bob", false, 102_000),
+                login_at("bob", false, 103_000),
+                login_at("bob", true, 104_000),
+                login_at("zed", false, 200_000),
+            ],
+        );
+        while cep.pass() {}
+        let bob = json!({"user": "bob", "fails": 3, "first_fail": 101_000});
+        assert_eq!(
+            read_all(&tb.broker, "alerts"),
+            vec![alice.clone(), bob.clone()]
+        );
+        let next = recorded_writes(&cep)
+            .into_iter()
+            .filter(|w| w.topic == "alerts")
+            .next_back()
+            .and_then(|w| w.producer);
+        assert_eq!(next, Some(ProducerSeq { epoch: 0, seq: 1 }));
+        // A restart restores where the producer stands (snapshot header or log).
+        drop(cep);
+        let tb = reopen(tb);
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        assert_eq!(
+            cep.producers
+                .lock()
+                .get(&("alerts".to_string(), 0))
+                .copied(),
+            Some(ProducerSeq { epoch: 0, seq: 2 })
+        );
+        assert_eq!(read_all(&tb.broker, "alerts"), vec![alice, bob]);
+    }
+
+    #[test]
+    fn redo_writes_under_a_newer_epoch_where_the_sequence_does_not_continue() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let rec = |i: i64| PlannedRecord {
+            key: Some(b"k".to_vec()),
+            value: format!("{{\"n\":{i}}}").into_bytes(),
+            timestamp_ms: i,
+            definition_id: "d".into(),
+            kind: "match".into(),
+            webhook: None,
+        };
+        produce(&tb.broker, "out", &[r#"{"before":true}"#.to_string()]);
+        // Planned at sequence 7: the partition holds none of the producer's batches
+        // (say retention deleted them and the broker restarted).
+        let seq7 = ProducerSeq { epoch: 0, seq: 7 };
+        let w = PlannedWrite {
+            topic: "out".into(),
+            partition: 0,
+            end_offset: 1,
+            records: vec![rec(1), rec(2)],
+            producer: Some(seq7),
+        };
+        let refused = cep.append_planned(&w, &w.records, w.producer).unwrap_err();
+        assert!(refused.sequence, "{}", refused.message);
+        cep.note_producer_seqs(std::slice::from_ref(&w));
+        assert_eq!(cep.redo(&w).unwrap(), (0, 2));
+        assert_eq!(
+            read_all(&tb.broker, "out"),
+            vec![json!({"before": true}), json!({"n": 1}), json!({"n": 2})]
+        );
+        // Written under epoch 1 from 0; the shard goes on from there.
+        let bumped = ProducerSeq { epoch: 1, seq: 2 };
+        assert_eq!(
+            cep.producers.lock().get(&("out".to_string(), 0)).copied(),
+            Some(bumped)
+        );
+        assert_eq!(cep.take_producer_seq("out", 0, 1), bumped);
+        // A copy of the old write arriving now is fenced by the newer epoch.
+        let stale = cep.append_planned(&w, &w.records, w.producer).unwrap_err();
+        assert!(stale.sequence, "{}", stale.message);
+        assert_eq!(read_all(&tb.broker, "out").len(), 3);
+        // Redo finds it all now; the next write continues the new epoch.
+        assert_eq!(cep.redo(&w).unwrap(), (2, 0));
+        let next = PlannedWrite {
+            records: vec![rec(3)],
+            producer: Some(bumped),
+            end_offset: 3,
+            ..w.clone()
+        };
+        assert_eq!(
+            cep.append_planned(&next, &next.records, next.producer)
+                .unwrap(),
+            3
+        );
+        assert_eq!(read_all(&tb.broker, "out").len(), 4);
     }
 
     #[test]

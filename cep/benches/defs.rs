@@ -17,9 +17,14 @@ pub const KEYS: u64 = 100_000;
 pub const N: usize = 200_000;
 
 pub fn events() -> Vec<Vec<u8>> {
+    events_n(N)
+}
+
+/// `n` events of the same stream (the first `N` are [`events`]).
+pub fn events_n(n: usize) -> Vec<Vec<u8>> {
     // xorshift: deterministic pseudo-random users and outcomes; ~1 ms between events
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..N)
+    (0..n)
         .map(|i| {
             x ^= x << 13;
             x ^= x >> 7;

@@ -23,7 +23,12 @@ fn cpu_ns() -> u64 {
 }
 
 fn main() {
-    let evs = defs::events();
+    // WEIR_BENCH_EVENTS: a longer stream than the benchmark's 200,000 events (steady state).
+    let n = std::env::var("WEIR_BENCH_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(defs::N);
+    let evs = defs::events_n(n);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let only = args.first().map(String::as_str).unwrap_or("all");
     let rounds: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(3);
