@@ -4862,8 +4862,7 @@ mod tests {
         );
         let next = recorded_writes(&cep)
             .into_iter()
-            .filter(|w| w.topic == "alerts")
-            .next_back()
+            .rfind(|w| w.topic == "alerts")
             .and_then(|w| w.producer);
         assert_eq!(next, Some(ProducerSeq { epoch: 0, seq: 1 }));
         // A restart restores where the producer stands (snapshot header or log).
