@@ -2496,8 +2496,10 @@ impl Cep {
             return Ok((0, 0));
         }
         let mut found = 0usize;
-        // The planned records in order, among the partition's records (only the stage
-        // writes records equal to them).
+        // The planned records in order, among the partition's records: among this
+        // shard's batches when it wrote them as its producer (older checkpoints: among
+        // all records, where only the stage should write records equal to them).
+        let only = w.producer.map(|_| self.producer_id());
         let compare = |recs: Vec<records::Record>, found: &mut usize| {
             for r in recs {
                 let Some(want) = w.records.get(*found) else {
@@ -2544,7 +2546,7 @@ impl Cep {
                     }
                     let before = pos;
                     for chunk in &read.batches {
-                        let (recs, next) = decode_chunk(chunk, pos, end);
+                        let (recs, next) = decode_chunk_of(chunk, pos, end, only);
                         pos = next;
                         compare(recs, &mut found);
                     }
@@ -2573,7 +2575,7 @@ impl Cep {
                     if pos >= hw {
                         break;
                     }
-                    let (recs, next) = decode_chunk(&fetched.records, pos, hw);
+                    let (recs, next) = decode_chunk_of(&fetched.records, pos, hw, only);
                     compare(recs, &mut found);
                     if next <= pos {
                         break;
@@ -3437,6 +3439,17 @@ fn decode_snapshot(bytes: &[u8]) -> Result<(CheckpointHeader, Vec<u8>), String> 
 /// read next (past whole batches, even when compaction removed their last records).
 /// Undecodable batches are logged and skipped.
 fn decode_chunk(chunk: &Bytes, from: i64, hw: i64) -> (Vec<records::Record>, i64) {
+    decode_chunk_of(chunk, from, hw, None)
+}
+
+/// [`decode_chunk`], with `producer`: only the records of that producer id's batches
+/// (the offset to read next still passes every batch).
+fn decode_chunk_of(
+    chunk: &Bytes,
+    from: i64,
+    hw: i64,
+    producer: Option<i64>,
+) -> (Vec<records::Record>, i64) {
     let mut out = Vec::new();
     let mut next = from;
     let mut start = 0usize;
@@ -3454,7 +3467,7 @@ fn decode_chunk(chunk: &Bytes, from: i64, hw: i64) -> (Vec<records::Record>, i64
             continue;
         }
         next = next.max((header.last_offset() + 1).min(hw));
-        if header.is_control() {
+        if header.is_control() || producer.is_some_and(|id| header.producer_id != id) {
             continue;
         }
         match records::decode_records(&chunk.slice(range), MAX_UNCOMPRESSED) {
@@ -4935,6 +4948,47 @@ mod tests {
             3
         );
         assert_eq!(read_all(&tb.broker, "out").len(), 4);
+    }
+
+    #[test]
+    fn redo_looks_for_its_records_among_its_own_batches_only() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
+        let rec = PlannedRecord {
+            key: Some(b"alice".to_vec()),
+            value: br#"{"user":"alice"}"#.to_vec(),
+            timestamp_ms: 5,
+            definition_id: "d".into(),
+            kind: "match".into(),
+            webhook: None,
+        };
+        // Another writer (a client, or another shard) put an identical record there.
+        tb.broker.auto_create("out").unwrap();
+        let mut set = BatchBuilder::new(Compression::None);
+        set.push(5, Some(b"alice"), Some(br#"{"user":"alice"}"#), &[]);
+        let mut set = set.build().unwrap();
+        let p = tb.broker.partition("out", 0).unwrap();
+        p.append(&mut set, now_ms()).unwrap();
+        let w = PlannedWrite {
+            topic: "out".into(),
+            partition: 0,
+            end_offset: 0,
+            records: vec![rec.clone()],
+            producer: Some(ProducerSeq { epoch: 0, seq: 0 }),
+        };
+        assert_eq!(
+            cep.redo(&w).unwrap(),
+            (0, 1),
+            "the other writer's record is not ours"
+        );
+        assert_eq!(cep.redo(&w).unwrap(), (1, 0));
+        assert_eq!(read_all(&tb.broker, "out").len(), 2);
+        // A checkpoint without producer sequence numbers could only compare contents.
+        let old = PlannedWrite {
+            producer: None,
+            ..w.clone()
+        };
+        assert_eq!(cep.redo(&old).unwrap(), (1, 0));
     }
 
     #[test]
