@@ -85,9 +85,9 @@
 //! nothing (the pass is not recorded, its records are read and matched again, its
 //! outputs were never written), a crash between 2 and 3 is completed by the redo, and
 //! a crash after 3 finds every planned record present. Every output is thus written
-//! exactly once, provided the stage is the only writer of records equal to its
-//! outputs (a client producing identical records to an output topic at the same
-//! moment could be taken for one of them).
+//! exactly once. (Redo looks among the batches of the shard's own producer id, see
+//! "In a cluster"; for planned writes recorded by versions without it, among all
+//! records, where a client's identical record could be taken for one of them.)
 //!
 //! Definitions and pause state come from `__cep_definitions` (the source of truth):
 //! at start, restored definitions deleted or replaced since the snapshot are dropped,
@@ -158,8 +158,8 @@
 //!   this node's replica once it caught up with the leader's high watermark (a leader
 //!   first waits until its whole log is committed), or fetched from the leader. Shards
 //!   may write to the same output partition; redo looks for its planned records in
-//!   order among the partition's records, so other shards' records in between do not
-//!   disturb it (an identical record of another shard could be taken for one of them).
+//!   order among the batches of its own producer id (below), so other shards' and
+//!   clients' records, identical ones included, do not disturb it.
 //! * Definitions: `POST`/`DELETE`/pause/resume work on every node: the record goes to
 //!   the leader of `__cep_definitions-0` (forwarded with acks=all when another node
 //!   leads it) and is committed before the answer. Every shard on every node applies
