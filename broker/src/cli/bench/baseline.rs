@@ -59,6 +59,79 @@ pub struct BaselineArgs {
 pub struct WakeupProbe {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Histogram<u64>>,
+    /// The machine's CPU time counters when the probe started (Linux).
+    cpu_at_start: Option<CpuTimes>,
+}
+
+/// The machine's CPU time counters (`cpu` line of /proc/stat, clock ticks, all CPUs).
+#[derive(Debug, Clone, Copy)]
+struct CpuTimes {
+    busy: u64,
+    idle: u64,
+    steal: u64,
+}
+
+impl CpuTimes {
+    fn read() -> Option<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is within user)
+        let at = |i: usize| v.get(i).copied().unwrap_or(0);
+        Some(CpuTimes {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            idle: at(3) + at(4),
+            steal: at(7),
+        })
+    }
+}
+
+/// How the machine's CPU time went during a run, in fractions of all CPUs' time.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuShare {
+    pub busy: f64,
+    pub idle: f64,
+    /// Time the hypervisor ran something else while this VM wanted to run: on a
+    /// shared virtual machine, the part of the latency no change here can remove.
+    pub steal: f64,
+}
+
+impl CpuShare {
+    fn between(a: CpuTimes, b: CpuTimes) -> Option<CpuShare> {
+        let (busy, idle, steal) = (
+            b.busy.saturating_sub(a.busy),
+            b.idle.saturating_sub(a.idle),
+            b.steal.saturating_sub(a.steal),
+        );
+        let total = (busy + idle + steal) as f64;
+        (total > 0.0).then(|| CpuShare {
+            busy: busy as f64 / total,
+            idle: idle as f64 / total,
+            steal: steal as f64 / total,
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        json!({
+            "busy": round3(self.busy),
+            "idle": round3(self.idle),
+            "steal": round3(self.steal),
+        })
+    }
+}
+
+/// One line describing the machine's CPU time during a run.
+pub fn describe_cpu(c: &CpuShare) -> String {
+    format!(
+        "machine CPU time during the run (all CPUs): {:.0}% busy, {:.0}% stolen by the hypervisor (steal), {:.0}% idle",
+        c.busy * 100.0,
+        c.steal * 100.0,
+        c.idle * 100.0
+    )
 }
 
 /// The probe's sleep.
@@ -78,13 +151,27 @@ impl WakeupProbe {
             }
             h
         });
-        WakeupProbe { stop, thread }
+        WakeupProbe {
+            stop,
+            thread,
+            cpu_at_start: CpuTimes::read(),
+        }
     }
 
     /// Stops the probe; the delays it saw (None if it saw none or its thread died).
     pub fn finish(self) -> Option<Latency> {
+        self.finish_with_cpu().0
+    }
+
+    /// Stops the probe; the delays it saw, and how the machine's CPU time went since it
+    /// started (None where /proc/stat cannot be read).
+    pub fn finish_with_cpu(self) -> (Option<Latency>, Option<CpuShare>) {
+        let cpu = self
+            .cpu_at_start
+            .zip(CpuTimes::read())
+            .and_then(|(a, b)| CpuShare::between(a, b));
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().ok().and_then(|h| Latency::of(&h))
+        (self.thread.join().ok().and_then(|h| Latency::of(&h)), cpu)
     }
 }
 

@@ -129,7 +129,7 @@ pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()>
     }
     let probe = super::baseline::WakeupProbe::start();
     let produced = produce_events(&client, &source, partitions, rate, a, args.keys).await;
-    let wakeup = probe.finish();
+    let (wakeup, cpu) = probe.finish_with_cpu();
     produced_done.store(true, Ordering::Release);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
         .map_err(|e| anyhow!("latency histogram: {e}"))?;
@@ -175,6 +175,7 @@ pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()>
             "matches": matches,
             "latency_ms": latency.map(|l| l.json()),
             "wakeup_delay_ms": wakeup.map(|l| l.json()),
+            "machine_cpu": cpu.map(|c| c.json()),
             "stage_timings": stage,
         });
         println!("{v}");
@@ -211,6 +212,7 @@ pub async fn run_cep(bootstrap: &str, args: &CepBenchArgs) -> anyhow::Result<()>
                     .as_ref()
                     .map(|l| super::baseline::describe_wakeup(l, "during the run")),
             )
+            .chain(cpu.as_ref().map(super::baseline::describe_cpu))
             .chain(stage.as_ref().map(describe_stage))
             .collect::<Vec<_>>(),
         );

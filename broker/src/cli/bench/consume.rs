@@ -444,7 +444,7 @@ pub async fn run_e2e(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()> {
     };
     let probe = super::baseline::WakeupProbe::start();
     let produced = produce_load(bootstrap, args, partitions, &spec).await;
-    let wakeup = probe.finish();
+    let (wakeup, cpu) = probe.finish_with_cpu();
     // Whatever happened, tell the consumers where to stop.
     let produced_ends = match &produced {
         Ok(p) => starts
@@ -496,6 +496,7 @@ pub async fn run_e2e(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()> {
                 "latency_ms": elat.map(|l| l.json()),
             },
             "wakeup_delay_ms": wakeup.map(|l| l.json()),
+            "machine_cpu": cpu.map(|c| c.json()),
         });
         println!("{v}");
     } else {
@@ -536,6 +537,9 @@ pub async fn run_e2e(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()> {
         }
         if let Some(l) = &wakeup {
             notes.push(super::baseline::describe_wakeup(l, "during the run"));
+        }
+        if let Some(c) = &cpu {
+            notes.push(super::baseline::describe_cpu(c));
         }
         print_table(
             &title("e2e", args, partitions, produced.records_per_batch),

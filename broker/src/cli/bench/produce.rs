@@ -429,7 +429,7 @@ pub async fn run_produce(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()
     };
     let probe = baseline::WakeupProbe::start();
     let out = produce_load(bootstrap, args, partitions, &spec).await;
-    let wakeup = probe.finish();
+    let (wakeup, cpu) = probe.finish_with_cpu();
     let out = out?;
     let tp = &out.throughput;
     let lat = Latency::of(&out.latency);
@@ -467,6 +467,7 @@ pub async fn run_produce(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()
             "ratio_to_loopback": ratio.map(super::report::round3),
             "ratio_to_file_write": file_ratio.map(super::report::round3),
             "wakeup_delay_ms": wakeup.map(|l| l.json()),
+            "machine_cpu": cpu.map(|c| c.json()),
         });
         println!("{v}");
     } else {
@@ -510,6 +511,9 @@ pub async fn run_produce(bootstrap: &str, args: &BenchArgs) -> anyhow::Result<()
         notes.push(latency_note(args));
         if let Some(l) = &wakeup {
             notes.push(baseline::describe_wakeup(l, "during the run"));
+        }
+        if let Some(c) = &cpu {
+            notes.push(baseline::describe_cpu(c));
         }
         print_table(
             &title("produce", args, partitions, out.records_per_batch),
