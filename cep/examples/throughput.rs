@@ -2,6 +2,9 @@
 //! /proc/thread-self/schedstat so that a busy machine does not distort it):
 //! `cargo run --release -p weir-cep --example throughput [pattern|count] [rounds]`
 //! (both workloads and 3 rounds by default; one workload alone is easier to profile).
+//! `WEIR_BENCH_EVENTS=2000000 ...`: a longer stream of the same events, so that most of
+//! the run is in steady state (state expiring as fast as it is created; the benchmark's
+//! 200,000 events span 200 s of event time, the first 60 s of which expire nothing).
 //! `... --example throughput snapshot`: the state of `benches/cep_latency.py` at
 //! 50,000 events/s (10,000 users, 75% failures, 20 s), and the time
 //! `Engine::capture` (under the broker's engine lock) and `Captured::encode` take on it.
