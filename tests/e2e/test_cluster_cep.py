@@ -10,6 +10,10 @@ only, and every match exactly once across a SIGKILL.
   them is acknowledged), events produced during the failover: the new leaders of its checkpoint
   partition and source partitions take over, and every expected alert is in `alerts` exactly once;
   again after the killed node is back (its shard may move back to it).
+- A network partition that cuts the node running shard 0 off from the other nodes and from clients
+  (not a crash: it keeps running, and its outputs may still be on their way to the other nodes'
+  leaders when it is deposed): the majority side takes over, every expected alert is in `alerts`
+  exactly once, and again after the partition heals and the deposed node rejoins.
 - Source partitions without a replica on the node of the shard that reads them are read from their
   leaders.
 
@@ -31,7 +35,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import NewTopic
 
 from test_cep import BRUTE_FORCE, PATTERNS, SseReader, http, login, read_topic
-from test_cluster import Cluster, cluster  # noqa: F401 (the fixture)
+from test_cluster import Cluster, cluster, split_cluster  # noqa: F401 (the fixtures)
 from util import wait_until
 
 PARTITIONS = 3
@@ -314,6 +318,49 @@ def test_sigkill_of_the_node_running_shard_0_every_match_exactly_once(cluster, k
     wait_until(lambda: patterns_everywhere(cluster), 30, "every node to list the pattern")
     check_exactly_once(cluster, ev.expected)
     # Phase 3, after the restart.
+    ev.at(20_001)
+    feeder.send(ev.complete("d", 300))
+    wait_stage_caught_up(cluster)
+    feeder.flush(30_000)
+    check_exactly_once(cluster, ev.expected)
+    assert patterns_everywhere(cluster)
+
+
+@pytest.mark.parametrize("cut_at", ["first_alerts", "flush_acked"])
+def test_network_partition_of_the_node_running_shard_0_every_match_exactly_once(split_cluster, cut_at):
+    cluster = split_cluster
+    create_topics(cluster, "auth", "alerts")
+    register_on(cluster, 2)
+    ev = Events()
+    feeder = Feeder(cluster.bootstrap())
+    feeder.send(ev.complete("a", 600) + ev.fails("b", 200))
+    wait_stage_caught_up(cluster)
+    victim = shard_nodes(cluster)[0]
+    # The flush releases phase 1; the node of shard 0 is cut off once the first alerts are written, or
+    # as soon as the flush is acknowledged (while the shards read it, record their passes, write the
+    # alerts). The cut node keeps running: its writes to the other nodes' leaders (through their
+    # client addresses, which stay reachable) may arrive after it was deposed.
+    feeder.flush(10_000)
+    if cut_at == "first_alerts":
+        wait_until(lambda: read_topic(cluster.bootstrap(), "alerts"), 60, "the first alerts")
+    cluster.isolate(victim, clients=True)
+    ev.at(10_001)
+    feeder.send(ev.successes("b", 200) + ev.complete("c", 300))
+
+    def moved():
+        placed = shard_nodes(cluster)
+        return placed if placed and victim not in placed.values() else None
+    # (The cut node steps down once it misses a quorum: it then runs no shard.)
+    wait_until(moved, 90, "the shards of the cut-off node to move to the majority")
+    wait_stage_caught_up(cluster)
+    feeder.flush(20_000)
+    check_exactly_once(cluster, ev.expected, exclude=victim)
+
+    # The partition heals: the deposed node catches up; nothing it had under way lands twice.
+    cluster.isolate(victim, cut=False)
+    cluster.wait_leaders("auth", PARTITIONS)
+    cluster.wait_leaders("alerts", PARTITIONS)
+    check_exactly_once(cluster, ev.expected)
     ev.at(20_001)
     feeder.send(ev.complete("d", 300))
     wait_stage_caught_up(cluster)
