@@ -4751,18 +4751,22 @@ mod tests {
         assert_eq!(read_all(&tb.broker, "alerts"), vec![alice, carol]);
     }
 
-    #[test]
-    fn redo_appends_only_the_missing_suffix() {
-        let tb = broker();
-        let cep = Cep::open(tb.broker.clone()).unwrap();
-        let rec = |i: i64| PlannedRecord {
+    /// A planned output record `{"n": i}` keyed `k`.
+    fn rec(i: i64) -> PlannedRecord {
+        PlannedRecord {
             key: Some(b"k".to_vec()),
             value: format!("{{\"n\":{i}}}").into_bytes(),
             timestamp_ms: i,
             definition_id: "d".into(),
             kind: "match".into(),
             webhook: None,
-        };
+        }
+    }
+
+    #[test]
+    fn redo_appends_only_the_missing_suffix() {
+        let tb = broker();
+        let cep = Cep::open(tb.broker.clone()).unwrap();
         produce(&tb.broker, "out", &[r#"{"before":true}"#.to_string()]);
         // As recorded by versions that wrote without a producer id.
         let w = PlannedWrite {
@@ -4896,14 +4900,6 @@ mod tests {
     fn redo_writes_under_a_newer_epoch_where_the_sequence_does_not_continue() {
         let tb = broker();
         let cep = Cep::open(tb.broker.clone()).unwrap();
-        let rec = |i: i64| PlannedRecord {
-            key: Some(b"k".to_vec()),
-            value: format!("{{\"n\":{i}}}").into_bytes(),
-            timestamp_ms: i,
-            definition_id: "d".into(),
-            kind: "match".into(),
-            webhook: None,
-        };
         produce(&tb.broker, "out", &[r#"{"before":true}"#.to_string()]);
         // Planned at sequence 7: the partition holds none of the producer's batches
         // (say retention deleted them and the broker restarted).

@@ -286,8 +286,12 @@ def test_pattern_registered_on_any_node_alerts_exactly_once_with_the_work_spread
         assert [n["reachable"] for n in whole["nodes"]] == [True, True, True]
 
 
-@pytest.mark.parametrize("kill_at", ["first_alerts", "flush_acked"])
-def test_sigkill_of_the_node_running_shard_0_every_match_exactly_once(cluster, kill_at):
+def failover_exactly_once(cluster: Cluster, at: str, lose, regain, how: str) -> None:
+    """Phase 1; the node running shard 0 is lost (`lose(node)`) once the first alerts are written
+    (`at="first_alerts"`) or as soon as the flush releasing them is acknowledged (`"flush_acked"`: while
+    the shards read it, record their passes, write the alerts); phase 2 during the failover; the node
+    comes back (`regain(node)`; its shard may return to it); phase 3. Every expected alert is in `alerts`
+    exactly once after each phase."""
     create_topics(cluster, "auth", "alerts")
     register_on(cluster, 2)
     ev = Events()
@@ -296,77 +300,51 @@ def test_sigkill_of_the_node_running_shard_0_every_match_exactly_once(cluster, k
     feeder.send(ev.complete("a", 600) + ev.fails("b", 200))
     wait_stage_caught_up(cluster)
     victim = shard_nodes(cluster)[0]
-    # The flush releases phase 1: the node of shard 0 is killed once the first alerts are written, or as
-    # soon as the flush is acknowledged (while the shards read it, record their passes, write the alerts).
     feeder.flush(10_000)
-    if kill_at == "first_alerts":
+    if at == "first_alerts":
         wait_until(lambda: read_topic(cluster.bootstrap(), "alerts"), 60, "the first alerts")
-    cluster.nodes[victim].kill()
+    lose(victim)
     # Phase 2, produced during the failover: successes of b*, complete sequences of c*.
-    ev.at(10_001)
-    feeder.send(ev.successes("b", 200) + ev.complete("c", 300))
-    placed = wait_until(lambda: shard_nodes(cluster), 60, "the shards of the killed node to move")
-    assert victim not in placed.values(), placed
-    wait_stage_caught_up(cluster)
-    feeder.flush(20_000)
-    check_exactly_once(cluster, ev.expected, exclude=victim)
-
-    # The killed node comes back (its shard may return to it).
-    cluster.nodes[victim].start()
-    cluster.wait_leaders("auth", PARTITIONS)
-    cluster.wait_leaders("alerts", PARTITIONS)
-    wait_until(lambda: patterns_everywhere(cluster), 30, "every node to list the pattern")
-    check_exactly_once(cluster, ev.expected)
-    # Phase 3, after the restart.
-    ev.at(20_001)
-    feeder.send(ev.complete("d", 300))
-    wait_stage_caught_up(cluster)
-    feeder.flush(30_000)
-    check_exactly_once(cluster, ev.expected)
-    assert patterns_everywhere(cluster)
-
-
-@pytest.mark.parametrize("cut_at", ["first_alerts", "flush_acked"])
-def test_network_partition_of_the_node_running_shard_0_every_match_exactly_once(split_cluster, cut_at):
-    cluster = split_cluster
-    create_topics(cluster, "auth", "alerts")
-    register_on(cluster, 2)
-    ev = Events()
-    feeder = Feeder(cluster.bootstrap())
-    feeder.send(ev.complete("a", 600) + ev.fails("b", 200))
-    wait_stage_caught_up(cluster)
-    victim = shard_nodes(cluster)[0]
-    # The flush releases phase 1; the node of shard 0 is cut off once the first alerts are written, or
-    # as soon as the flush is acknowledged (while the shards read it, record their passes, write the
-    # alerts). The cut node keeps running: its writes to the other nodes' leaders (through their
-    # client addresses, which stay reachable) may arrive after it was deposed.
-    feeder.flush(10_000)
-    if cut_at == "first_alerts":
-        wait_until(lambda: read_topic(cluster.bootstrap(), "alerts"), 60, "the first alerts")
-    cluster.isolate(victim, clients=True)
     ev.at(10_001)
     feeder.send(ev.successes("b", 200) + ev.complete("c", 300))
 
     def moved():
         placed = shard_nodes(cluster)
         return placed if placed and victim not in placed.values() else None
-    # (The cut node steps down once it misses a quorum: it then runs no shard.)
-    wait_until(moved, 90, "the shards of the cut-off node to move to the majority")
+    # (A node cut off but running steps down once it misses a quorum: it then runs no shard.)
+    wait_until(moved, 90, f"the shards of the {how} node to move")
     wait_stage_caught_up(cluster)
     feeder.flush(20_000)
     check_exactly_once(cluster, ev.expected, exclude=victim)
 
-    # The partition heals: the deposed node catches up; nothing it had under way lands twice.
-    cluster.isolate(victim, cut=False)
+    regain(victim)
     cluster.wait_leaders("auth", PARTITIONS)
     cluster.wait_leaders("alerts", PARTITIONS)
+    wait_until(lambda: patterns_everywhere(cluster), 30, "every node to list the pattern")
     check_exactly_once(cluster, ev.expected)
+    # Phase 3, after it is back.
     ev.at(20_001)
     feeder.send(ev.complete("d", 300))
     wait_stage_caught_up(cluster)
     feeder.flush(30_000)
     check_exactly_once(cluster, ev.expected)
     assert patterns_everywhere(cluster)
+
+
+@pytest.mark.parametrize("kill_at", ["first_alerts", "flush_acked"])
+def test_sigkill_of_the_node_running_shard_0_every_match_exactly_once(cluster, kill_at):
+    failover_exactly_once(cluster, kill_at, lose=lambda n: cluster.nodes[n].kill(),
+                          regain=lambda n: cluster.nodes[n].start(), how="killed")
+
+
+@pytest.mark.parametrize("cut_at", ["first_alerts", "flush_acked"])
+def test_network_partition_of_the_node_running_shard_0_every_match_exactly_once(split_cluster, cut_at):
+    """The cut node keeps running: its writes to the other nodes' leaders (through their client
+    addresses, which stay reachable) may arrive after it was deposed; when the partition heals, nothing
+    it had under way lands twice."""
+    c = split_cluster
+    failover_exactly_once(c, cut_at, lose=lambda n: c.isolate(n, clients=True),
+                          regain=lambda n: c.isolate(n, cut=False), how="cut-off")
 
 
 def test_source_partitions_without_a_replica_on_the_shards_node_are_read_from_their_leaders(cluster):
