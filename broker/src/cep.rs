@@ -277,6 +277,8 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the stage waits for a replicated append (checkpoint or output) to be
 /// committed by a majority, or for a forwarded one to be acknowledged.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a wait for a commit asks whether this node still leads the partition.
+const COMMIT_POLL: Duration = Duration::from_millis(250);
 /// How long recovery waits for a local replica to catch up with records it must read.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a node that does not run the stage looks at the checkpoint partition's
@@ -3222,9 +3224,32 @@ impl ReplicaTrim {
 /// "Durability", for why the stage does not add an fsync of its own.
 fn wait_appended(p: &Partition, appended: &crate::partition::Appended) -> Result<(), String> {
     match appended.commit {
-        Some(ticket) => p
-            .wait_replicated_blocking(ticket, COMMIT_TIMEOUT)
-            .map_err(|(_, m)| m),
+        // In slices, asking in between whether this node still leads the partition: a
+        // leader cut off from the others steps down (check-quorum) and cannot commit
+        // anything more, so waiting out the whole timeout would only keep a deposed
+        // stage believing it runs. (Whether the records commit is then up to the new
+        // leader; the stage that takes over finds out from the log.)
+        Some(ticket) => {
+            let deadline = Instant::now() + COMMIT_TIMEOUT;
+            loop {
+                let slice = COMMIT_POLL.min(deadline.saturating_duration_since(Instant::now()));
+                match p.wait_replicated_blocking(ticket, slice) {
+                    Ok(()) => return Ok(()),
+                    Err((kafka_protocol::error::ResponseError::RequestTimedOut, m)) => {
+                        if Instant::now() >= deadline {
+                            return Err(m);
+                        }
+                        if !p.is_leader() {
+                            return Err(format!(
+                                "this node stopped leading {}-{} before the records were committed",
+                                p.topic, p.index
+                            ));
+                        }
+                    }
+                    Err((_, m)) => return Err(m),
+                }
+            }
+        }
         None => p
             .log
             .wait_durable(appended.last_offset)
