@@ -136,7 +136,8 @@
 //!   partitions caught up with the ranges they name), definitions applied, recorded
 //!   planned writes redone idempotently. Only then does it run passes.
 //! * On losing it (or another term), it stops: the current pass ends (its appends fail
-//!   with not-leader; outputs are not written once leadership is gone), the engine
+//!   with not-leader, and a wait for a commit gives up within `COMMIT_POLL` of this node
+//!   stepping down; outputs are not written once leadership is gone), the engine
 //!   state is dropped, and only the definitions are kept (for listing).
 //! * The checkpoint record of a pass is committed by a majority before any output is
 //!   written, and a pass's writes (one per output partition, all under way at once)
