@@ -4838,6 +4838,17 @@ mod tests {
         assert!(decode_snapshot(b"nope").is_err());
     }
 
+    /// Three failed logins of `user` a second apart from `t0`, a success, and an event
+    /// at `release` (another user's) that moves event time past them: one match.
+    fn brute_force_then(user: &str, t0: i64, release: i64) -> Vec<String> {
+        let mut events: Vec<String> = (0..3)
+            .map(|i| login_at(user, false, t0 + i * 1000))
+            .collect();
+        events.push(login_at(user, true, t0 + 3000));
+        events.push(login_at("zed", false, release));
+        events
+    }
+
     /// The planned writes a shard's checkpoint partition records (snapshot and log).
     fn recorded_writes(cep: &Cep) -> Vec<PlannedWrite> {
         let rec = cep.load_checkpoints().unwrap().unwrap();
@@ -4856,13 +4867,7 @@ mod tests {
         produce(
             &tb.broker,
             "auth",
-            &[
-                login_at("alice", false, 1000),
-                login_at("alice", false, 2000),
-                login_at("alice", false, 3000),
-                login_at("alice", true, 4000),
-                login_at("zed", false, 100_000),
-            ],
+            &brute_force_then("alice", 1000, 100_000),
         );
         // The pass is recorded; its write is "on its way" (not yet arrived).
         cep.crash_after_checkpoint.store(true, Ordering::Release);
@@ -4889,13 +4894,7 @@ mod tests {
         produce(
             &tb.broker,
             "auth",
-            &[
-                login_at("bob", false, 101_000),
-                login_at("bob", false, 102_000),
-                login_at("bob", false, 103_000),
-                login_at("bob", true, 104_000),
-                login_at("zed", false, 200_000),
-            ],
+            &brute_force_then("bob", 101_000, 200_000),
         );
         while cep.pass() {}
         let bob = json!({"user": "bob", "fails": 3, "first_fail": 101_000});
