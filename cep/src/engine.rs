@@ -93,6 +93,21 @@ struct DefRt {
     rt: Rt,
     /// Which records of its source this engine's shard processes.
     sees: Sees,
+    /// Whether it outputs whole records of its source: a pattern without `emit.value`
+    /// (its matches list their events) or an alert rule (its alerts carry the record).
+    /// Where no definition reading a topic does, its events are projected (see
+    /// [`crate::event`]).
+    keeps_records: bool,
+}
+
+impl Rt {
+    fn keeps_records(&self) -> bool {
+        match self {
+            Rt::Pattern(p) => p.outputs_whole_events(),
+            Rt::Query(_) => false,
+            Rt::Alert(_) => true,
+        }
+    }
 }
 
 /// One of `count` engines that split the work over a cluster (see [`Engine::set_shard`]).
@@ -260,12 +275,14 @@ impl Engine {
         let rt = compile(&def, &mut fields)?;
         self.fields = fields;
         let sees = Sees::of(&def, self.shard);
+        let keeps_records = rt.keeps_records();
         self.defs.push(DefRt {
             def,
             paused: false,
             stats: Stats::default(),
             rt,
             sees,
+            keeps_records,
         });
         Ok(id)
     }
@@ -416,9 +433,15 @@ impl Engine {
         // The last definition reading this topic gets the event itself, the others a
         // reference each (a pattern keeps the event: no count update for a copy that
         // would be dropped at the end of this call).
-        let Some(last) = self.defs.iter().rposition(|d| {
-            !d.paused && is_topic(d.topic(), rec.topic) && d.sees.partition(rec.partition)
-        }) else {
+        let mut last = None;
+        let mut keep_record = false;
+        for (i, d) in self.defs.iter().enumerate() {
+            if !d.paused && is_topic(d.topic(), rec.topic) && d.sees.partition(rec.partition) {
+                last = Some(i);
+                keep_record |= d.keeps_records;
+            }
+        }
+        let Some(last) = last else {
             return out;
         };
         // The topic of the previous record first: records come in runs of one topic.
@@ -438,8 +461,10 @@ impl Engine {
                 t
             }
         };
-        let raw = RawRecord::from_source(rec, topic);
-        let ev = match self.fields.parse_shared(raw, &mut self.strs) {
+        let ev = match self
+            .fields
+            .parse_shared(rec, topic, keep_record, &mut self.strs)
+        {
             Ok(ev) => ev,
             Err(()) => {
                 let mut sent: Vec<&str> = Vec::new();
@@ -487,8 +512,8 @@ impl Engine {
             };
             let start = out.len();
             match &mut d.rt {
-                Rt::Pattern(p) => p.on_event(ev, &limits, &mut d.stats, &mut out),
-                Rt::Query(q) => q.on_event(&ev, &limits, &mut d.stats, &mut out),
+                Rt::Pattern(p) => p.on_event(ev, rec, &limits, &mut d.stats, &mut out),
+                Rt::Query(q) => q.on_event(&ev, rec, &limits, &mut d.stats, &mut out),
                 Rt::Alert(a) => a.on_event(&ev, rec.timestamp_ms, &mut d.stats, &mut out),
             }
             if out.len() > start {
@@ -612,6 +637,7 @@ impl Engine {
     pub fn capture(&self) -> Captured {
         Captured {
             limits: self.limits,
+            fields: self.fields.paths().to_vec(),
             defs: self
                 .defs
                 .iter()
@@ -668,6 +694,13 @@ impl Engine {
         }
         let fields = e.fields.clone();
         let reparse = |ev: &Event| -> Arc<Event> {
+            if ev.is_projected() {
+                // Its field values, by the ids of the engine that wrote the checkpoint.
+                return Arc::new(Event {
+                    rec: ev.rec.clone(),
+                    vals: fields.remap(&ev.vals, &snap.fields),
+                });
+            }
             Arc::new(fields.parse(ev.rec.clone()).unwrap_or_else(|_| Event {
                 rec: ev.rec.clone(),
                 vals: Default::default(),
@@ -704,6 +737,8 @@ impl Engine {
 /// An engine state captured by [`Engine::capture`].
 pub struct Captured {
     limits: Limits,
+    /// The field table's paths by id (projected events hold their values by id).
+    fields: Vec<String>,
     defs: Vec<CapturedDef>,
     offsets: Vec<(String, i32, i64)>,
 }
@@ -741,6 +776,7 @@ impl Captured {
         Snapshot {
             version: 1,
             limits: self.limits,
+            fields: self.fields.clone(),
             defs: self
                 .defs
                 .iter()
@@ -764,6 +800,9 @@ impl Captured {
 struct Snapshot {
     version: u32,
     limits: Limits,
+    /// Field paths by id, for the values of projected events (absent before them).
+    #[serde(default)]
+    fields: Vec<String>,
     defs: Vec<DefSnap>,
     offsets: Vec<(String, i32, i64)>,
 }

@@ -2,8 +2,13 @@
 //!
 //! A record value is parsed once per topic into an [`Event`]: only the fields some
 //! definition refers to are materialised (into a dense vector indexed by field id), the
-//! rest of the JSON is validated and skipped. The raw record is kept for outputs that
-//! embed whole events, for late/dead-letter outputs and for checkpoints.
+//! rest of the JSON is validated and skipped. The record's bytes (value, key, headers)
+//! are kept only where some definition reading the topic outputs whole events (a
+//! pattern without `emit.value`, an alert rule's `record`); otherwise the event is
+//! *projected*: its field values are all it holds, and checkpoints store those values
+//! (see [`Event::is_projected`]). Holding the bytes cost a third of the engine's
+//! steady-state throughput: one more allocation per event, freed cold when its state
+//! expires.
 
 use crate::value::{VStr, Val};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -143,6 +148,20 @@ pub struct RawRecord {
 }
 
 impl RawRecord {
+    /// The record's position and timestamp without its bytes (value, key, headers): what
+    /// a projected [`Event`] keeps.
+    pub fn position_of(r: &SourceRecord<'_>, topic: Arc<str>) -> RawRecord {
+        RawRecord {
+            topic,
+            partition: r.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key: None,
+            value: Box::default(),
+            headers: Box::default(),
+        }
+    }
+
     pub fn from_source(r: &SourceRecord<'_>, topic: Arc<str>) -> RawRecord {
         RawRecord {
             topic,
@@ -169,12 +188,35 @@ impl RawRecord {
 pub const INLINE_FIELDS: usize = 6;
 
 /// A parsed record: field values by field id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Checkpointed as its record; a projected event (no record bytes) also with its field
+/// values, by the field ids of the engine that wrote the checkpoint (the checkpoint
+/// lists their paths). Other events are parsed again on restore.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Event {
     pub rec: RawRecord,
-    /// Parsed field values (not checkpointed: re-parsed on restore).
-    #[serde(skip)]
+    /// Parsed field values.
+    #[serde(default, deserialize_with = "vals_from_list")]
     pub vals: SmallVec<[Val; INLINE_FIELDS]>,
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let projected = self.is_projected();
+        let mut st = s.serialize_struct("Event", if projected { 2 } else { 1 })?;
+        st.serialize_field("rec", &self.rec)?;
+        if projected {
+            st.serialize_field("vals", &self.vals[..])?;
+        }
+        st.end()
+    }
+}
+
+fn vals_from_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<SmallVec<[Val; INLINE_FIELDS]>, D::Error> {
+    Ok(SmallVec::from_vec(Vec::<Val>::deserialize(d)?))
 }
 
 /// Recent string values of each field, shared by the events that carry them, so that a
@@ -286,9 +328,20 @@ impl Event {
         self.vals.get(field as usize).unwrap_or(&crate::value::NULL)
     }
 
-    /// The record value as JSON text (it parsed, so it is valid JSON).
+    /// The record value as JSON text (it parsed, so it is valid JSON); `null` for a
+    /// projected event (not reached: events are projected only where no definition
+    /// reading their topic outputs whole records).
     pub fn value_text(&self) -> &str {
+        if self.is_projected() {
+            return "null";
+        }
         std::str::from_utf8(&self.rec.value).unwrap_or("null")
+    }
+
+    /// Whether the record's bytes were dropped after parsing (only the field values are
+    /// kept). A record whose value parsed is never empty: an empty value is not JSON.
+    pub fn is_projected(&self) -> bool {
+        self.rec.value.is_empty()
     }
 }
 
@@ -368,6 +421,29 @@ impl FieldTable {
         self.paths.len()
     }
 
+    /// Field paths by id.
+    pub fn paths(&self) -> &[String] {
+        &self.paths
+    }
+
+    /// The id of an interned path.
+    pub fn lookup(&self, path: &str) -> Option<u32> {
+        self.ids.get(path).copied()
+    }
+
+    /// A projected event's field values (by the ids of the table whose `paths` are
+    /// `old_paths`) rebuilt by this table's ids: fields this table does not know are
+    /// dropped, fields the other did not know are null.
+    pub fn remap(&self, vals: &[Val], old_paths: &[String]) -> SmallVec<[Val; INLINE_FIELDS]> {
+        let mut out = self.null_vals();
+        for (v, path) in vals.iter().zip(old_paths) {
+            if let Some(slot) = self.lookup(path).and_then(|id| out.get_mut(id as usize)) {
+                *slot = v.clone();
+            }
+        }
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty()
     }
@@ -407,32 +483,64 @@ impl FieldTable {
     /// [`FieldTable::parse`], sharing string values with recent events through `strs`.
     #[allow(clippy::result_unit_err)]
     pub fn parse_cached(&self, rec: RawRecord, strs: &mut StrCache) -> Result<Event, ()> {
+        let headers: Vec<(&str, &[u8])> = rec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let src = SourceRecord {
+            topic: &rec.topic,
+            partition: rec.partition,
+            offset: rec.offset,
+            timestamp_ms: rec.timestamp_ms,
+            key: rec.key.as_deref(),
+            value: &rec.value,
+            headers: &headers,
+        };
         let mut vals = self.null_vals();
-        self.fill(&rec, &mut vals, strs)?;
+        self.fill(&src, &mut vals, strs)?;
+        drop(headers);
         Ok(Event { rec, vals })
     }
 
-    /// [`FieldTable::parse_cached`] into a shared event: built in its allocation and
-    /// filled there (the event, 240 bytes, was moved four times on its way there).
+    /// Parses a source record into a shared event, built in its allocation and filled
+    /// there (the event, 240 bytes, was moved four times on its way there). With
+    /// `keep_record` false the event is projected: it keeps the record's position and
+    /// timestamp, not its bytes.
     #[allow(clippy::result_unit_err)]
-    pub fn parse_shared(&self, rec: RawRecord, strs: &mut StrCache) -> Result<Arc<Event>, ()> {
+    pub fn parse_shared(
+        &self,
+        src: &SourceRecord<'_>,
+        topic: Arc<str>,
+        keep_record: bool,
+        strs: &mut StrCache,
+    ) -> Result<Arc<Event>, ()> {
+        if src.value.is_empty() {
+            // Not JSON, and a projected event is told apart by its empty value.
+            return Err(());
+        }
+        let rec = if keep_record {
+            RawRecord::from_source(src, topic)
+        } else {
+            RawRecord::position_of(src, topic)
+        };
         let mut ev = Arc::<Event>::new_uninit();
         let slot = Arc::get_mut(&mut ev).ok_or(())?.as_mut_ptr();
         // SAFETY: `slot` points to the uninitialised `Event` of `ev`, which is not shared
         // (`get_mut` succeeded) and stays alive here. Both fields are written in place
         // before any is read, so the `Event` is fully initialised when `assume_init`
-        // runs; `fill` only gets references to the initialised fields.
+        // runs.
         let ev = unsafe {
             std::ptr::addr_of_mut!((*slot).rec).write(rec);
             std::ptr::addr_of_mut!((*slot).vals).write(self.null_vals());
             ev.assume_init()
         };
         let mut ev = ev;
-        let Some(Event { rec, vals }) = Arc::get_mut(&mut ev) else {
+        let Some(Event { vals, .. }) = Arc::get_mut(&mut ev) else {
             // Not reached: the reference was just created.
             return Err(());
         };
-        self.fill(rec, vals, strs)?;
+        self.fill(src, vals, strs)?;
         Ok(ev)
     }
 
@@ -451,38 +559,42 @@ impl FieldTable {
 
     /// The field values of `rec` into `vals` (all `Null` before).
     #[inline(always)]
-    fn fill(&self, rec: &RawRecord, vals: &mut [Val], strs: &mut StrCache) -> Result<(), ()> {
+    fn fill(
+        &self,
+        rec: &SourceRecord<'_>,
+        vals: &mut [Val],
+        strs: &mut StrCache,
+    ) -> Result<(), ()> {
         // The common case without serde (see `flatjson`): the key index's scanner first,
         // then the general one; anything neither decides goes through serde_json as before.
         let compact = self.index.usable
-            && crate::flatjson::scan_compact(&rec.value, &self.index, vals, strs).is_some();
+            && crate::flatjson::scan_compact(rec.value, &self.index, vals, strs).is_some();
         if !compact {
             for v in vals.iter_mut() {
                 *v = Val::Null;
             }
-            if crate::flatjson::scan(&rec.value, |k| self.top_entries(k), vals, strs).is_none() {
+            if crate::flatjson::scan(rec.value, |k| self.top_entries(k), vals, strs).is_none() {
                 for v in vals.iter_mut() {
                     *v = Val::Null;
                 }
-                self.parse_serde(&rec.value, vals, strs)?;
+                self.parse_serde(rec.value, vals, strs)?;
             }
         }
         for (id, s) in &self.specials {
             let v = match s {
                 Special::Key => rec
                     .key
-                    .as_ref()
                     .map(|k| Val::str(&String::from_utf8_lossy(k)))
                     .unwrap_or(Val::Null),
                 Special::Timestamp => Val::Num(rec.timestamp_ms as f64),
                 Special::Partition => Val::Num(rec.partition as f64),
                 Special::Offset => Val::Num(rec.offset as f64),
-                Special::Topic => Val::str(&rec.topic),
+                Special::Topic => Val::str(rec.topic),
                 Special::Header(h) => rec
                     .headers
                     .iter()
                     .rev()
-                    .find(|(k, _)| k == h)
+                    .find(|(k, _)| *k == h)
                     .map(|(_, v)| Val::str(&String::from_utf8_lossy(v)))
                     .unwrap_or(Val::Null),
             };

@@ -5,7 +5,7 @@ use crate::def::PatternDef;
 use crate::emit::{compile_expr, Output, OutputKind, Template};
 use crate::engine::{Limits, Stats};
 use crate::error::CepError;
-use crate::event::{Event, FieldTable};
+use crate::event::{Event, FieldTable, SourceRecord};
 use crate::expr::{EventCtx, Expr};
 use crate::keystr::KeyStr;
 use crate::pattern::{
@@ -256,9 +256,17 @@ impl PatternRt {
         }
     }
 
+    /// Whether matches embed their events (no `emit.value`): then the events must keep
+    /// their records' bytes.
+    pub fn outputs_whole_events(&self) -> bool {
+        self.emit_value.is_none()
+    }
+
+    /// `src` is the record `ev` was parsed from (for a late output).
     pub fn on_event(
         &mut self,
         ev: Arc<Event>,
+        src: &SourceRecord<'_>,
         limits: &Limits,
         st: &mut Stats,
         out: &mut Vec<Output>,
@@ -279,7 +287,7 @@ impl PatternRt {
                 if t0 < w.saturating_sub(es.lateness) {
                     st.late += 1;
                     if let Some(topic) = &es.late_topic {
-                        out.push(late_output(&self.id, topic, &ev));
+                        out.push(late_output(&self.id, topic, src));
                     }
                     return;
                 }
@@ -738,14 +746,15 @@ impl PatternCapture {
     }
 }
 
-pub(crate) fn late_output(id: &str, topic: &str, ev: &Event) -> Output {
+/// The original record (from its source: the event may be projected) to a late topic.
+pub(crate) fn late_output(id: &str, topic: &str, src: &SourceRecord<'_>) -> Output {
     Output {
         topic: topic.to_string(),
-        key: ev.rec.key.as_deref().map(<[u8]>::to_vec),
-        value: ev.rec.value.to_vec(),
+        key: src.key.map(<[u8]>::to_vec),
+        value: src.value.to_vec(),
         definition_id: id.to_string(),
         kind: OutputKind::Late,
-        timestamp_ms: ev.rec.timestamp_ms,
+        timestamp_ms: src.timestamp_ms,
     }
 }
 

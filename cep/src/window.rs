@@ -6,7 +6,7 @@ use crate::def::{AggregatesDef, QueryDef};
 use crate::emit::{compile_expr, Output, OutputKind};
 use crate::engine::{Limits, Stats};
 use crate::error::{parse_duration, CepError};
-use crate::event::{Event, FieldTable};
+use crate::event::{Event, FieldTable, SourceRecord};
 use crate::expr::{self, Ast, EventCtx, Expr};
 use crate::patrt::late_output;
 use crate::sketch::{hash64, DDSketch, Hll, TopK};
@@ -359,9 +359,11 @@ impl QueryRt {
             .collect()
     }
 
+    /// `src` is the record `ev` was parsed from (for a late output).
     pub fn on_event(
         &mut self,
         ev: &Arc<Event>,
+        src: &SourceRecord<'_>,
         limits: &Limits,
         st: &mut Stats,
         out: &mut Vec<Output>,
@@ -388,7 +390,7 @@ impl QueryRt {
                 if newest_end.saturating_add(al) <= w {
                     st.late += 1;
                     if let Some(topic) = &es.late_topic {
-                        out.push(late_output(&self.id, topic, ev));
+                        out.push(late_output(&self.id, topic, src));
                     }
                     return;
                 }
