@@ -546,6 +546,7 @@ impl Engine {
                 key: o.key.as_deref().map(Box::from),
                 value: Box::from(&o.value[..]),
                 headers: Box::default(),
+                plain_vals: false,
             };
             let Ok(ev) = self.fields.parse(raw) else {
                 continue;
@@ -698,7 +699,7 @@ impl Engine {
                 // Its field values, by the ids of the engine that wrote the checkpoint.
                 return Arc::new(Event {
                     rec: ev.rec.clone(),
-                    vals: fields.remap(&ev.vals, &snap.fields),
+                    vals: std::mem::ManuallyDrop::new(fields.remap(&ev.vals, &snap.fields)),
                 });
             }
             Arc::new(fields.parse(ev.rec.clone()).unwrap_or_else(|_| Event {

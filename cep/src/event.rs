@@ -6,9 +6,9 @@
 //! are kept only where some definition reading the topic outputs whole events (a
 //! pattern without `emit.value`, an alert rule's `record`); otherwise the event is
 //! *projected*: its field values are all it holds, and checkpoints store those values
-//! (see [`Event::is_projected`]). Holding the bytes cost a third of the engine's
-//! steady-state throughput: one more allocation per event, freed cold when its state
-//! expires.
+//! (see [`Event::is_projected`]). Holding the bytes costs one more allocation per
+//! event, freed cold when its state expires: in steady state, about one last-level
+//! cache miss in seven (benches/README.md, "Session 8").
 
 use crate::value::{VStr, Val};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 /// A record read from a source topic, as the broker hands it to [`crate::Engine::process`].
@@ -145,6 +146,14 @@ pub struct RawRecord {
     /// bytes (four cache lines, mimalloc's 256-byte size class) instead of 280 (five,
     /// the 320-byte class). The serialised form is the same.
     pub headers: Box<[(String, Vec<u8>)]>,
+    /// Set by the parser when the [`Event`]'s field values own no memory (numbers,
+    /// booleans, short strings, held inline), so that dropping the event does not read
+    /// them: in a long-running engine an event is dropped when its state expires, long
+    /// after it was last touched, and each line read is a cache miss. Here, not in
+    /// `Event`, because it fits in this struct's padding. Left false, the values are
+    /// dropped as usual.
+    #[serde(skip)]
+    pub plain_vals: bool,
 }
 
 impl RawRecord {
@@ -159,6 +168,7 @@ impl RawRecord {
             key: None,
             value: Box::default(),
             headers: Box::default(),
+            plain_vals: false,
         }
     }
 
@@ -179,6 +189,7 @@ impl RawRecord {
                     .map(|(k, v)| (k.to_string(), v.to_vec()))
                     .collect()
             },
+            plain_vals: false,
         }
     }
 }
@@ -192,12 +203,17 @@ pub const INLINE_FIELDS: usize = 6;
 /// Checkpointed as its record; a projected event (no record bytes) also with its field
 /// values, by the field ids of the engine that wrote the checkpoint (the checkpoint
 /// lists their paths). Other events are parsed again on restore.
+///
+/// Laid out with the record first, so that dropping an event whose values own no memory
+/// (see [`RawRecord::plain_vals`]) reads only its first two cache lines: the reference
+/// counts and the record.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[repr(C)]
 pub struct Event {
     pub rec: RawRecord,
-    /// Parsed field values.
+    /// Parsed field values. Dropped by `Event`'s `Drop`, only when they own memory.
     #[serde(default, deserialize_with = "vals_from_list")]
-    pub vals: SmallVec<[Val; INLINE_FIELDS]>,
+    pub vals: ManuallyDrop<SmallVec<[Val; INLINE_FIELDS]>>,
 }
 
 impl Serialize for Event {
@@ -215,8 +231,10 @@ impl Serialize for Event {
 
 fn vals_from_list<'de, D: serde::Deserializer<'de>>(
     d: D,
-) -> Result<SmallVec<[Val; INLINE_FIELDS]>, D::Error> {
-    Ok(SmallVec::from_vec(Vec::<Val>::deserialize(d)?))
+) -> Result<ManuallyDrop<SmallVec<[Val; INLINE_FIELDS]>>, D::Error> {
+    Ok(ManuallyDrop::new(SmallVec::from_vec(
+        Vec::<Val>::deserialize(d)?,
+    )))
 }
 
 /// Recent string values of each field, shared by the events that carry them, so that a
@@ -319,6 +337,17 @@ pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
     match (word8(a), word8(b)) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // With `plain_vals`, the values and their vector own no memory: nothing to free,
+        // and not reading them saves a cache miss or two per event.
+        if !self.rec.plain_vals {
+            // SAFETY: `vals` is dropped only here, once, and not used afterwards.
+            unsafe { ManuallyDrop::drop(&mut self.vals) };
+        }
     }
 }
 
@@ -500,7 +529,10 @@ impl FieldTable {
         let mut vals = self.null_vals();
         self.fill(&src, &mut vals, strs)?;
         drop(headers);
-        Ok(Event { rec, vals })
+        Ok(Event {
+            rec,
+            vals: ManuallyDrop::new(vals),
+        })
     }
 
     /// Parses a source record into a shared event, built in its allocation and filled
@@ -532,15 +564,16 @@ impl FieldTable {
         // runs.
         let ev = unsafe {
             std::ptr::addr_of_mut!((*slot).rec).write(rec);
-            std::ptr::addr_of_mut!((*slot).vals).write(self.null_vals());
+            std::ptr::addr_of_mut!((*slot).vals).write(ManuallyDrop::new(self.null_vals()));
             ev.assume_init()
         };
         let mut ev = ev;
-        let Some(Event { vals, .. }) = Arc::get_mut(&mut ev) else {
+        let Some(Event { vals, rec }) = Arc::get_mut(&mut ev) else {
             // Not reached: the reference was just created.
             return Err(());
         };
         self.fill(src, vals, strs)?;
+        rec.plain_vals = !vals.spilled() && vals.iter().all(Val::owns_no_memory);
         Ok(ev)
     }
 
@@ -788,6 +821,59 @@ mod tests {
         );
     }
 
+    /// Dropping an event skips its values only where they own no memory: an event whose
+    /// values hold an object (shared) or spilled out of the event drops them.
+    #[test]
+    fn events_skip_dropping_values_only_when_they_own_no_memory() {
+        let parse = |paths: &[&str], value: &str| {
+            let mut t = FieldTable::default();
+            for p in paths {
+                t.intern(p);
+            }
+            let src = SourceRecord {
+                topic: "t",
+                partition: 0,
+                offset: 0,
+                timestamp_ms: 0,
+                key: None,
+                value: value.as_bytes(),
+                headers: &[],
+            };
+            t.parse_shared(&src, Arc::from("t"), false, &mut StrCache::default())
+                .unwrap_or_else(|()| panic!("{value} did not parse"))
+        };
+        let plain = parse(&["u", "n", "b"], r#"{"u":"short","n":1,"b":true}"#);
+        assert!(plain.rec.plain_vals);
+        assert_eq!(plain.get(0), &Val::str("short"));
+
+        let shared = parse(&["u", "o"], r#"{"u":"short","o":{"a":1}}"#);
+        assert!(!shared.rec.plain_vals);
+        let Val::Json(obj) = shared.get(1).clone() else {
+            panic!("{:?}", shared.get(1));
+        };
+        assert_eq!(Arc::strong_count(&obj), 2);
+        drop(shared);
+        assert_eq!(
+            Arc::strong_count(&obj),
+            1,
+            "the event's values were not dropped"
+        );
+
+        let many: Vec<String> = (0..INLINE_FIELDS + 1).map(|i| format!("f{i}")).collect();
+        let paths: Vec<&str> = many.iter().map(String::as_str).collect();
+        let body = format!(
+            "{{{}}}",
+            paths
+                .iter()
+                .map(|p| format!("\"{p}\":1"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let spilled = parse(&paths, &body);
+        assert!(spilled.vals.spilled());
+        assert!(!spilled.rec.plain_vals, "a spilled vector owns memory");
+    }
+
     #[test]
     fn short_words_identify_short_strings() {
         let all: Vec<&[u8]> = vec![
@@ -867,6 +953,7 @@ mod tests {
                 key,
                 value,
                 headers: Box::default(),
+                plain_vals: false,
             };
             let j = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<RawRecord>(&j).unwrap(), r, "{j}");

@@ -855,6 +855,7 @@ mod tests {
             key: None,
             value: Box::from(b),
             headers: Box::default(),
+            plain_vals: false,
         };
         match t.parse(rec) {
             Ok(ev) => {

@@ -980,6 +980,7 @@ mod tests {
                         key: None,
                         value: Box::from(r.as_bytes()),
                         headers: Box::default(),
+                        plain_vals: false,
                     })
                     .unwrap();
                 let ctx = PathCtx {

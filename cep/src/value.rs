@@ -208,6 +208,16 @@ impl Val {
         Val::Str(VStr::from(s))
     }
 
+    /// Whether dropping this value frees nothing (no shared string, list or object).
+    #[inline]
+    pub fn owns_no_memory(&self) -> bool {
+        match self {
+            Val::Null | Val::Bool(_) | Val::Num(_) => true,
+            Val::Str(s) => s.is_inline(),
+            Val::List(_) | Val::Json(_) => false,
+        }
+    }
+
     /// Truthiness used by `&&`, `||`, `!` and `where`: `true`, a non-zero number, a
     /// non-empty string or list, any object. `null` and missing fields are false.
     pub fn truthy(&self) -> bool {

@@ -323,6 +323,7 @@ fn run_case(
                         key: None,
                         value: Box::from(values[i].as_bytes()),
                         headers: Box::default(),
+                        plain_vals: false,
                     })
                     .map_err(|_| TestCaseError::fail("parse"))
             })
