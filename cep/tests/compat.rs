@@ -36,7 +36,7 @@ fn stream() -> Vec<(String, String, i64)> {
             x ^= x >> 7;
             x ^= x << 17;
             let u = x % 7;
-            let ok = (x >> 12) % 3 == 0;
+            let ok = (x >> 12).is_multiple_of(3);
             let ts = i * 700 - if i % 37 == 36 { 9_000 } else { 0 };
             (
                 format!("u{u}"),
