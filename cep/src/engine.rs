@@ -538,16 +538,14 @@ impl Engine {
             .cloned()
             .collect();
         for o in produced {
-            let raw = RawRecord {
-                topic: Arc::from(o.topic.as_str()),
-                partition: 0,
-                offset: 0,
-                timestamp_ms: o.timestamp_ms,
-                key: o.key.as_deref().map(Box::from),
-                value: Box::from(&o.value[..]),
-                headers: Box::default(),
-                plain_vals: false,
-            };
+            let raw = RawRecord::new(
+                Arc::from(o.topic.as_str()),
+                0,
+                0,
+                o.timestamp_ms,
+                o.key.as_deref(),
+                &o.value,
+            );
             let Ok(ev) = self.fields.parse(raw) else {
                 continue;
             };

@@ -130,33 +130,119 @@ pub mod bytes_text {
     }
 }
 
-/// An owned copy of a record (kept in state and checkpoints).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An owned copy of a record (kept in state and checkpoints): where it is, and its bytes
+/// unless the event holding it is projected.
+///
+/// 48 bytes: with the reference counts, the first cache line of an `Arc<Event>`, which
+/// is all that dropping a projected event with plain values reads (see `plain_vals`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "RawRecordWire")]
 pub struct RawRecord {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub timestamp_ms: i64,
-    #[serde(with = "bytes_text::option_boxed")]
-    pub key: Option<Box<[u8]>>,
-    #[serde(with = "bytes_text::boxed")]
-    pub value: Box<[u8]>,
-    /// Boxed slices, not vectors: every buffered and matched event holds a record, and
-    /// without the three capacities an [`Event`] and its reference counts fit in 256
-    /// bytes (four cache lines, mimalloc's 256-byte size class) instead of 280 (five,
-    /// the 320-byte class). The serialised form is the same.
-    pub headers: Box<[(String, Vec<u8>)]>,
+    /// Value, key and headers; `None` for a projected event. Behind one pointer so that
+    /// a projected event does not carry three empty ones.
+    bytes: Option<Box<RecordBytes>>,
     /// Set by the parser when the [`Event`]'s field values own no memory (numbers,
     /// booleans, short strings, held inline), so that dropping the event does not read
     /// them: in a long-running engine an event is dropped when its state expires, long
     /// after it was last touched, and each line read is a cache miss. Here, not in
     /// `Event`, because it fits in this struct's padding. Left false, the values are
     /// dropped as usual.
-    #[serde(skip)]
     pub plain_vals: bool,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+struct RecordBytes {
+    key: Option<Box<[u8]>>,
+    value: Box<[u8]>,
+    headers: Box<[(String, Vec<u8>)]>,
+}
+
+/// The serialised form of a [`RawRecord`] (unchanged since checkpoints began: the
+/// bytes' fields at the top level, a projected record's empty).
+#[derive(Deserialize)]
+struct RawRecordWire {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: i64,
+    #[serde(with = "bytes_text::option_boxed")]
+    key: Option<Box<[u8]>>,
+    #[serde(with = "bytes_text::boxed")]
+    value: Box<[u8]>,
+    headers: Box<[(String, Vec<u8>)]>,
+}
+
+impl From<RawRecordWire> for RawRecord {
+    fn from(w: RawRecordWire) -> RawRecord {
+        // Records are only ever projected with no bytes at all; a value that parsed is
+        // never empty.
+        let bytes = (!w.value.is_empty() || w.key.is_some() || !w.headers.is_empty()).then(|| {
+            Box::new(RecordBytes {
+                key: w.key,
+                value: w.value,
+                headers: w.headers,
+            })
+        });
+        RawRecord {
+            topic: w.topic,
+            partition: w.partition,
+            offset: w.offset,
+            timestamp_ms: w.timestamp_ms,
+            bytes,
+            plain_vals: false,
+        }
+    }
+}
+
+impl Serialize for RawRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Bytes<'a>(&'a [u8]);
+        impl Serialize for Bytes<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                bytes_text::serialize(self.0, s)
+            }
+        }
+        let mut st = s.serialize_struct("RawRecord", 7)?;
+        st.serialize_field("topic", &self.topic)?;
+        st.serialize_field("partition", &self.partition)?;
+        st.serialize_field("offset", &self.offset)?;
+        st.serialize_field("timestamp_ms", &self.timestamp_ms)?;
+        st.serialize_field("key", &self.key().map(Bytes))?;
+        st.serialize_field("value", &Bytes(self.value()))?;
+        st.serialize_field("headers", self.headers())?;
+        st.end()
+    }
+}
+
 impl RawRecord {
+    /// A record with a value and maybe a key, no headers.
+    pub fn new(
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> RawRecord {
+        RawRecord {
+            topic,
+            partition,
+            offset,
+            timestamp_ms,
+            bytes: Some(Box::new(RecordBytes {
+                key: key.map(Box::from),
+                value: Box::from(value),
+                headers: Box::default(),
+            })),
+            plain_vals: false,
+        }
+    }
+
     /// The record's position and timestamp without its bytes (value, key, headers): what
     /// a projected [`Event`] keeps.
     pub fn position_of(r: &SourceRecord<'_>, topic: Arc<str>) -> RawRecord {
@@ -165,9 +251,7 @@ impl RawRecord {
             partition: r.partition,
             offset: r.offset,
             timestamp_ms: r.timestamp_ms,
-            key: None,
-            value: Box::default(),
-            headers: Box::default(),
+            bytes: None,
             plain_vals: false,
         }
     }
@@ -178,25 +262,45 @@ impl RawRecord {
             partition: r.partition,
             offset: r.offset,
             timestamp_ms: r.timestamp_ms,
-            key: r.key.map(Box::from),
-            value: Box::from(r.value),
-            // No headers (the usual case) without going through an empty vector.
-            headers: if r.headers.is_empty() {
-                Box::default()
-            } else {
-                r.headers
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_vec()))
-                    .collect()
-            },
+            bytes: Some(Box::new(RecordBytes {
+                key: r.key.map(Box::from),
+                value: Box::from(r.value),
+                // No headers (the usual case) without going through an empty vector.
+                headers: if r.headers.is_empty() {
+                    Box::default()
+                } else {
+                    r.headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_vec()))
+                        .collect()
+                },
+            })),
             plain_vals: false,
         }
+    }
+
+    /// The value (empty for a projected record).
+    pub fn value(&self) -> &[u8] {
+        self.bytes.as_ref().map_or(&[], |b| &b.value)
+    }
+
+    pub fn key(&self) -> Option<&[u8]> {
+        self.bytes.as_ref().and_then(|b| b.key.as_deref())
+    }
+
+    pub fn headers(&self) -> &[(String, Vec<u8>)] {
+        self.bytes.as_ref().map_or(&[], |b| &b.headers)
+    }
+
+    /// Whether only the position is kept (see [`Event::is_projected`]).
+    pub fn is_projected(&self) -> bool {
+        self.bytes.is_none()
     }
 }
 
 /// Field values of an event: inline up to this many fields (definitions usually refer to
 /// a handful), so that parsing does not allocate a vector per event.
-pub const INLINE_FIELDS: usize = 6;
+pub const INLINE_FIELDS: usize = 5;
 
 /// A parsed record: field values by field id.
 ///
@@ -364,13 +468,13 @@ impl Event {
         if self.is_projected() {
             return "null";
         }
-        std::str::from_utf8(&self.rec.value).unwrap_or("null")
+        std::str::from_utf8(self.rec.value()).unwrap_or("null")
     }
 
     /// Whether the record's bytes were dropped after parsing (only the field values are
-    /// kept). A record whose value parsed is never empty: an empty value is not JSON.
+    /// kept).
     pub fn is_projected(&self) -> bool {
-        self.rec.value.is_empty()
+        self.rec.is_projected()
     }
 }
 
@@ -513,7 +617,7 @@ impl FieldTable {
     #[allow(clippy::result_unit_err)]
     pub fn parse_cached(&self, rec: RawRecord, strs: &mut StrCache) -> Result<Event, ()> {
         let headers: Vec<(&str, &[u8])> = rec
-            .headers
+            .headers()
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_slice()))
             .collect();
@@ -522,8 +626,8 @@ impl FieldTable {
             partition: rec.partition,
             offset: rec.offset,
             timestamp_ms: rec.timestamp_ms,
-            key: rec.key.as_deref(),
-            value: &rec.value,
+            key: rec.key(),
+            value: rec.value(),
             headers: &headers,
         };
         let mut vals = self.null_vals();
@@ -547,10 +651,6 @@ impl FieldTable {
         keep_record: bool,
         strs: &mut StrCache,
     ) -> Result<Arc<Event>, ()> {
-        if src.value.is_empty() {
-            // Not JSON, and a projected event is told apart by its empty value.
-            return Err(());
-        }
         let rec = if keep_record {
             RawRecord::from_source(src, topic)
         } else {
@@ -812,10 +912,13 @@ mod tests {
 
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn events_fit_in_four_cache_lines() {
-        // An `Arc<Event>` (two counts and the event) in mimalloc's 256-byte class.
+    fn events_fit_in_three_cache_lines() {
+        // An `Arc<Event>` (two counts and the event) in mimalloc's 192-byte class, whose
+        // blocks are line-aligned: the counts and the record fill the first line.
+        assert_eq!(std::mem::size_of::<RawRecord>(), 48);
+        assert_eq!(std::mem::offset_of!(Event, rec), 0);
         assert!(
-            std::mem::size_of::<Event>() + 16 <= 256,
+            std::mem::size_of::<Event>() + 16 <= 192,
             "{}",
             std::mem::size_of::<Event>()
         );
@@ -939,32 +1042,17 @@ mod tests {
     #[test]
     fn raw_records_round_trip_as_text_or_bytes() {
         for (key, value) in [
-            (
-                Some(Box::from(&b"k"[..])),
-                Box::from(&br#"{"a":"\"x\""}"#[..]),
-            ),
-            (None, Box::from(&[0xffu8, 0, 1][..])),
+            (Some(&b"k"[..]), &br#"{"a":"\"x\""}"#[..]),
+            (None, &[0xffu8, 0, 1][..]),
         ] {
-            let r = RawRecord {
-                topic: Arc::from("t"),
-                partition: 1,
-                offset: 2,
-                timestamp_ms: 3,
-                key,
-                value,
-                headers: Box::default(),
-                plain_vals: false,
-            };
+            let r = RawRecord::new(Arc::from("t"), 1, 2, 3, key, value);
             let j = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<RawRecord>(&j).unwrap(), r, "{j}");
         }
         // Older checkpoints hold arrays of numbers.
         let old = r#"{"topic":"t","partition":0,"offset":0,"timestamp_ms":0,"key":[107],"value":[123,125],"headers":[]}"#;
         let r: RawRecord = serde_json::from_str(old).unwrap();
-        assert_eq!(
-            (r.key.as_deref(), &r.value[..]),
-            (Some(&b"k"[..]), &b"{}"[..])
-        );
+        assert_eq!((r.key(), r.value()), (Some(&b"k"[..]), &b"{}"[..]));
         let j = serde_json::to_string(&r).unwrap();
         assert!(j.contains(r#""value":"{}""#), "{j}");
     }

@@ -847,16 +847,7 @@ mod tests {
         );
         let (ok, slow) = agrees_with_serde(t, "scan", b, &fast, decided.is_some());
         // And the whole parse (fast path, else serde) agrees with serde alone.
-        let rec = crate::event::RawRecord {
-            topic: std::sync::Arc::from("t"),
-            partition: 0,
-            offset: 0,
-            timestamp_ms: 0,
-            key: None,
-            value: Box::from(b),
-            headers: Box::default(),
-            plain_vals: false,
-        };
+        let rec = crate::event::RawRecord::new(std::sync::Arc::from("t"), 0, 0, 0, None, b);
         match t.parse(rec) {
             Ok(ev) => {
                 assert!(ok, "{:?}", String::from_utf8_lossy(b));

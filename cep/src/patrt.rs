@@ -119,7 +119,7 @@ impl ReorderBuffer {
         if let Some(b) = self.in_order.front() {
             // The record bytes are only freed (when nothing keeps the event), which
             // writes to them.
-            prefetch(b.ev.rec.value.as_ptr());
+            prefetch(b.ev.rec.value().as_ptr());
             for v in b.ev.vals.iter() {
                 // Short strings are inline in the event (loaded with it).
                 if let crate::value::Val::Str(s) = v {

@@ -972,16 +972,7 @@ mod tests {
             flattened += usize::from(step.fast.is_some());
             for r in &recs {
                 let ev = fields
-                    .parse(RawRecord {
-                        topic: Arc::from("t"),
-                        partition: 0,
-                        offset: 0,
-                        timestamp_ms: 0,
-                        key: None,
-                        value: Box::from(r.as_bytes()),
-                        headers: Box::default(),
-                        plain_vals: false,
-                    })
+                    .parse(RawRecord::new(Arc::from("t"), 0, 0, 0, None, r.as_bytes()))
                     .unwrap();
                 let ctx = PathCtx {
                     path: None,

@@ -315,16 +315,14 @@ fn run_case(
             .iter()
             .map(|&i| {
                 fields
-                    .parse(RawRecord {
-                        topic: "t".into(),
-                        partition: 0,
-                        offset: i as i64,
-                        timestamp_ms: i as i64 * 1000,
-                        key: None,
-                        value: Box::from(values[i].as_bytes()),
-                        headers: Box::default(),
-                        plain_vals: false,
-                    })
+                    .parse(RawRecord::new(
+                        "t".into(),
+                        0,
+                        i as i64,
+                        i as i64 * 1000,
+                        None,
+                        values[i].as_bytes(),
+                    ))
                     .map_err(|_| TestCaseError::fail("parse"))
             })
             .collect::<Result<_, _>>()?;
