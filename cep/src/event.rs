@@ -640,7 +640,7 @@ impl FieldTable {
     }
 
     /// Parses a source record into a shared event, built in its allocation and filled
-    /// there (the event, 240 bytes, was moved four times on its way there). With
+    /// there (the event, 176 bytes, was moved four times on its way there). With
     /// `keep_record` false the event is projected: it keeps the record's position and
     /// timestamp, not its bytes.
     #[allow(clippy::result_unit_err)]
