@@ -145,6 +145,14 @@ pub(crate) struct KeyEntry {
     last: i64,
 }
 
+/// A key's entry in the map, with the time its state is due for expiry
+/// ([`Matcher::expiry_due`]), so that a sweep passes keys not yet due without loading
+/// their entries (each a cache miss in a large state: the sweep visits every key).
+pub(crate) struct KeySlot {
+    due: i64,
+    e: Arc<KeyEntry>,
+}
+
 pub(crate) struct PatternRt {
     pub id: String,
     pat: Pattern,
@@ -157,7 +165,7 @@ pub(crate) struct PatternRt {
     buffer: ReorderBuffer,
     arrival: u64,
     seq: u64,
-    keys: KeyMap<Arc<KeyEntry>>,
+    keys: KeyMap<KeySlot>,
     scratch: String,
     /// The key of the next buffered event ([`PatternRt::prefetch_next_key`]).
     scratch_next: String,
@@ -346,8 +354,8 @@ impl PatternRt {
             }
         }
         ev.get(*f).key_text(&mut k);
-        if let Some(e) = self.keys.get(k.as_str()) {
-            prefetch(Arc::as_ptr(e) as *const u8);
+        if let Some(s) = self.keys.get(k.as_str()) {
+            prefetch(Arc::as_ptr(&s.e) as *const u8);
         }
         self.scratch_next = k;
     }
@@ -391,12 +399,15 @@ impl PatternRt {
         let spare = &mut self.spare_runs;
         let done = match self.keys.entry_ref(key.as_str()) {
             EntryRef::Occupied(mut o) => {
+                let slot = o.get_mut();
                 // Copies the key's state only if a snapshot being encoded shares it.
-                let e = Arc::make_mut(o.get_mut());
+                let e = Arc::make_mut(&mut slot.e);
                 e.last = t;
                 let done = matcher.on_event(&mut e.st, ev, t, seq, &mut mc, spare);
                 if e.st.is_empty() {
                     o.remove();
+                } else {
+                    slot.due = matcher.expiry_due(&e.st);
                 }
                 done
             }
@@ -407,7 +418,14 @@ impl PatternRt {
                 };
                 let done = matcher.on_event(&mut e.st, ev, t, seq, &mut mc, spare);
                 if !e.st.is_empty() {
-                    v.insert_with_key(key.as_str().into(), Arc::new(e));
+                    let due = matcher.expiry_due(&e.st);
+                    v.insert_with_key(
+                        key.as_str().into(),
+                        KeySlot {
+                            due,
+                            e: Arc::new(e),
+                        },
+                    );
                 }
                 done
             }
@@ -424,12 +442,15 @@ impl PatternRt {
 
     fn evict_keys(&mut self, limits: &Limits, st: &mut Stats) {
         let target = limits.max_keys.max(1) - limits.max_keys.max(1) / 8;
-        let mut all: Vec<(i64, KeyStr)> =
-            self.keys.iter().map(|(k, e)| (e.last, k.clone())).collect();
+        let mut all: Vec<(i64, KeyStr)> = self
+            .keys
+            .iter()
+            .map(|(k, s)| (s.e.last, k.clone()))
+            .collect();
         all.sort();
         let n = self.keys.len().saturating_sub(target);
         for (_, k) in all.into_iter().take(n) {
-            if let Some(e) = self.keys.remove(&k) {
+            if let Some(KeySlot { e, .. }) = self.keys.remove(&k) {
                 st.evictions += (e.st.runs.len() + e.st.pending.len()) as u64;
             }
         }
@@ -453,17 +474,21 @@ impl PatternRt {
         let m = Self::matcher(&self.pat, limits);
         let mut released: Vec<(KeyStr, Vec<Completed>)> = Vec::new();
         // One pass, no copies of keys: the sweep visits every key with state.
-        self.keys.retain(|k, e| {
-            if !m.expire_due(&e.st, now) {
-                // Unchanged: not copied even if a snapshot shares it.
-                return !e.st.is_empty();
+        self.keys.retain(|k, s| {
+            if now < s.due {
+                // Not loaded; unchanged, so not copied even if a snapshot shares it.
+                return true;
             }
-            let e = Arc::make_mut(e);
+            let e = Arc::make_mut(&mut s.e);
             let r = m.expire(&mut e.st, now);
             if !r.is_empty() {
                 released.push((k.clone(), r));
             }
-            !e.st.is_empty()
+            if e.st.is_empty() {
+                return false;
+            }
+            s.due = m.expiry_due(&e.st);
+            true
         });
         released.sort_by(|a, b| a.0.cmp(&b.0));
         for (k, ms) in released {
@@ -495,8 +520,8 @@ impl PatternRt {
         self.release(limits, st, out);
         let m = Self::matcher(&self.pat, limits);
         let mut released: Vec<(KeyStr, Vec<Completed>)> = Vec::new();
-        for (k, e) in self.keys.iter_mut() {
-            let r = m.finish(&mut Arc::make_mut(e).st);
+        for (k, s) in self.keys.iter_mut() {
+            let r = m.finish(&mut Arc::make_mut(&mut s.e).st);
             if !r.is_empty() {
                 released.push((k.clone(), r));
             }
@@ -580,7 +605,7 @@ impl PatternRt {
     }
 
     pub fn partial_matches(&self) -> u64 {
-        self.keys.values().map(|e| e.st.runs.len() as u64).sum()
+        self.keys.values().map(|s| s.e.st.runs.len() as u64).sum()
     }
     pub fn keys(&self) -> u64 {
         self.keys.len() as u64
@@ -607,12 +632,14 @@ impl PatternRt {
             keys: self
                 .keys
                 .iter()
-                .map(|(k, e)| (k.clone(), e.clone()))
+                .map(|(k, s)| (k.clone(), s.e.clone()))
                 .collect(),
         }
     }
 
     pub fn restore(&mut self, s: PatternSnap, reparse: &dyn Fn(&Event) -> Arc<Event>) {
+        // Only `within` matters to `expiry_due`.
+        let m = Self::matcher(&self.pat, &Limits::default());
         let events: Vec<Arc<Event>> = s.events.iter().map(|e| reparse(e)).collect();
         // Nodes refer to earlier nodes only; a bad index drops what refers to it.
         let mut built: Vec<Option<Arc<Node>>> = Vec::with_capacity(s.nodes.len());
@@ -680,12 +707,14 @@ impl PatternRt {
                         .into_iter()
                         .filter_map(|i| node(i).map(Completed::from_path)),
                 );
+                let st = KeyState { runs, pending };
+                let due = m.expiry_due(&st);
                 (
                     KeyStr::from(k.as_str()),
-                    Arc::new(KeyEntry {
-                        st: KeyState { runs, pending },
-                        last: ks.last,
-                    }),
+                    KeySlot {
+                        due,
+                        e: Arc::new(KeyEntry { st, last: ks.last }),
+                    },
                 )
             })
             .collect();

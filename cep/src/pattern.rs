@@ -848,14 +848,23 @@ impl Matcher<'_> {
     /// matches they were holding back.
     /// Whether [`Matcher::expire`] could change `ks` at `now` (read only: the sweep
     /// leaves unchanged keys alone, so that it does not copy state a snapshot shares).
-    pub fn expire_due(&self, ks: &KeyState, now: i64) -> bool {
-        // Held matches are re-examined by `expire` even when no run expires.
-        !ks.pending.is_empty()
-            || self.pat.within.is_some_and(|w| {
-                ks.runs
-                    .iter()
-                    .any(|r| now.saturating_sub(r.start_time) >= w)
-            })
+    /// The time from which [`Matcher::expire`] has work on this state: when its oldest
+    /// run is older than `within`; at once for held matches (re-examined by `expire`
+    /// even when no run expires) and for an empty state (to be dropped); never without
+    /// `within` and held matches.
+    pub fn expiry_due(&self, ks: &KeyState) -> i64 {
+        if !ks.pending.is_empty() || ks.is_empty() {
+            return i64::MIN;
+        }
+        match self.pat.within {
+            Some(w) => ks
+                .runs
+                .iter()
+                .map(|r| r.start_time.saturating_add(w))
+                .min()
+                .unwrap_or(i64::MAX),
+            None => i64::MAX,
+        }
     }
 
     pub fn expire(&self, ks: &mut KeyState, now: i64) -> Vec<Completed> {
