@@ -37,3 +37,28 @@ pub fn values(out: &[Output]) -> Vec<serde_json::Value> {
         .map(|o| serde_json::from_slice(&o.value).unwrap_or(serde_json::Value::Null))
         .collect()
 }
+
+/// Feeds `stream[range]` ((key, value, timestamp) each) to topic `auth`, offset = index,
+/// partition = index mod `partitions`, each record with the header `via: vpn`.
+pub fn feed_keyed(
+    e: &mut Engine,
+    stream: &[(String, String, i64)],
+    range: std::ops::Range<usize>,
+    partitions: usize,
+) -> Vec<Output> {
+    let headers: [(&str, &[u8]); 1] = [("via", b"vpn")];
+    let mut out = Vec::new();
+    for i in range {
+        let (key, v, ts) = &stream[i];
+        out.extend(e.process(&SourceRecord {
+            topic: "auth",
+            partition: (i % partitions.max(1)) as i32,
+            offset: i as i64,
+            timestamp_ms: *ts,
+            key: Some(key.as_bytes()),
+            value: v.as_bytes(),
+            headers: &headers,
+        }));
+    }
+    out
+}

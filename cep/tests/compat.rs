@@ -5,7 +5,9 @@
 //!
 //! A new golden file (when the checkpoint format changes), from the build that writes it:
 //! `WEIR_WRITE_GOLDEN=tests/data/NAME.msgpack cargo test -p weir-cep --test compat -- --ignored`
-use weir_cep::{Engine, Limits, Output, SourceRecord};
+mod common;
+use common::feed_keyed;
+use weir_cep::{Engine, Limits, Output};
 
 const DEFS: [&str; 3] = [
     // `emit.value`, a late topic and fields from the key and headers.
@@ -54,21 +56,7 @@ fn run(
     stream: &[(String, String, i64)],
     range: std::ops::Range<usize>,
 ) -> Vec<Output> {
-    let headers: [(&str, &[u8]); 1] = [("via", b"vpn")];
-    let mut out = Vec::new();
-    for i in range {
-        let (user, v, ts) = &stream[i];
-        out.extend(e.process(&SourceRecord {
-            topic: "auth",
-            partition: (i % 2) as i32,
-            offset: i as i64,
-            timestamp_ms: *ts,
-            key: Some(user.as_bytes()),
-            value: v.as_bytes(),
-            headers: &headers,
-        }));
-    }
-    out
+    feed_keyed(e, stream, range, 2)
 }
 
 fn engine() -> Engine {

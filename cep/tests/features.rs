@@ -528,23 +528,7 @@ fn projected_events_checkpoint_their_values_by_field_path() {
             )
         })
         .collect();
-    let run = |e: &mut Engine, range: std::ops::Range<usize>| {
-        let headers: [(&str, &[u8]); 1] = [("via", b"vpn")];
-        let mut out = Vec::new();
-        for i in range {
-            let (user, v, ts) = &stream[i];
-            out.extend(e.process(&SourceRecord {
-                topic: "auth",
-                partition: 0,
-                offset: i as i64,
-                timestamp_ms: *ts,
-                key: Some(user.as_bytes()),
-                value: v.as_bytes(),
-                headers: &headers,
-            }));
-        }
-        out
-    };
+    let run = |e: &mut Engine, range| feed_keyed(e, &stream, range, 1);
     for defs in [vec![projected], vec![projected, whole]] {
         let mut uninterrupted = engine(&defs);
         let mut expected = run(&mut uninterrupted, 0..stream.len());
