@@ -154,6 +154,8 @@ pub struct RawRecord {
     pub plain_vals: bool,
 }
 
+/// What a record holds besides its position: kept for events whose whole record some
+/// definition outputs.
 #[derive(Debug, Clone, PartialEq)]
 struct RecordBytes {
     key: Option<Box<[u8]>>,
@@ -308,9 +310,9 @@ pub const INLINE_FIELDS: usize = 5;
 /// values, by the field ids of the engine that wrote the checkpoint (the checkpoint
 /// lists their paths). Other events are parsed again on restore.
 ///
-/// Laid out with the record first, so that dropping an event whose values own no memory
-/// (see [`RawRecord::plain_vals`]) reads only its first two cache lines: the reference
-/// counts and the record.
+/// Laid out with the record first, so that dropping a projected event whose values own
+/// no memory (see [`RawRecord::plain_vals`]) reads only its first cache line: the
+/// reference counts and the record.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[repr(C)]
 pub struct Event {
@@ -632,7 +634,6 @@ impl FieldTable {
         };
         let mut vals = self.null_vals();
         self.fill(&src, &mut vals, strs)?;
-        drop(headers);
         Ok(Event {
             rec,
             vals: ManuallyDrop::new(vals),
