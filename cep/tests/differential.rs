@@ -465,6 +465,24 @@ fn outputs_across_a_checkpoint(
 /// last of their `i`.
 type Summary = (String, Vec<(u64, serde_json::Value, serde_json::Value)>);
 
+/// The matches in `outs` as [`Summary`]s, sorted; `per_step` reads one step's from an
+/// output value.
+fn summaries(
+    outs: &[weir_cep::Output],
+    names: &[String],
+    per_step: impl Fn(&serde_json::Value, &str) -> (u64, serde_json::Value, serde_json::Value),
+) -> Result<Vec<Summary>, TestCaseError> {
+    let mut all = Vec::new();
+    for o in outs {
+        let v: serde_json::Value =
+            serde_json::from_slice(&o.value).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let key = String::from_utf8_lossy(o.key.as_deref().unwrap_or(b"")).to_string();
+        all.push((key, names.iter().map(|s| per_step(&v, s)).collect()));
+    }
+    all.sort_by_key(|x: &Summary| format!("{x:?}"));
+    Ok(all)
+}
+
 /// Random patterns with `emit.value` (their events projected: only the fields in use are
 /// kept, checkpointed by field path) find the same matches as the same patterns listing
 /// whole events; and a checkpoint after any record changes no output of either.
@@ -512,41 +530,18 @@ fn run_projection_case(
     ) else {
         return Ok(());
     };
-    let key =
-        |o: &weir_cep::Output| String::from_utf8_lossy(o.key.as_deref().unwrap_or(b"")).to_string();
-    let mut from_whole: Vec<Summary> = Vec::new();
-    for o in &w {
-        let v: serde_json::Value =
-            serde_json::from_slice(&o.value).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let per_step = names
-            .iter()
-            .map(|s| {
-                let evs = v["events"][s].as_array().cloned().unwrap_or_default();
-                let i =
-                    |e: Option<&serde_json::Value>| e.map(|e| e["i"].clone()).unwrap_or_default();
-                (evs.len() as u64, i(evs.first()), i(evs.last()))
-            })
-            .collect();
-        from_whole.push((key(o), per_step));
-    }
-    let mut from_projected: Vec<Summary> = Vec::new();
-    for o in &p {
-        let v: serde_json::Value =
-            serde_json::from_slice(&o.value).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let per_step = names
-            .iter()
-            .map(|s| {
-                (
-                    v[s]["n"].as_u64().unwrap_or(u64::MAX),
-                    v[s]["f"].clone(),
-                    v[s]["l"].clone(),
-                )
-            })
-            .collect();
-        from_projected.push((key(o), per_step));
-    }
-    from_whole.sort_by_key(|x| format!("{x:?}"));
-    from_projected.sort_by_key(|x| format!("{x:?}"));
+    let from_whole = summaries(&w, &names, |v, s| {
+        let evs = v["events"][s].as_array().cloned().unwrap_or_default();
+        let i = |e: Option<&serde_json::Value>| e.map(|e| e["i"].clone()).unwrap_or_default();
+        (evs.len() as u64, i(evs.first()), i(evs.last()))
+    })?;
+    let from_projected = summaries(&p, &names, |v, s| {
+        (
+            v[s]["n"].as_u64().unwrap_or(u64::MAX),
+            v[s]["f"].clone(),
+            v[s]["l"].clone(),
+        )
+    })?;
     prop_assert_eq!(from_projected, from_whole, "projected {}", projected);
     Ok(())
 }
