@@ -139,12 +139,28 @@ pub mod event;
 pub mod expr;
 mod flatjson;
 pub mod keystr;
+mod keytable;
 pub mod patrt;
 pub mod pattern;
 pub mod sketch;
 pub mod sql;
 pub mod value;
 pub mod window;
+
+/// A hint to load the cache line at `p` (no effect on other targets).
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is only a hint: it never faults and does not read or write
+        // memory as far as the program can observe, whatever `p` points to; `sse` is
+        // part of the x86_64 baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
 
 pub use def::{parse_definition_json, Definition};
 pub use emit::{Output, OutputKind};

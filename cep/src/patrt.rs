@@ -8,21 +8,16 @@ use crate::error::CepError;
 use crate::event::{Event, FieldTable, SourceRecord};
 use crate::expr::{EventCtx, Expr};
 use crate::keystr::KeyStr;
+use crate::keytable::KeyTable;
 use crate::pattern::{
     Completed, KeyState, MatchCounters, Matcher, Node, PathCtx, Pattern, Run, Runs,
 };
+use crate::prefetch;
 use crate::value::{write_num, write_str};
-use hashbrown::hash_map::EntryRef;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
-
-/// Per-key state map. foldhash instead of std's SipHash (which was ~10% of the engine's
-/// time): it is seeded at random per map, so keys chosen by a producer cannot be aimed at
-/// one bucket without knowing the seed; hashbrown for `entry_ref` (look up by `&str`,
-/// build the key only on insert, hash once); keys inline when short ([`KeyStr`]).
-pub(crate) type KeyMap<V> = hashbrown::HashMap<KeyStr, V, foldhash::fast::RandomState>;
 
 pub(crate) struct Buffered {
     time: i64,
@@ -136,9 +131,8 @@ impl ReorderBuffer {
     }
 }
 
-/// One key's state, shared with a captured snapshot until either changes it
-/// (copy-on-write: [`PatternRt::capture`] only copies pointers, so the broker's stage is
-/// not stalled while the snapshot is encoded).
+/// One key's state. [`PatternRt::capture`] clones it (its runs share their paths), so
+/// the broker's stage is not stalled while the snapshot is encoded.
 #[derive(Clone)]
 pub(crate) struct KeyEntry {
     st: KeyState,
@@ -146,11 +140,13 @@ pub(crate) struct KeyEntry {
 }
 
 /// A key's entry in the map, with the time its state is due for expiry
-/// ([`Matcher::expiry_due`]), so that a sweep passes keys not yet due without loading
-/// their entries (each a cache miss in a large state: the sweep visits every key).
+/// ([`Matcher::expiry_due`]), so that a sweep passes keys not yet due without reading
+/// their runs. The state is in the map itself, not behind a pointer: a stored event
+/// then costs one allocation and one cache miss fewer when its key is looked up, and
+/// again when its state expires.
 pub(crate) struct KeySlot {
     due: i64,
-    e: Arc<KeyEntry>,
+    e: KeyEntry,
 }
 
 pub(crate) struct PatternRt {
@@ -165,7 +161,7 @@ pub(crate) struct PatternRt {
     buffer: ReorderBuffer,
     arrival: u64,
     seq: u64,
-    keys: KeyMap<KeySlot>,
+    keys: KeyTable<KeySlot>,
     scratch: String,
     /// The key of the next buffered event ([`PatternRt::prefetch_next_key`]).
     scratch_next: String,
@@ -180,21 +176,6 @@ pub(crate) struct PatternRt {
 }
 
 const SEP: char = '\u{1}';
-
-/// A hint to load the cache line at `p` (no effect on other targets).
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: a prefetch is only a hint: it never faults and does not read or write
-        // memory as far as the program can observe, whatever `p` points to; `sse` is
-        // part of the x86_64 baseline.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 impl PatternRt {
     pub fn new(def: &PatternDef, fields: &mut FieldTable) -> Result<PatternRt, CepError> {
@@ -238,7 +219,7 @@ impl PatternRt {
             buffer: ReorderBuffer::default(),
             arrival: 0,
             seq: 0,
-            keys: KeyMap::default(),
+            keys: KeyTable::default(),
             scratch: String::new(),
             scratch_next: String::new(),
             scratch_prefix: None,
@@ -332,9 +313,9 @@ impl PatternRt {
         }
     }
 
-    /// Looks up the key of the event that comes next out of the buffer and starts
-    /// loading its entry: the lookup's misses overlap with handling this event, where
-    /// they would stall the next one (its event was prefetched a call earlier).
+    /// Starts loading the key table's bucket for the event that comes next out of the
+    /// buffer: its misses overlap with handling this event, where they would stall the
+    /// next one (its event was prefetched a call earlier, so its key can be read).
     #[inline]
     fn prefetch_next_key(&mut self) {
         let (Some(b), Some(Expr::Field(f))) = (self.buffer.in_order.front(), &self.partition_by)
@@ -354,9 +335,7 @@ impl PatternRt {
             }
         }
         ev.get(*f).key_text(&mut k);
-        if let Some(s) = self.keys.get(k.as_str()) {
-            prefetch(Arc::as_ptr(&s.e) as *const u8);
-        }
+        self.keys.prefetch(self.keys.hash(k.as_str()));
         self.scratch_next = k;
     }
 
@@ -397,21 +376,24 @@ impl PatternRt {
             max_len: limits.max_match_events.max(1),
         };
         let spare = &mut self.spare_runs;
-        let done = match self.keys.entry_ref(key.as_str()) {
-            EntryRef::Occupied(mut o) => {
-                let slot = o.get_mut();
-                // Copies the key's state only if a snapshot being encoded shares it.
-                let e = Arc::make_mut(&mut slot.e);
+        let hash = self.keys.hash(key.as_str());
+        let ix = self.keys.find_index(hash, key.as_str());
+        let done = match ix.and_then(|i| self.keys.at_mut(i)) {
+            Some(b) => {
+                let slot = &mut b.val;
+                let e = &mut slot.e;
                 e.last = t;
                 let done = matcher.on_event(&mut e.st, ev, t, seq, &mut mc, spare);
                 if e.st.is_empty() {
-                    o.remove();
+                    if let Some(i) = ix {
+                        self.keys.remove_at(i);
+                    }
                 } else {
                     slot.due = matcher.expiry_due(&e.st);
                 }
                 done
             }
-            EntryRef::Vacant(v) => {
+            None => {
                 let mut e = KeyEntry {
                     st: KeyState::default(),
                     last: t,
@@ -419,13 +401,8 @@ impl PatternRt {
                 let done = matcher.on_event(&mut e.st, ev, t, seq, &mut mc, spare);
                 if !e.st.is_empty() {
                     let due = matcher.expiry_due(&e.st);
-                    v.insert_with_key(
-                        key.as_str().into(),
-                        KeySlot {
-                            due,
-                            e: Arc::new(e),
-                        },
-                    );
+                    self.keys
+                        .insert_new(hash, key.as_str().into(), KeySlot { due, e });
                 }
                 done
             }
@@ -473,23 +450,47 @@ impl PatternRt {
         self.last_sweep = now;
         let m = Self::matcher(&self.pat, limits);
         let mut released: Vec<(KeyStr, Vec<Completed>)> = Vec::new();
-        // One pass, no copies of keys: the sweep visits every key with state.
-        self.keys.retain(|k, s| {
-            if now < s.due {
-                // Not loaded; unchanged, so not copied even if a snapshot shares it.
-                return true;
+        // First the keys that are due (a pass over the table, which the hardware
+        // prefetches: it is read in order), then those keys: with their indices known
+        // ahead, the path nodes and events their expiry frees (each a cache miss: stored
+        // long ago, anywhere in memory) are loaded a few keys ahead, so that the misses
+        // overlap instead of stalling each key in turn.
+        let due: Vec<usize> = self
+            .keys
+            .indices()
+            .filter(|&i| self.keys.at(i).is_some_and(|b| now >= b.val.due))
+            .collect();
+        const NODES_AHEAD: usize = 8;
+        const EVENTS_AHEAD: usize = 4;
+        for (j, &i) in due.iter().enumerate() {
+            if let Some(b) = due.get(j + NODES_AHEAD).and_then(|&a| self.keys.at(a)) {
+                if !b.val.e.st.runs.spilled() {
+                    for r in &b.val.e.st.runs {
+                        prefetch(Arc::as_ptr(&r.path) as *const u8);
+                    }
+                }
             }
-            let e = Arc::make_mut(&mut s.e);
-            let r = m.expire(&mut e.st, now);
+            if let Some(b) = due.get(j + EVENTS_AHEAD).and_then(|&a| self.keys.at(a)) {
+                if !b.val.e.st.runs.spilled() {
+                    for r in &b.val.e.st.runs {
+                        prefetch(Arc::as_ptr(&r.path.ev) as *const u8);
+                    }
+                }
+            }
+            let Some(b) = self.keys.at_mut(i) else {
+                continue;
+            };
+            let st = &mut b.val.e.st;
+            let r = m.expire(st, now);
             if !r.is_empty() {
-                released.push((k.clone(), r));
+                released.push((b.key.clone(), r));
             }
-            if e.st.is_empty() {
-                return false;
+            if st.is_empty() {
+                self.keys.remove_at(i);
+            } else {
+                b.val.due = m.expiry_due(st);
             }
-            s.due = m.expiry_due(&e.st);
-            true
-        });
+        }
         released.sort_by(|a, b| a.0.cmp(&b.0));
         for (k, ms) in released {
             for m in &ms {
@@ -521,7 +522,7 @@ impl PatternRt {
         let m = Self::matcher(&self.pat, limits);
         let mut released: Vec<(KeyStr, Vec<Completed>)> = Vec::new();
         for (k, s) in self.keys.iter_mut() {
-            let r = m.finish(&mut Arc::make_mut(&mut s.e).st);
+            let r = m.finish(&mut s.e.st);
             if !r.is_empty() {
                 released.push((k.clone(), r));
             }
@@ -613,10 +614,10 @@ impl PatternRt {
 
     // ------------------------------------------------------------ checkpoint
 
-    /// The state, sharing every key's entry, event and path node (no deep copy: the
-    /// broker captures under its engine lock, and the stage waits for that). Costs one
-    /// pointer copy per key and per buffered event; [`PatternCapture::to_snap`] does the
-    /// rest on another thread.
+    /// The state, sharing every event and path node (no deep copy: the broker captures
+    /// under its engine lock, and the stage waits for that). Costs a copy of each key's
+    /// runs (sharing their paths) and a pointer copy per buffered event;
+    /// [`PatternCapture::to_snap`] does the rest on another thread.
     pub fn capture(&self) -> PatternCapture {
         PatternCapture {
             clock: self.clock.clone(),
@@ -713,7 +714,7 @@ impl PatternRt {
                     KeyStr::from(k.as_str()),
                     KeySlot {
                         due,
-                        e: Arc::new(KeyEntry { st, last: ks.last }),
+                        e: KeyEntry { st, last: ks.last },
                     },
                 )
             })
@@ -729,7 +730,7 @@ pub struct PatternCapture {
     last_sweep: i64,
     since_sweep: u64,
     buffer: Vec<(i64, u64, Arc<Event>)>,
-    keys: Vec<(KeyStr, Arc<KeyEntry>)>,
+    keys: Vec<(KeyStr, KeyEntry)>,
 }
 
 impl PatternCapture {
