@@ -657,25 +657,16 @@ impl FieldTable {
         } else {
             RawRecord::position_of(src, topic)
         };
-        let mut ev = Arc::<Event>::new_uninit();
-        let slot = Arc::get_mut(&mut ev).ok_or(())?.as_mut_ptr();
-        // SAFETY: `slot` points to the uninitialised `Event` of `ev`, which is not shared
-        // (`get_mut` succeeded) and stays alive here. Both fields are written in place
-        // before any is read, so the `Event` is fully initialised when `assume_init`
-        // runs.
-        let ev = unsafe {
-            std::ptr::addr_of_mut!((*slot).rec).write(rec);
-            std::ptr::addr_of_mut!((*slot).vals).write(ManuallyDrop::new(self.null_vals()));
-            ev.assume_init()
+        // Filled here, then moved into its `Arc`: filling it in place (`Arc::get_mut`) takes
+        // an atomic instruction on the new allocation, a line usually not in cache, and
+        // an atomic waits for it to arrive where plain stores would not.
+        let mut ev = Event {
+            rec,
+            vals: ManuallyDrop::new(self.null_vals()),
         };
-        let mut ev = ev;
-        let Some(Event { vals, rec }) = Arc::get_mut(&mut ev) else {
-            // Not reached: the reference was just created.
-            return Err(());
-        };
-        self.fill(src, vals, strs)?;
-        rec.plain_vals = !vals.spilled() && vals.iter().all(Val::owns_no_memory);
-        Ok(ev)
+        self.fill(src, &mut ev.vals, strs)?;
+        ev.rec.plain_vals = !ev.vals.spilled() && ev.vals.iter().all(Val::owns_no_memory);
+        Ok(Arc::new(ev))
     }
 
     /// `Null` in every field's slot.

@@ -66,6 +66,21 @@ impl<V> KeyTable<V> {
         }
     }
 
+    /// Starts loading the bucket at `index`.
+    #[inline]
+    pub fn prefetch_bucket(&self, index: usize) {
+        if self.ctrl == 0 {
+            return;
+        }
+        let size = std::mem::size_of::<Bucket<V>>();
+        let hi = self.ctrl.wrapping_sub(index * size);
+        let mut a = hi.wrapping_sub(size) & !63;
+        while a < hi {
+            crate::prefetch(a as *const u8);
+            a += 64;
+        }
+    }
+
     /// The bucket where `hash`'s probe starts.
     fn home_bucket(&self, hash: u64) -> Option<usize> {
         if self.ctrl == 0 || self.table.num_buckets() == 0 {

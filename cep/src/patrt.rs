@@ -460,9 +460,13 @@ impl PatternRt {
             .indices()
             .filter(|&i| self.keys.at(i).is_some_and(|b| now >= b.val.due))
             .collect();
+        const BUCKETS_AHEAD: usize = 16;
         const NODES_AHEAD: usize = 8;
         const EVENTS_AHEAD: usize = 4;
         for (j, &i) in due.iter().enumerate() {
+            if let Some(&a) = due.get(j + BUCKETS_AHEAD) {
+                self.keys.prefetch_bucket(a);
+            }
             if let Some(b) = due.get(j + NODES_AHEAD).and_then(|&a| self.keys.at(a)) {
                 if !b.val.e.st.runs.spilled() {
                     for r in &b.val.e.st.runs {
@@ -619,6 +623,40 @@ impl PatternRt {
     /// runs (sharing their paths) and a pointer copy per buffered event;
     /// [`PatternCapture::to_snap`] does the rest on another thread.
     pub fn capture(&self) -> PatternCapture {
+        // A copy of a run adds a reference to its path's last node: a cache miss per run
+        // in a large state. Loaded a few keys ahead (as in the sweep), the misses overlap.
+        const RUNS_AHEAD: usize = 16;
+        const NODES_AHEAD: usize = 8;
+        let ixs: Vec<usize> = self.keys.indices().collect();
+        let mut keys = Vec::with_capacity(ixs.len());
+        let mut runs = Vec::with_capacity(self.keys.values().map(|s| s.e.st.runs.len()).sum());
+        for (j, &i) in ixs.iter().enumerate() {
+            if let Some(b) = ixs.get(j + RUNS_AHEAD).and_then(|&a| self.keys.at(a)) {
+                if b.val.e.st.runs.spilled() {
+                    let r = &b.val.e.st.runs;
+                    let p = r.as_ptr() as *const u8;
+                    for off in (0..std::mem::size_of_val::<[Run]>(r)).step_by(64) {
+                        prefetch(p.wrapping_add(off));
+                    }
+                }
+            }
+            if let Some(b) = ixs.get(j + NODES_AHEAD).and_then(|&a| self.keys.at(a)) {
+                for r in &b.val.e.st.runs {
+                    prefetch(Arc::as_ptr(&r.path) as *const u8);
+                }
+            }
+            let Some(b) = self.keys.at(i) else {
+                continue;
+            };
+            let e = &b.val.e;
+            runs.extend(e.st.runs.iter().cloned());
+            keys.push(CapturedKey {
+                key: b.key.clone(),
+                last: e.last,
+                runs: e.st.runs.len() as u32,
+                pending: e.st.pending.clone(),
+            });
+        }
         PatternCapture {
             clock: self.clock.clone(),
             arrival: self.arrival,
@@ -630,11 +668,10 @@ impl PatternRt {
                 .iter()
                 .map(|b| (b.time, b.arrival, b.ev.clone()))
                 .collect(),
-            keys: self
-                .keys
-                .iter()
-                .map(|(k, s)| (k.clone(), s.e.clone()))
-                .collect(),
+            keys,
+            // One vector for all keys' runs: a copy of each key's own would allocate
+            // for every key with more than one.
+            runs,
         }
     }
 
@@ -730,7 +767,16 @@ pub struct PatternCapture {
     last_sweep: i64,
     since_sweep: u64,
     buffer: Vec<(i64, u64, Arc<Event>)>,
-    keys: Vec<(KeyStr, KeyEntry)>,
+    keys: Vec<CapturedKey>,
+    /// The keys' runs, in the order of `keys` (each key's `runs` of them).
+    runs: Vec<Run>,
+}
+
+struct CapturedKey {
+    key: KeyStr,
+    last: i64,
+    runs: u32,
+    pending: Vec<Completed>,
 }
 
 impl PatternCapture {
@@ -739,22 +785,22 @@ impl PatternCapture {
         // Partial matches share path prefixes and events: each node and event is
         // written once, in a table, and referenced by index.
         let mut table = NodeTable::default();
+        let mut runs = self.runs.iter();
         let mut keys: Vec<(String, KeySnap)> = self
             .keys
             .iter()
-            .map(|(k, e)| {
+            .map(|k| {
                 (
-                    k.to_string(),
+                    k.key.to_string(),
                     KeySnap {
-                        last: e.last,
-                        runs: e
-                            .st
-                            .runs
-                            .iter()
+                        last: k.last,
+                        runs: runs
+                            .by_ref()
+                            .take(k.runs as usize)
                             .map(|r| RunSnap::of(r, &mut table))
                             .collect(),
                         pending: Vec::new(),
-                        pending_nodes: e.st.pending.iter().map(|c| table.intern(&c.path)).collect(),
+                        pending_nodes: k.pending.iter().map(|c| table.intern(&c.path)).collect(),
                     },
                 )
             })

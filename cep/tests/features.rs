@@ -362,8 +362,8 @@ fn checkpoint_restore_equals_uninterrupted_run() {
     }
 
     // A capture encoded only after the engine went on (as the broker's snapshot thread
-    // does) holds the state at capture time: state shared with it is copied when the
-    // engine changes it, not changed under it.
+    // does) holds the state at capture time: nothing it shares with the engine is
+    // changed under it.
     let mut live = engine(&defs);
     let mut got = run(&mut live, 0..300);
     let captured = live.capture();
