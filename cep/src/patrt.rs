@@ -131,9 +131,7 @@ impl ReorderBuffer {
     }
 }
 
-/// One key's state. [`PatternRt::capture`] clones it (its runs share their paths), so
-/// the broker's stage is not stalled while the snapshot is encoded.
-#[derive(Clone)]
+/// One key's state.
 pub(crate) struct KeyEntry {
     st: KeyState,
     last: i64,
@@ -460,27 +458,8 @@ impl PatternRt {
             .indices()
             .filter(|&i| self.keys.at(i).is_some_and(|b| now >= b.val.due))
             .collect();
-        const BUCKETS_AHEAD: usize = 16;
-        const NODES_AHEAD: usize = 8;
-        const EVENTS_AHEAD: usize = 4;
         for (j, &i) in due.iter().enumerate() {
-            if let Some(&a) = due.get(j + BUCKETS_AHEAD) {
-                self.keys.prefetch_bucket(a);
-            }
-            if let Some(b) = due.get(j + NODES_AHEAD).and_then(|&a| self.keys.at(a)) {
-                if !b.val.e.st.runs.spilled() {
-                    for r in &b.val.e.st.runs {
-                        prefetch(Arc::as_ptr(&r.path) as *const u8);
-                    }
-                }
-            }
-            if let Some(b) = due.get(j + EVENTS_AHEAD).and_then(|&a| self.keys.at(a)) {
-                if !b.val.e.st.runs.spilled() {
-                    for r in &b.val.e.st.runs {
-                        prefetch(Arc::as_ptr(&r.path.ev) as *const u8);
-                    }
-                }
-            }
+            self.load_ahead(&due, j, true);
             let Some(b) = self.keys.at_mut(i) else {
                 continue;
             };
@@ -499,6 +478,40 @@ impl PatternRt {
         for (k, ms) in released {
             for m in &ms {
                 out.push(self.output(m, &k, st));
+            }
+        }
+    }
+
+    /// Before the key in bucket `ixs[j]` is handled, starts loading what the keys a few
+    /// places further on will need, a stage at a time (each stage reads what the one
+    /// before loaded): their buckets, their runs when not inline, their runs' last path
+    /// nodes and, with `events`, those nodes' events.
+    #[inline]
+    fn load_ahead(&self, ixs: &[usize], j: usize, events: bool) {
+        const BUCKETS_AHEAD: usize = 16;
+        const RUNS_AHEAD: usize = 12;
+        const NODES_AHEAD: usize = 8;
+        const EVENTS_AHEAD: usize = 4;
+        let runs_at = |ahead: usize| {
+            ixs.get(j + ahead)
+                .and_then(|&i| self.keys.at(i))
+                .map(|b| &b.val.e.st.runs)
+        };
+        if let Some(&i) = ixs.get(j + BUCKETS_AHEAD) {
+            self.keys.prefetch_bucket(i);
+        }
+        if let Some(r) = runs_at(RUNS_AHEAD).filter(|r| r.spilled()) {
+            let p = r.as_ptr() as *const u8;
+            for off in (0..std::mem::size_of_val::<[Run]>(r)).step_by(64) {
+                prefetch(p.wrapping_add(off));
+            }
+        }
+        for r in runs_at(NODES_AHEAD).into_iter().flatten() {
+            prefetch(Arc::as_ptr(&r.path) as *const u8);
+        }
+        if events {
+            for r in runs_at(EVENTS_AHEAD).into_iter().flatten() {
+                prefetch(Arc::as_ptr(&r.path.ev) as *const u8);
             }
         }
     }
@@ -625,26 +638,11 @@ impl PatternRt {
     pub fn capture(&self) -> PatternCapture {
         // A copy of a run adds a reference to its path's last node: a cache miss per run
         // in a large state. Loaded a few keys ahead (as in the sweep), the misses overlap.
-        const RUNS_AHEAD: usize = 16;
-        const NODES_AHEAD: usize = 8;
         let ixs: Vec<usize> = self.keys.indices().collect();
         let mut keys = Vec::with_capacity(ixs.len());
         let mut runs = Vec::with_capacity(self.keys.values().map(|s| s.e.st.runs.len()).sum());
         for (j, &i) in ixs.iter().enumerate() {
-            if let Some(b) = ixs.get(j + RUNS_AHEAD).and_then(|&a| self.keys.at(a)) {
-                if b.val.e.st.runs.spilled() {
-                    let r = &b.val.e.st.runs;
-                    let p = r.as_ptr() as *const u8;
-                    for off in (0..std::mem::size_of_val::<[Run]>(r)).step_by(64) {
-                        prefetch(p.wrapping_add(off));
-                    }
-                }
-            }
-            if let Some(b) = ixs.get(j + NODES_AHEAD).and_then(|&a| self.keys.at(a)) {
-                for r in &b.val.e.st.runs {
-                    prefetch(Arc::as_ptr(&r.path) as *const u8);
-                }
-            }
+            self.load_ahead(&ixs, j, false);
             let Some(b) = self.keys.at(i) else {
                 continue;
             };
