@@ -171,22 +171,7 @@ pub(crate) struct PatternRt {
     spare_runs: Runs,
     last_sweep: i64,
     since_sweep: u64,
-    /// Keys by the time their state is due for expiry, oldest first (with `within`):
-    /// pushed when a key gets state, so nearly in order (see [`PatternRt::expire_due`]).
-    expiry: VecDeque<(i64, KeyStr)>,
-    /// The due keys [`PatternRt::expire_due`] works on, with their hashes (kept for
-    /// its allocation).
-    expiring: Vec<(u64, KeyStr)>,
-    /// When [`PatternRt::expire_due`] last ran, and how many events ago.
-    last_expire: i64,
-    since_expire: u64,
 }
-
-/// [`PatternRt::expire_due`] runs every this many events, or every `within` / 16 of
-/// time if that comes first (in a sparse stream): often enough that the memory it
-/// frees is still in cache, seldom enough that the keys it looks up can be loaded
-/// ahead of each other.
-const EXPIRE_EVERY: u64 = 64;
 
 const SEP: char = '\u{1}';
 
@@ -239,10 +224,6 @@ impl PatternRt {
             spare_runs: Runs::new(),
             last_sweep: i64::MIN,
             since_sweep: 0,
-            expiry: VecDeque::new(),
-            expiring: Vec::new(),
-            last_expire: i64::MIN,
-            since_expire: 0,
         })
     }
 
@@ -418,11 +399,8 @@ impl PatternRt {
                 let done = matcher.on_event(&mut e.st, ev, t, seq, &mut mc, spare);
                 if !e.st.is_empty() {
                     let due = matcher.expiry_due(&e.st);
-                    let k = KeyStr::from(key.as_str());
-                    if self.pat.within.is_some() {
-                        self.expiry.push_back((due, k.clone()));
-                    }
-                    self.keys.insert_new(hash, k, KeySlot { due, e });
+                    self.keys
+                        .insert_new(hash, key.as_str().into(), KeySlot { due, e });
                 }
                 done
             }
@@ -462,81 +440,7 @@ impl PatternRt {
         };
         if due {
             self.sweep(now, limits, st, out);
-            return;
         }
-        self.since_expire += 1;
-        let Some(w) = self.pat.within else {
-            return;
-        };
-        if self.since_expire >= EXPIRE_EVERY || now.saturating_sub(self.last_expire) >= w / 16 {
-            self.since_expire = 0;
-            self.last_expire = now;
-            // Event time: an event up to the allowed lateness behind the watermark is
-            // still matched, so only runs that even such an event cannot extend.
-            let lateness = self.time.event.as_ref().map_or(0, |e| e.lateness);
-            self.expire_due(now.saturating_sub(lateness), limits);
-        }
-    }
-
-    /// Drops the runs that can no longer complete of the keys in `expiry` that are due
-    /// at `horizon` (every [`EXPIRE_EVERY`] events or so). The sweep does the same for
-    /// every key, but only
-    /// every `within`: the state it frees was stored up to `within` ago and is no longer
-    /// in cache, and neither is that memory when it is allocated again. Freed a few
-    /// events after it is due, both are: in the steady state, where state expires as
-    /// fast as it is created, each stored event then costs fewer cache misses.
-    ///
-    /// This changes no output, only when memory is freed: a run dropped here has
-    /// started at least `within` before `horizon`, and any later event of its key is
-    /// at or after `horizon` (else it is too late to be matched), so matching that
-    /// event would drop the run first anyway. Keys with held matches (whose release
-    /// makes outputs) are left to the sweep, which stays the guarantee; so are keys out
-    /// of order in `expiry` (a key's due time only moves later, and a key taken up
-    /// again is pushed again, behind keys due later), which it reaches within `within`.
-    fn expire_due(&mut self, horizon: i64, limits: &Limits) {
-        let mut batch = std::mem::take(&mut self.expiring);
-        batch.clear();
-        while self.expiry.front().is_some_and(|(d, _)| *d <= horizon) {
-            if let Some((_, k)) = self.expiry.pop_front() {
-                batch.push((self.keys.hash(k.as_str()), k));
-            }
-        }
-        let m = Self::matcher(&self.pat, limits);
-        const BUCKETS_AHEAD: usize = 8;
-        for (j, (h, k)) in batch.iter().enumerate() {
-            if let Some((h, _)) = batch.get(j + BUCKETS_AHEAD) {
-                self.keys.prefetch(*h);
-            }
-            let Some(i) = self.keys.find_index(*h, k.as_str()) else {
-                // Gone since (its state ended or was evicted).
-                continue;
-            };
-            let Some(b) = self.keys.at_mut(i) else {
-                continue;
-            };
-            if b.val.due > horizon {
-                // Taken up again since it was pushed: due later.
-                let d = b.val.due;
-                self.expiry.push_back((d, k.clone()));
-                continue;
-            }
-            let st = &mut b.val.e.st;
-            if !st.pending.is_empty() {
-                // The sweep's (not pushed again: it would be due at once, every time).
-                continue;
-            }
-            let released = m.expire(st, horizon);
-            // Only held matches are released, and keys with any were skipped.
-            debug_assert!(released.is_empty());
-            if st.is_empty() {
-                self.keys.remove_at(i);
-            } else {
-                b.val.due = m.expiry_due(st);
-                let d = b.val.due;
-                self.expiry.push_back((d, k.clone()));
-            }
-        }
-        self.expiring = batch;
     }
 
     fn sweep(&mut self, now: i64, limits: &Limits, st: &mut Stats, out: &mut Vec<Output>) {
@@ -641,7 +545,6 @@ impl PatternRt {
             }
         }
         self.keys.clear();
-        self.expiry.clear();
         released.sort_by(|a, b| a.0.cmp(&b.0));
         for (k, ms) in released {
             for m in &ms {
@@ -815,7 +718,7 @@ impl PatternRt {
                 ev: reparse(&ev),
             });
         }
-        let keys: KeyTable<KeySlot> = s
+        self.keys = s
             .keys
             .into_iter()
             .map(|(k, ks)| {
@@ -851,13 +754,6 @@ impl PatternRt {
                 )
             })
             .collect();
-        let mut expiry: Vec<(i64, KeyStr)> = match self.pat.within {
-            Some(_) => keys.iter().map(|(k, s)| (s.due, k.clone())).collect(),
-            None => Vec::new(),
-        };
-        expiry.sort();
-        self.expiry = expiry.into();
-        self.keys = keys;
     }
 }
 

@@ -271,38 +271,6 @@ fn anomaly_scores_and_alert_rules() {
     assert_eq!(out.len(), 1);
 }
 
-/// State that can no longer match is freed within a few dozen events of expiring, not
-/// only by the sweep every `within` (which lets up to twice a window's state build up).
-#[test]
-fn expired_state_is_freed_between_sweeps() {
-    let def = r#"{"id":"p","source":{"topic":"t"},"partition_by":"u",
-        "event_time":{"field":"ts","max_out_of_orderness":"0s"},
-        "steps":[{"name":"a","where":"x == 1"},{"name":"b","where":"x == 2"}],
-        "within":"1s","emit":{"topic":"o"}}"#;
-    let mut e = Engine::new(Limits::default());
-    e.register_text(def).unwrap_or_else(|err| panic!("{err}"));
-    let mut max_keys = 0;
-    // A new key every millisecond: a window holds 1,000 keys with a partial match each.
-    for i in 0..10_000i64 {
-        let v = format!(r#"{{"u":"u{i}","x":1,"ts":{i}}}"#);
-        let out = e.process(&SourceRecord {
-            topic: "t",
-            partition: 0,
-            offset: i,
-            timestamp_ms: i,
-            key: None,
-            value: v.as_bytes(),
-            headers: &[],
-        });
-        assert!(out.is_empty());
-        max_keys = max_keys.max(e.stats()[0].keys);
-    }
-    assert!(
-        (1_000..=1_000 + 2 * 64).contains(&max_keys),
-        "at most {max_keys} keys held"
-    );
-}
-
 fn stream_for_checkpoint() -> Vec<(i32, String, i64)> {
     let mut x: u64 = 42;
     (0..600)
