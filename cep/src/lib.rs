@@ -38,7 +38,9 @@
 //! bound. Patterns buffer events and match them in event-time order (ties: arrival order)
 //! once the watermark reaches them; an event older than `watermark - allowed_lateness` is
 //! late (counted, and sent to `late_topic` as a `Late` output); one between that and the
-//! watermark is matched at once, out of order. Windows fire when the watermark passes their
+//! watermark is matched at once, out of order, and can extend any partial match it is
+//! `within` of (partial matches are kept `allowed_lateness` past their `within`, as
+//! windows are). Windows fire when the watermark passes their
 //! end, are kept `allowed_lateness` longer (a late-but-allowed event re-emits the updated
 //! result) and are then purged; events for purged windows are late. Without `event_time`
 //! (or with `"time": "processing"`), events are handled in arrival order and their time is

@@ -439,11 +439,25 @@ impl PatternRt {
             None => false,
         };
         if due {
-            self.sweep(now, limits, st, out);
+            // Event time: an event up to the allowed lateness behind the watermark is
+            // still matched, so a run is dropped only once even such an event cannot
+            // extend it (else whether a late event matched would depend on when the
+            // last sweep ran).
+            let lateness = self.time.event.as_ref().map_or(0, |e| e.lateness);
+            self.sweep(now, now.saturating_sub(lateness), limits, st, out);
         }
     }
 
-    fn sweep(&mut self, now: i64, limits: &Limits, st: &mut Stats, out: &mut Vec<Output>) {
+    /// Drops the runs that no event at or after `horizon` can extend, and releases the
+    /// matches they held back; `now` is the time the sweep runs at.
+    fn sweep(
+        &mut self,
+        now: i64,
+        horizon: i64,
+        limits: &Limits,
+        st: &mut Stats,
+        out: &mut Vec<Output>,
+    ) {
         self.since_sweep = 0;
         self.last_sweep = now;
         let m = Self::matcher(&self.pat, limits);
@@ -456,7 +470,7 @@ impl PatternRt {
         let due: Vec<usize> = self
             .keys
             .indices()
-            .filter(|&i| self.keys.at(i).is_some_and(|b| now >= b.val.due))
+            .filter(|&i| self.keys.at(i).is_some_and(|b| horizon >= b.val.due))
             .collect();
         for (j, &i) in due.iter().enumerate() {
             self.load_ahead(&due, j, true);
@@ -464,7 +478,7 @@ impl PatternRt {
                 continue;
             };
             let st = &mut b.val.e.st;
-            let r = m.expire(st, now);
+            let r = m.expire(st, horizon);
             if !r.is_empty() {
                 released.push((b.key.clone(), r));
             }
@@ -527,7 +541,7 @@ impl PatternRt {
             self.clock.max_seen = now;
             self.clock.watermark = now;
             if self.pat.within.is_some() {
-                self.sweep(now, limits, st, out);
+                self.sweep(now, now, limits, st, out);
             }
         }
     }

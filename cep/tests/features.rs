@@ -210,6 +210,28 @@ fn window_late_events_and_allowed_lateness() {
     assert_eq!(out[2].topic, "late");
 }
 
+/// An event within the allowed lateness extends a partial match however the sweeps
+/// fell: the sweep keeps runs that such an event can still extend.
+#[test]
+fn pattern_late_events_within_allowed_lateness_match_across_a_sweep() {
+    let p = r#"{"id":"p","source":{"topic":"t"},"partition_by":"u",
+      "event_time":{"field":"ts","max_out_of_orderness":"0s","allowed_lateness":"5s"},
+      "steps":[{"name":"a","where":"x == 1"},{"name":"b","where":"x == 2"}],
+      "within":"10s","emit":{"topic":"o","value":{"a":"a.ts","b":"b.ts"}}}"#;
+    let mut e = engine(&[p]);
+    let out = feed(
+        &mut e,
+        "t",
+        &[
+            r#"{"u":"A","x":1,"ts":0}"#,     // starts a run (and the first sweep)
+            r#"{"u":"B","x":0,"ts":11000}"#, // watermark 11 s: a sweep is due
+            r#"{"u":"B","x":0,"ts":12000}"#, // watermark 12 s
+            r#"{"u":"A","x":2,"ts":8000}"#,  // 4 s late (allowed: 5 s), 8 s after `a`
+        ],
+    );
+    assert_eq!(values(&out), vec![serde_json::json!({"a": 0, "b": 8000})]);
+}
+
 #[test]
 fn anomaly_scores_and_alert_rules() {
     let q = r#"{"id":"q","source":{"topic":"t"},"time":"processing","window":{"type":"tumbling","size":"1s"},
