@@ -235,6 +235,19 @@ static STATS: [std::sync::atomic::AtomicUsize; 2] = [
     std::sync::atomic::AtomicUsize::new(0),
 ];
 
+/// Record `i` of a generated stream: offset `i`, one second after the one before.
+fn record(i: usize, value: &str) -> SourceRecord<'_> {
+    SourceRecord {
+        topic: "t",
+        partition: 0,
+        offset: i as i64,
+        timestamp_ms: i as i64 * 1000,
+        key: None,
+        value: value.as_bytes(),
+        headers: &[],
+    }
+}
+
 fn run_case(
     steps: Vec<StepGen>,
     within: Option<u32>,
@@ -266,15 +279,7 @@ fn run_case(
         .collect();
     let mut outs = Vec::new();
     for (i, v) in values.iter().enumerate() {
-        outs.extend(engine.process(&SourceRecord {
-            topic: "t",
-            partition: 0,
-            offset: i as i64,
-            timestamp_ms: i as i64 * 1000,
-            key: None,
-            value: v.as_bytes(),
-            headers: &[],
-        }));
+        outs.extend(engine.process(&record(i, v)));
     }
     outs.extend(engine.finish());
     // engine matches per key as (global index, step)
@@ -423,15 +428,7 @@ fn outputs_across_a_checkpoint(
     let run = |e: &mut Engine, range: std::ops::Range<usize>| {
         let mut out = Vec::new();
         for i in range {
-            out.extend(e.process(&SourceRecord {
-                topic: "t",
-                partition: 0,
-                offset: i as i64,
-                timestamp_ms: i as i64 * 1000,
-                key: None,
-                value: values[i].as_bytes(),
-                headers: &[],
-            }));
+            out.extend(e.process(&record(i, &values[i])));
         }
         out
     };
