@@ -8,9 +8,10 @@ use weir_broker::config::ServeArgs;
 // glibc malloc shrinks its per-thread heaps with madvise(MADV_DONTNEED) as request
 // buffers come and go, then faults the pages back in: under produce load that was
 // ~8% of the broker in TLB-shootdown IPIs plus page faults and zeroing. mimalloc
-// reuses freed pages and purges lazily.
+// reuses freed pages and purges lazily. The wrapper prefetches the block each size
+// class hands out next (see `weir_cep::alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: weir_cep::alloc::Allocator = weir_cep::alloc::Allocator;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -5,7 +5,7 @@ use weir_cep::{Engine, Limits, SourceRecord};
 
 /// The allocator the `weir` binary runs with, so that this measures what the broker does.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: weir_cep::alloc::Allocator = weir_cep::alloc::Allocator;
 
 #[path = "defs.rs"]
 mod defs;

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 /// The allocator the `weir` binary runs with, so that this measures what the broker does.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: weir_cep::alloc::Allocator = weir_cep::alloc::Allocator;
 use weir_cep::{Engine, Limits, SourceRecord};
 
 #[path = "../benches/defs.rs"]

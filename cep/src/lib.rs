@@ -132,6 +132,7 @@
 //! groups per query and buffered events; the oldest state is evicted and counted.
 
 pub mod alert;
+pub mod alloc;
 pub mod clock;
 pub mod def;
 pub mod emit;
