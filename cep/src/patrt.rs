@@ -99,22 +99,23 @@ impl ReorderBuffer {
     }
 
     /// Starts loading the events that come next out of the queue: they were buffered
-    /// thousands of events ago and are no longer in cache. The next one is usually
-    /// handled on the next call of `process`, so its cache misses overlap with parsing
-    /// that record instead of stalling matching. For the one after it, the event is
-    /// (being) loaded already, so its string values (the partition key) are fetched too.
+    /// thousands of events ago and are no longer in cache. Events are usually released
+    /// one per call of `process`, so each load overlaps with parsing a record instead of
+    /// stalling matching. The loads are staged, each reading what the one before loaded:
+    /// the event after the next two is loaded; the one after next, loaded a call ago,
+    /// gets its string values (the partition key) fetched, so that
+    /// [`PatternRt::prefetch_keys`] can read its key on the next call; the next one's
+    /// record bytes are fetched (they are freed after it is handled, which writes to
+    /// them, when nothing keeps the event).
     #[inline]
     fn prefetch_next(&self) {
-        if let Some(b) = self.in_order.get(1) {
+        if let Some(b) = self.in_order.get(2) {
             let p = Arc::as_ptr(&b.ev) as *const u8;
             for line in 0..(std::mem::size_of::<Event>() + 16).div_ceil(64) {
                 prefetch(p.wrapping_add(line * 64));
             }
         }
-        if let Some(b) = self.in_order.front() {
-            // The record bytes are only freed (when nothing keeps the event), which
-            // writes to them.
-            prefetch(b.ev.rec.value().as_ptr());
+        if let Some(b) = self.in_order.get(1) {
             for v in b.ev.vals.iter() {
                 // Short strings are inline in the event (loaded with it).
                 if let crate::value::Val::Str(s) = v {
@@ -123,6 +124,9 @@ impl ReorderBuffer {
                     }
                 }
             }
+        }
+        if let Some(b) = self.in_order.front() {
+            prefetch(b.ev.rec.value().as_ptr());
         }
     }
 
@@ -161,8 +165,9 @@ pub(crate) struct PatternRt {
     seq: u64,
     keys: KeyTable<KeySlot>,
     scratch: String,
-    /// The key of the next buffered event ([`PatternRt::prefetch_next_key`]).
-    scratch_next: String,
+    /// The key (and its hash) of the buffered event with this arrival number, worked
+    /// out by [`PatternRt::prefetch_keys`] a call before that event is next.
+    ahead: (u64, u64, String),
     /// The partition whose key prefix (`partition` SEP, this many bytes) `scratch`
     /// starts with.
     scratch_prefix: Option<(i32, usize)>,
@@ -219,7 +224,7 @@ impl PatternRt {
             seq: 0,
             keys: KeyTable::default(),
             scratch: String::new(),
-            scratch_next: String::new(),
+            ahead: (0, 0, String::new()),
             scratch_prefix: None,
             spare_runs: Runs::new(),
             last_sweep: i64::MIN,
@@ -306,35 +311,53 @@ impl PatternRt {
     fn release(&mut self, limits: &Limits, st: &mut Stats, out: &mut Vec<Output>) {
         while let Some(b) = self.buffer.pop_due(self.clock.watermark) {
             self.buffer.prefetch_next();
-            self.prefetch_next_key();
+            self.prefetch_keys();
             self.handle(&b.ev, b.time, limits, st, out);
         }
     }
 
-    /// Starts loading the key table's bucket for the event that comes next out of the
-    /// buffer: its misses overlap with handling this event, where they would stall the
-    /// next one (its event was prefetched a call earlier, so its key can be read).
+    /// Starts loading the key state the next buffered events will need, in two stages
+    /// (see [`ReorderBuffer::prefetch_next`] for their events): the key table's bucket
+    /// of the event after next, and, for the next event, whose bucket the previous call
+    /// started loading, its partial matches' last path nodes (the first thing matching
+    /// reads, each its own allocation) or, when they are not inline, its run vector.
+    /// These misses then overlap with handling this event, where they would stall the
+    /// next one. Only hints: nothing here changes what is matched.
     #[inline]
-    fn prefetch_next_key(&mut self) {
-        let (Some(b), Some(Expr::Field(f))) = (self.buffer.in_order.front(), &self.partition_by)
-        else {
+    fn prefetch_keys(&mut self) {
+        let Some(Expr::Field(f)) = &self.partition_by else {
             return;
         };
-        let ev = &b.ev;
-        let mut k = std::mem::take(&mut self.scratch_next);
-        k.clear();
-        match self.scratch_prefix {
-            Some((p, len)) if p == ev.rec.partition && len <= self.scratch.len() => {
-                k.push_str(self.scratch.get(..len).unwrap_or(""));
-            }
-            _ => {
-                crate::value::write_i64(i64::from(ev.rec.partition), &mut k);
-                k.push(SEP);
+        if let Some(b) = self.buffer.in_order.front() {
+            let (arrival, hash, key) = &self.ahead;
+            if *arrival == b.arrival {
+                let runs = self
+                    .keys
+                    .find_index(*hash, key)
+                    .and_then(|i| self.keys.at(i))
+                    .map(|bk| &bk.val.e.st.runs);
+                match runs {
+                    Some(r) if r.spilled() => prefetch(r.as_ptr() as *const u8),
+                    Some(r) => {
+                        for run in r.iter() {
+                            prefetch(Arc::as_ptr(&run.path) as *const u8);
+                        }
+                    }
+                    None => {}
+                }
             }
         }
-        ev.get(*f).key_text(&mut k);
-        self.keys.prefetch(self.keys.hash(k.as_str()));
-        self.scratch_next = k;
+        if let Some(b) = self.buffer.in_order.get(1) {
+            let k = &mut self.ahead.2;
+            k.clear();
+            crate::value::write_i64(i64::from(b.ev.rec.partition), k);
+            k.push(SEP);
+            b.ev.get(*f).key_text(k);
+            let hash = self.keys.hash(k.as_str());
+            self.keys.prefetch(hash);
+            self.ahead.0 = b.arrival;
+            self.ahead.1 = hash;
+        }
     }
 
     fn handle(
