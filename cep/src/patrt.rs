@@ -522,12 +522,15 @@ impl PatternRt {
     /// Before the key in bucket `ixs[j]` is handled, starts loading what the keys a few
     /// places further on will need, a stage at a time (each stage reads what the one
     /// before loaded): their buckets, their runs when not inline, their runs' last path
-    /// nodes and, with `events`, those nodes' events.
+    /// nodes and, with `events` (a sweep, which frees them), the nodes before those and
+    /// the events of both: freeing a node or an event is an atomic count update, which
+    /// waits for its cache line.
     #[inline]
     fn load_ahead(&self, ixs: &[usize], j: usize, events: bool) {
-        const BUCKETS_AHEAD: usize = 16;
-        const RUNS_AHEAD: usize = 12;
-        const NODES_AHEAD: usize = 8;
+        const BUCKETS_AHEAD: usize = 20;
+        const RUNS_AHEAD: usize = 16;
+        const NODES_AHEAD: usize = 12;
+        const PREV_AHEAD: usize = 8;
         const EVENTS_AHEAD: usize = 4;
         let runs_at = |ahead: usize| {
             ixs.get(j + ahead)
@@ -547,8 +550,16 @@ impl PatternRt {
             prefetch(Arc::as_ptr(&r.path) as *const u8);
         }
         if events {
+            for r in runs_at(PREV_AHEAD).into_iter().flatten() {
+                if let Some(p) = &r.path.prev {
+                    prefetch(Arc::as_ptr(p) as *const u8);
+                }
+            }
             for r in runs_at(EVENTS_AHEAD).into_iter().flatten() {
                 prefetch(Arc::as_ptr(&r.path.ev) as *const u8);
+                if let Some(p) = &r.path.prev {
+                    prefetch(Arc::as_ptr(&p.ev) as *const u8);
+                }
             }
         }
     }
