@@ -24,6 +24,8 @@
 //!   together with the outputs; after a restore, replay from [`Engine::offsets`] (or
 //!   earlier: duplicates are skipped) and the outputs are exactly the remaining ones.
 //! * [`parse_definition_json`], [`parse_sql`].
+//! * [`alloc::Allocator`]: the global allocator the engine is tuned for (mimalloc v2 with
+//!   its next free block prefetched); the `weir` binary and the benchmarks use it.
 //!
 //! ## Events
 //! A record value must be a JSON object (else it is counted as `not_json` and, with
