@@ -165,9 +165,9 @@ pub(crate) struct PatternRt {
     seq: u64,
     keys: KeyTable<KeySlot>,
     scratch: String,
-    /// The key (and its hash) of the buffered event with this arrival number, worked
-    /// out by [`PatternRt::prefetch_keys`] a call before that event is next.
-    ahead: (u64, u64, String),
+    /// The key of the event after next, worked out by [`PatternRt::prefetch_keys`] a
+    /// call before that event is next.
+    ahead: KeyAhead,
     /// The partition whose key prefix (`partition` SEP, this many bytes) `scratch`
     /// starts with.
     scratch_prefix: Option<(i32, usize)>,
@@ -179,6 +179,15 @@ pub(crate) struct PatternRt {
 }
 
 const SEP: char = '\u{1}';
+
+/// A buffered event's key and its hash, worked out ahead of its turn.
+#[derive(Default)]
+struct KeyAhead {
+    /// The event's arrival number (0: none yet; arrivals start at 1).
+    arrival: u64,
+    hash: u64,
+    key: String,
+}
 
 impl PatternRt {
     pub fn new(def: &PatternDef, fields: &mut FieldTable) -> Result<PatternRt, CepError> {
@@ -224,7 +233,7 @@ impl PatternRt {
             seq: 0,
             keys: KeyTable::default(),
             scratch: String::new(),
-            ahead: (0, 0, String::new()),
+            ahead: KeyAhead::default(),
             scratch_prefix: None,
             spare_runs: Runs::new(),
             last_sweep: i64::MIN,
@@ -329,11 +338,11 @@ impl PatternRt {
             return;
         };
         if let Some(b) = self.buffer.in_order.front() {
-            let (arrival, hash, key) = &self.ahead;
-            if *arrival == b.arrival {
+            let a = &self.ahead;
+            if a.arrival == b.arrival {
                 let runs = self
                     .keys
-                    .find_index(*hash, key)
+                    .find_index(a.hash, &a.key)
                     .and_then(|i| self.keys.at(i))
                     .map(|bk| &bk.val.e.st.runs);
                 match runs {
@@ -348,15 +357,15 @@ impl PatternRt {
             }
         }
         if let Some(b) = self.buffer.in_order.get(1) {
-            let k = &mut self.ahead.2;
+            let k = &mut self.ahead.key;
             k.clear();
             crate::value::write_i64(i64::from(b.ev.rec.partition), k);
             k.push(SEP);
             b.ev.get(*f).key_text(k);
             let hash = self.keys.hash(k.as_str());
             self.keys.prefetch(hash);
-            self.ahead.0 = b.arrival;
-            self.ahead.1 = hash;
+            self.ahead.arrival = b.arrival;
+            self.ahead.hash = hash;
         }
     }
 
