@@ -3874,7 +3874,11 @@ async fn matches(State(cep): State<Arc<CepNode>>, Query(q): Query<MatchesQuery>)
         }
     }
     let mut rx = cep.live.subscribe();
-    let (tx, out) = mpsc::channel::<SseEvent>(256);
+    // Other nodes' outputs cannot wait for room here (they arrive in a callback) and are
+    // dropped, as `lagged`, when it is full: they get the same allowance as this node's
+    // own (the broadcast channel's), or a burst of matches released together on another
+    // node would lag a reader that is only briefly behind.
+    let (tx, out) = mpsc::channel::<SseEvent>(LIVE_BUFFER);
     // Every other node's stream too (their shards' outputs), followed before the
     // greeting so that it means every node's outputs from then on.
     let mut ready = Vec::new();
